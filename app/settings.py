@@ -1,0 +1,203 @@
+"""Settings: everything the program reads from its environment, in one place.
+
+Two kinds of settings are kept apart on purpose:
+
+* ``Settings`` says *where* things are (database, LLM server, model) and how the process
+  behaves (concurrency, logging). Changing these does not change results.
+* ``RunSettings`` holds the parameters that *do* change results (model, UMAP/HDBSCAN
+  parameters, seed, minimum firm size). They are recorded in the ``runs`` table, and
+  resuming a run with different ones is refused, so a published result is traceable to
+  exactly the settings that produced it.
+
+Secrets (the API key, the database password) never leave this module in clear text:
+``Settings.__repr__`` and ``redact`` mask them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_XAI_BASE_URL = "https://api.x.ai/v1"
+DEFAULT_XAI_MODEL = "grok-4-fast-non-reasoning"
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the program cannot use (a usage error: exit code 2)."""
+
+
+def default_data_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data when ``DATABASE_URL`` is unset.
+
+    As root, the embedded server runs as an unprivileged OS user and opens every parent
+    folder of its data folder to others, so the folder must not live under ``/root`` or a
+    home directory: root gets ``/var/lib/firmtopics``. Anyone else gets a folder under
+    ``$XDG_DATA_HOME`` (``~/.local/share`` by default).
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/firmtopics")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "firmtopics"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The parameters that change a run's results; recorded in ``runs.settings``.
+
+    Defaults suit firms of a few hundred to a few thousand sentences (one earnings call
+    has about 125 kept sentences; a firm has a few calls).
+    """
+
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    seed: int = 42
+    # Firms with fewer sentences than this are recorded as skipped: too few to cluster.
+    min_firm_sentences: int = 30
+    umap_n_neighbors: int = 15
+    umap_n_components: int = 5
+    umap_min_dist: float = 0.0
+    hdbscan_min_cluster_size: int = 10
+    # The theme stage clusters firm topics; a theme needs at least this many topics.
+    theme_min_cluster_size: int = 3
+    top_n_keywords: int = 10
+
+    def as_dict(self) -> dict:
+        """Plain dict, JSON-ready, for the ``runs`` table and comparisons."""
+        return dataclasses.asdict(self)
+
+    def differences(self, recorded: Mapping) -> dict[str, tuple]:
+        """Settings that differ from ``recorded`` (a ``runs.settings`` value).
+
+        Returns ``{name: (recorded, now)}``; empty when they match.
+        """
+        now = self.as_dict()
+        keys = set(now) | set(recorded)
+        return {
+            k: (recorded.get(k), now.get(k))
+            for k in sorted(keys)
+            if recorded.get(k) != now.get(k)
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things are and how the process behaves; built by ``from_env``."""
+
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    xai_api_key: str | None = None
+    xai_base_url: str = DEFAULT_XAI_BASE_URL
+    xai_model: str = DEFAULT_XAI_MODEL
+    llm_concurrency: int = 8
+    llm_timeout_s: float = 60.0
+    llm_max_attempts: int = 5
+    log_format: str = "console"
+    embedding_batch_size: int = 64
+    run: RunSettings = field(default_factory=RunSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read settings from environment variables (``os.environ`` by default).
+
+        Raises ``SettingsError`` with one clear sentence for a value that cannot be used.
+        """
+        env = os.environ if env is None else env
+
+        def integer(name: str, default: int, minimum: int = 1) -> int:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+            if value < minimum:
+                raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+            return value
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+        log_format = env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+        if log_format not in ("console", "json"):
+            raise SettingsError(f"LOG_FORMAT must be 'console' or 'json', got {log_format!r}")
+
+        run = RunSettings(
+            embedding_model=env.get("EMBEDDING_MODEL") or DEFAULT_EMBEDDING_MODEL,
+            seed=integer("FIRMTOPICS_SEED", RunSettings.seed, minimum=0),
+            min_firm_sentences=integer("FIRMTOPICS_MIN_FIRM_SENTENCES", RunSettings.min_firm_sentences),
+            umap_n_neighbors=integer("FIRMTOPICS_UMAP_N_NEIGHBORS", RunSettings.umap_n_neighbors, minimum=2),
+            umap_n_components=integer("FIRMTOPICS_UMAP_N_COMPONENTS", RunSettings.umap_n_components),
+            umap_min_dist=number("FIRMTOPICS_UMAP_MIN_DIST", RunSettings.umap_min_dist),
+            hdbscan_min_cluster_size=integer(
+                "FIRMTOPICS_MIN_CLUSTER_SIZE", RunSettings.hdbscan_min_cluster_size, minimum=2
+            ),
+            theme_min_cluster_size=integer(
+                "FIRMTOPICS_THEME_MIN_CLUSTER_SIZE", RunSettings.theme_min_cluster_size, minimum=2
+            ),
+        )
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            data_dir=Path(env["FIRMTOPICS_DATA_DIR"]) if env.get("FIRMTOPICS_DATA_DIR") else default_data_dir(),
+            xai_api_key=env.get("XAI_API_KEY") or None,
+            xai_base_url=(env.get("XAI_BASE_URL") or DEFAULT_XAI_BASE_URL).rstrip("/"),
+            xai_model=env.get("XAI_MODEL") or DEFAULT_XAI_MODEL,
+            llm_concurrency=integer("LLM_CONCURRENCY", 8),
+            llm_timeout_s=number("LLM_TIMEOUT_S", 60.0),
+            llm_max_attempts=integer("LLM_MAX_ATTEMPTS", 5),
+            log_format=log_format,
+            embedding_batch_size=integer("EMBEDDING_BATCH_SIZE", 64),
+            run=run,
+        )
+
+    def secrets(self) -> list[str]:
+        """The secret strings this process knows (API key, database password)."""
+        found = []
+        if self.xai_api_key:
+            found.append(self.xai_api_key)
+        password = database_password(self.database_url)
+        if password:
+            found.append(password)
+        return found
+
+    def __repr__(self) -> str:  # never print a secret, even in a debugger or a traceback
+        return redact(
+            f"Settings(database_url={self.database_url!r}, xai_base_url={self.xai_base_url!r}, "
+            f"xai_model={self.xai_model!r}, xai_api_key={'set' if self.xai_api_key else 'unset'}, "
+            f"llm_concurrency={self.llm_concurrency}, run={self.run!r})",
+            self.secrets(),
+        )
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)", re.I)
+
+
+def database_password(url: str | None) -> str | None:
+    """The password inside a ``postgresql://user:password@host/db`` URL, or None."""
+    if not url:
+        return None
+    match = _PASSWORD_IN_URL.search(url)
+    return match.group("password") or None if match else None
+
+
+def redact(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
+    """``text`` with every known secret and any password inside a URL replaced by ``***``.
+
+    Used on every log line and error message, so a secret cannot leak through an
+    exception that quotes a connection string or a request header.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + ("***" if m.group("password") else "") + m.group("tail"), text)

