@@ -101,6 +101,9 @@ CREATE TABLE topics (
     evidence_sentence_ids bigint[] NOT NULL DEFAULT '{}',
     -- NULL until the theme stage; stays NULL for a topic the theme clustering left out.
     theme_id    bigint REFERENCES themes (theme_id) ON DELETE SET NULL,
+    -- 'cluster': the theme clustering put it there; 'nearest': it was an outlier of the
+    -- theme clustering and was given the theme whose centre is nearest.
+    theme_assignment text CHECK (theme_assignment IN ('cluster', 'nearest')),
     embedding   vector,
     UNIQUE (run_id, firm_id, topic_no)
 );

@@ -1,0 +1,104 @@
+"""Which UMAP and HDBSCAN to use: cuML's on a GPU, the CPU packages otherwise.
+
+One small interface, ``ClusteringBackend``, with two factories. The choice is made once at
+start (``choose_backend``), logged, and recorded in the ``runs`` table, so a result says
+which implementation produced it. cuML is used only when it is importable *and* a CUDA
+device is present; anything else falls back to ``umap-learn`` and ``hdbscan``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class ClusteringBackend:
+    """Factories for the dimension reducer and the clusterer, plus what to record."""
+
+    name: str  # "cuml" or "cpu"
+    make_umap: Callable[..., Any]
+    make_hdbscan: Callable[..., Any]
+
+    def describe(self) -> dict:
+        """What goes into ``runs.backend`` and the start-up log line."""
+        return {"clustering": self.name}
+
+
+def _cpu_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int):
+    from umap import UMAP
+
+    # A fixed random_state makes UMAP deterministic (and single-threaded): the same input
+    # and settings give the same topics on the same machine.
+    return UMAP(
+        n_neighbors=n_neighbors,
+        n_components=n_components,
+        min_dist=min_dist,
+        metric="cosine",
+        random_state=random_state,
+    )
+
+
+def _cpu_hdbscan(*, min_cluster_size: int):
+    from hdbscan import HDBSCAN
+
+    return HDBSCAN(
+        min_cluster_size=min_cluster_size,
+        metric="euclidean",
+        cluster_selection_method="eom",
+        prediction_data=True,
+    )
+
+
+def _cuml_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int):
+    from cuml.manifold import UMAP
+
+    return UMAP(
+        n_neighbors=n_neighbors,
+        n_components=n_components,
+        min_dist=min_dist,
+        metric="cosine",
+        random_state=random_state,
+    )
+
+
+def _cuml_hdbscan(*, min_cluster_size: int):
+    from cuml.cluster import HDBSCAN
+
+    return HDBSCAN(
+        min_cluster_size=min_cluster_size,
+        metric="euclidean",
+        cluster_selection_method="eom",
+        prediction_data=True,
+    )
+
+
+CPU = ClusteringBackend("cpu", _cpu_umap, _cpu_hdbscan)
+CUML = ClusteringBackend("cuml", _cuml_umap, _cuml_hdbscan)
+
+
+def cuml_importable() -> bool:
+    """True when the ``cuml`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("cuml") is not None
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose_backend(
+    *, cuml_present: Callable[[], bool] = cuml_importable, gpu_present: Callable[[], bool] = cuda_available
+) -> ClusteringBackend:
+    """cuML's UMAP/HDBSCAN when cuML is importable and a GPU is present, else the CPU ones.
+
+    The two probes are parameters so the choice can be tested on a machine without either.
+    """
+    if gpu_present() and cuml_present():
+        return CUML
+    return CPU

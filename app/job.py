@@ -1,0 +1,151 @@
+"""The whole job for one run: firm stage, theme stage, vector indexes, resumably.
+
+The order of a start:
+
+1. the namer is checked (a bad API key fails here, before any GPU work);
+2. the model is loaded once and the clustering backend chosen;
+3. the run is opened: created, or resumed if its settings match (else refused);
+4. firms not yet recorded for the run are processed (one query finds them);
+5. the theme stage runs (redone cleanly if a previous process died in it);
+6. the HNSW indexes are built, once, at the end.
+
+A run that is already complete, with no new firm, does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import asyncpg
+
+from app.backend import ClusteringBackend
+from app.clustering import warm_up
+from app.embedding import Embedder
+from app.logs import get_logger
+from app.naming import Namer
+from app.pipeline import FirmStage, run_firm_stage
+from app.progress import Progress
+from app.runs import firm_counts, firms_to_do, open_run, set_status
+from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
+from app.settings import RunSettings
+from app.themes import run_theme_stage
+
+log = get_logger("job")
+
+
+@dataclass
+class JobOutcome:
+    """How the job ended, for the command's summary and exit code."""
+
+    run_id: int
+    run_name: str
+    status: str  # complete | interrupted | nothing_to_do
+    firms: dict = field(default_factory=dict)
+    themes: int = 0
+    topics: int = 0
+    timings: dict = field(default_factory=dict)
+    llm_usage: dict = field(default_factory=dict)
+
+
+async def run_job(
+    pool: asyncpg.Pool,
+    settings: RunSettings,
+    *,
+    run_name: str,
+    embedder: Embedder,
+    backend: ClusteringBackend,
+    namer: Namer,
+    retry_failed: bool = False,
+    stop: anyio.Event | None = None,
+) -> JobOutcome:
+    """Run (or resume) the job ``run_name``; returns a ``JobOutcome``.
+
+    ``stop``, when set (by a signal handler), makes the firm stage stop taking new firms;
+    the run is then left ``interrupted`` and a later start resumes it. Any error marks
+    the run ``failed`` (also resumable) and is raised.
+    """
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        await fix_embedding_dimension(conn, embedder.dimension)
+        run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
+                             backend={**backend.describe(), "device": embedder.device})
+        todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
+    outcome = JobOutcome(run.run_id, run_name, "complete")
+    if run.status == "complete" and not todo:
+        outcome.status = "nothing_to_do"
+        async with pool.acquire() as conn:
+            outcome.firms = await firm_counts(conn, run.run_id)
+        log.info("run_already_complete", run=run_name, **outcome.firms)
+        return outcome
+    log.info("run_started" if run.created else "run_resumed", run=run_name, run_id=run.run_id,
+             firms_left=len(todo), previous_status=run.status, backend=backend.name, device=embedder.device)
+    try:
+        if todo:
+            interrupted = not await _firm_stage(pool, run.run_id, settings, embedder, backend, namer, todo, stop,
+                                                outcome)
+            if interrupted:
+                outcome.status = "interrupted"
+                async with pool.acquire() as conn:
+                    await set_status(conn, run.run_id, "interrupted", llm_usage=namer.usage())
+                    outcome.firms = await firm_counts(conn, run.run_id)
+                return outcome
+        async with pool.acquire() as conn:
+            await set_status(conn, run.run_id, "firms_done")
+
+        stage_started = time.perf_counter()
+        log.info("stage_started", stage="themes")
+        themes = await run_theme_stage(pool, run.run_id, settings, embedder, backend, namer)
+        outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
+        outcome.themes, outcome.topics = themes.themes, themes.topics
+        log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
+                 linked_by_cluster=themes.linked_by_cluster, linked_by_nearest=themes.linked_by_nearest,
+                 reason=themes.reason, seconds=outcome.timings["themes_s"])
+        async with pool.acquire() as conn:
+            await set_status(conn, run.run_id, "themes_done")
+
+            stage_started = time.perf_counter()
+            log.info("stage_started", stage="index")
+            await build_vector_indexes(conn)
+            outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
+            log.info("stage_finished", stage="index", seconds=outcome.timings["index_s"])
+
+            outcome.timings["wall_s"] = round(time.perf_counter() - started, 2)
+            outcome.llm_usage = namer.usage()
+            await set_status(conn, run.run_id, "complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
+            outcome.firms = await firm_counts(conn, run.run_id)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            try:
+                async with pool.acquire() as conn:
+                    await set_status(conn, run.run_id, "failed", llm_usage=namer.usage())
+            except Exception:  # the database may be what failed; the run stays resumable anyway
+                pass
+        raise
+    log.info("run_finished", run=run_name, **outcome.firms, topics=outcome.topics, themes=outcome.themes,
+             **outcome.timings, llm=outcome.llm_usage)
+    return outcome
+
+
+async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, stop, outcome) -> bool:
+    """Warm up, drop the vector indexes, process the firms; returns False if stopped early."""
+    async with pool.acquire() as conn:
+        # Bulk-loading rule: no vector index while loading; rebuilt once at the end.
+        await drop_vector_indexes(conn)
+    stage_started = time.perf_counter()
+    outcome.timings["warm_up_s"] = round(
+        await anyio.to_thread.run_sync(
+            lambda: warm_up(backend, settings, largest_firm=max(f.n_sentences for f in todo))
+        ),
+        2,
+    )
+    log.info("stage_started", stage="firms", firms=len(todo), sentences=sum(f.n_sentences for f in todo))
+    progress = Progress(total_firms=len(todo), total_sentences=sum(f.n_sentences for f in todo))
+    stage = FirmStage(pool, run_id, settings, embedder, backend, namer, stop=stop or anyio.Event())
+    completed = await run_firm_stage(stage, todo, progress)
+    outcome.timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
+    outcome.timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
+    outcome.timings["sentences"] = progress.sentences_done
+    log.info("stage_finished", stage="firms", **progress.snapshot())
+    return completed

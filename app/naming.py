@@ -1,0 +1,126 @@
+"""Naming topics and themes: the interface every namer implements, and the offline namer.
+
+A namer turns what clustering found (keywords, representative sentences, member topics)
+into a short name and a summary. Two implementations exist:
+
+* ``OfflineNamer`` (here): built from the c-TF-IDF keywords and one representative
+  sentence; needs no network; ``source = "keywords"``. Used when no API key is set, and
+  as the fallback for any topic the LLM could not name.
+* ``LLMNamer`` (``app/llm.py``): asks an OpenAI-compatible chat-completions server;
+  ``source = "llm"``.
+
+Both are async, so the naming stage can have many topics of many firms in flight at
+once while the compute stage goes on clustering the next firms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class TopicToName:
+    """One firm topic, as the namer sees it."""
+
+    firm_id: str
+    firm_name: str | None
+    topic_no: int
+    keywords: list[str]
+    # Representative sentences (closest to the topic's centre), the evidence shown to
+    # the namer; their ids are stored with the topic.
+    sentences: list[str]
+    sentence_ids: list[int]
+    n_sentences: int
+
+
+@dataclass(frozen=True)
+class MemberTopic:
+    """A firm topic inside a theme, as the theme namer sees it."""
+
+    firm_id: str
+    name: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class ThemeToName:
+    """One cross-firm theme, as the namer sees it."""
+
+    theme_no: int
+    keywords: list[str]
+    topics: list[MemberTopic]  # a sample of its member topics when there are many
+    n_topics: int
+    n_firms: int
+
+
+@dataclass(frozen=True)
+class Label:
+    """A name (a few words) and a summary (1-3 sentences) and where they came from."""
+
+    name: str
+    summary: str
+    source: str  # "llm" or "keywords"
+
+
+class Namer(Protocol):
+    """What the naming stage needs from a namer."""
+
+    async def name_topic(self, topic: TopicToName) -> Label:
+        """Name one firm topic. Never raises for one topic's trouble: falls back instead."""
+        ...
+
+    async def name_theme(self, theme: ThemeToName) -> Label:
+        """Name one cross-firm theme. Never raises for one theme's trouble."""
+        ...
+
+    def usage(self) -> dict:
+        """Counts for the ``runs.llm_usage`` column and the end-of-run summary."""
+        ...
+
+
+def keyword_name(keywords: list[str], words: int = 3) -> str:
+    """A short name from the leading keywords, e.g. ``"revenue / growth / quarter"``."""
+    chosen = [k for k in keywords if k][:words]
+    return " / ".join(chosen) if chosen else "unnamed topic"
+
+
+@dataclass
+class OfflineNamer:
+    """Names from keywords alone: deterministic, free, and always available."""
+
+    named_topics: int = field(default=0)
+    named_themes: int = field(default=0)
+
+    async def name_topic(self, topic: TopicToName) -> Label:
+        self.named_topics += 1
+        return topic_label_from_keywords(topic)
+
+    async def name_theme(self, theme: ThemeToName) -> Label:
+        self.named_themes += 1
+        return theme_label_from_keywords(theme)
+
+    def usage(self) -> dict:
+        return {"namer": "keywords", "topics_named": self.named_topics, "themes_named": self.named_themes}
+
+
+def topic_label_from_keywords(topic: TopicToName) -> Label:
+    """The offline label of a firm topic (also the LLM namer's fallback)."""
+    summary = f"{topic.n_sentences} sentences about {', '.join(topic.keywords[:6]) or 'no clear keywords'}."
+    if topic.sentences:
+        example = topic.sentences[0]
+        if len(example) > 200:
+            example = example[:197] + "..."
+        summary += f' For example: "{example}"'
+    return Label(name=keyword_name(topic.keywords), summary=summary, source="keywords")
+
+
+def theme_label_from_keywords(theme: ThemeToName) -> Label:
+    """The offline label of a cross-firm theme (also the LLM namer's fallback)."""
+    summary = (
+        f"{theme.n_topics} firm topics from {theme.n_firms} firms about "
+        f"{', '.join(theme.keywords[:6]) or 'no clear keywords'}."
+    )
+    if theme.topics:
+        summary += " Member topics include: " + "; ".join(t.name for t in theme.topics[:3]) + "."
+    return Label(name=keyword_name(theme.keywords), summary=summary, source="keywords")

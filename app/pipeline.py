@@ -1,0 +1,232 @@
+"""The firm stage: bounded queues between a compute stage, a naming stage and a writer.
+
+::
+
+    firms left ──> [compute] ──queue(2)──> [naming × 4 firms] ──queue(2)──> [writer]
+                   embed + cluster         topics named concurrently       one transaction
+                   (worker thread,         (one semaphore over all         per firm (COPY)
+                    one firm at a time)     LLM requests of the run)
+
+* The compute stage runs the blocking embedding and clustering in a worker thread, one
+  firm at a time (the model is loaded once; the GPU is used by one firm at a time).
+* The naming stage holds up to ``NAMING_FIRMS`` firms at once, each waiting for its
+  topics' names, so clustering goes on while LLM answers are awaited.
+* The writer stores each firm whole, in one transaction.
+
+Memory is bounded by the queue sizes and naming slots times the largest firm, never by
+the corpus. A failure in any stage cancels the others (an anyio task group) and
+surfaces as the run's error: nothing hangs. A firm whose own processing fails is
+recorded as failed, with its error, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import anyio
+import asyncpg
+import numpy as np
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from app.backend import ClusteringBackend
+from app.clustering import TooFewToCluster, cluster_firm
+from app.embedding import Embedder
+from app.logs import get_logger
+from app.naming import Namer, TopicToName
+from app.progress import Progress
+from app.runs import FirmToDo
+from app.settings import RunSettings
+from app.writer import FirmResult, TopicResult, write_firm_with_retry
+
+log = get_logger("pipeline")
+
+COMPUTE_QUEUE = 2  # clustered firms waiting for a naming slot
+NAMING_FIRMS = 4  # firms whose topics are being named at once
+WRITE_QUEUE = 2  # named firms waiting for the writer
+
+
+@dataclass
+class FirmStage:
+    """What the firm stage needs: where to read and write, and the loaded tools."""
+
+    pool: asyncpg.Pool
+    run_id: int
+    settings: RunSettings
+    embedder: Embedder
+    backend: ClusteringBackend
+    namer: Namer
+    # Set by a signal handler: stop taking new firms, finish the ones in flight.
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    # One thread for compute: the model and the GPU serve one firm at a time.
+    compute_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+    in_flight: set = field(default_factory=set)
+
+
+@dataclass
+class ClusteredFirm:
+    """A firm after compute, before naming: the result minus its topics' labels."""
+
+    result: FirmResult
+    to_name: list[TopicToName]
+
+
+async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Progress) -> bool:
+    """Process ``firms`` through compute -> naming -> writer. Returns True when every
+    firm was taken, False when a stop request ended it early (firms in flight were
+    still finished and written whole)."""
+    to_name_send, to_name_receive = anyio.create_memory_object_stream[ClusteredFirm](COMPUTE_QUEUE)
+    to_write_send, to_write_receive = anyio.create_memory_object_stream[FirmResult](WRITE_QUEUE)
+    finished = anyio.Event()
+    completed = True
+
+    async def compute() -> None:
+        nonlocal completed
+        async with to_name_send:
+            for firm in firms:
+                if stage.stop.is_set():
+                    completed = False
+                    log.warning("stop_requested", in_flight=sorted(stage.in_flight),
+                                firms_not_started=len(firms) - progress.firms_finished - len(stage.in_flight))
+                    break
+                stage.in_flight.add(firm.firm_id)
+                await to_name_send.send(await compute_firm(stage, firm))
+
+    async def writer() -> None:
+        async with to_write_receive:
+            async for result in to_write_receive:
+                started = time.perf_counter()
+                await write_firm_with_retry(stage.pool, stage.run_id, result)
+                result.seconds["write"] = time.perf_counter() - started
+                stage.in_flight.discard(result.firm_id)
+                progress.firm_finished(result.status, result.n_sentences, result.seconds)
+                log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
+                         sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,
+                         seconds={k: round(v, 2) for k, v in result.seconds.items()},
+                         firms_finished=progress.firms_finished, firms_total=progress.total_firms)
+                progress.maybe_report()
+        finished.set()
+
+    async def ticker() -> None:
+        while not finished.is_set():
+            with anyio.move_on_after(1.0):
+                await finished.wait()
+            progress.maybe_report()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(compute)
+            async with to_name_receive, to_write_send:
+                for _ in range(NAMING_FIRMS):
+                    tg.start_soon(name_worker, stage, to_name_receive.clone(), to_write_send.clone())
+            tg.start_soon(writer)
+            tg.start_soon(ticker)
+    except BaseExceptionGroup as group:
+        # The stage that failed first is what the run reports; the others were cancelled.
+        raise first_error(group) from None
+    progress.maybe_report(force=True)
+    return completed
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf exception inside a (possibly nested) exception group."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+async def name_worker(
+    stage: FirmStage, receive: MemoryObjectReceiveStream[ClusteredFirm], send: MemoryObjectSendStream[FirmResult]
+) -> None:
+    """Take clustered firms, name all of a firm's topics concurrently, pass them on."""
+    async with receive, send:
+        async for clustered in receive:
+            await send.send(await name_firm(stage.namer, clustered))
+
+
+async def name_firm(namer: Namer, clustered: ClusteredFirm) -> FirmResult:
+    """Label every topic of one firm (concurrently; the namer's semaphore caps requests)."""
+    started = time.perf_counter()
+    labels = [None] * len(clustered.to_name)
+
+    async def one(i: int, topic: TopicToName) -> None:
+        labels[i] = await namer.name_topic(topic)
+
+    async with anyio.create_task_group() as tg:
+        for i, topic in enumerate(clustered.to_name):
+            tg.start_soon(one, i, topic)
+    result = clustered.result
+    result.topics = [
+        TopicResult(
+            topic_no=topic.topic_no,
+            keywords=topic.keywords,
+            label=label,
+            n_sentences=topic.n_sentences,
+            evidence_sentence_ids=topic.sentence_ids,
+        )
+        for topic, label in zip(clustered.to_name, labels)
+    ]
+    result.seconds["name"] = time.perf_counter() - started
+    return result
+
+
+async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
+    """Load, embed and cluster one firm. Never raises for the firm's own trouble: a
+    firm that cannot be processed comes back with status ``failed`` and the error."""
+    started = time.perf_counter()
+    async with stage.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT sentence_id, text FROM sentences WHERE firm_id = $1 ORDER BY sentence_id", firm.firm_id
+        )
+    sentence_ids = np.fromiter((r["sentence_id"] for r in rows), dtype=np.int64, count=len(rows))
+    texts = [r["text"] for r in rows]
+    result = FirmResult(firm.firm_id, firm.firm_name, status="done", sentence_ids=sentence_ids)
+    result.seconds["load"] = time.perf_counter() - started
+    try:
+        to_name = await anyio.to_thread.run_sync(
+            partial(_embed_and_cluster, stage, firm, texts, result), limiter=stage.compute_limiter
+        )
+    except Exception as exc:  # isolate the firm: record it as failed, go on with the run
+        log.error("firm_failed", firm=firm.firm_id, error=f"{type(exc).__name__}: {exc}")
+        result = FirmResult(firm.firm_id, firm.firm_name, status="failed",
+                            reason=f"{type(exc).__name__}: {str(exc)[:500]}", seconds=result.seconds)
+        return ClusteredFirm(result, [])
+    return ClusteredFirm(result, to_name)
+
+
+def _embed_and_cluster(stage: FirmStage, firm: FirmToDo, texts: list[str], result: FirmResult) -> list[TopicToName]:
+    """The blocking part of compute (runs in the worker thread); fills ``result``."""
+    started = time.perf_counter()
+    result.embeddings = stage.embedder.encode(texts)
+    result.seconds["embed"] = time.perf_counter() - started
+    result.labels = np.full(len(texts), -1, dtype=np.int64)
+    if len(texts) < stage.settings.min_firm_sentences:
+        result.status = "skipped"
+        result.reason = f"only {len(texts)} sentences; at least {stage.settings.min_firm_sentences} needed to cluster"
+        return []
+    started = time.perf_counter()
+    try:
+        clustering = cluster_firm(texts, result.embeddings, stage.settings, stage.backend)
+    except TooFewToCluster as exc:
+        result.status = "skipped"
+        result.reason = str(exc)
+        return []
+    finally:
+        result.seconds["cluster"] = time.perf_counter() - started
+    result.labels = clustering.labels
+    if not clustering.clusters:
+        result.reason = "no topic found: HDBSCAN left every sentence as an outlier"
+    return [
+        TopicToName(
+            firm_id=firm.firm_id,
+            firm_name=firm.firm_name,
+            topic_no=cluster.number,
+            keywords=cluster.keywords,
+            sentences=[texts[i] for i in cluster.representatives],
+            sentence_ids=[int(result.sentence_ids[i]) for i in cluster.representatives],
+            n_sentences=len(cluster.members),
+        )
+        for cluster in clustering.clusters
+    ]

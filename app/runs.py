@@ -1,0 +1,145 @@
+"""Runs: a named set of settings, its record in the ``runs`` table, and where it stands.
+
+A run is created on its first start and looked up on every later one. Resuming is safe
+only with the same result-changing settings (model, clustering parameters, seed, ...):
+anything else would mix two experiments in one result, so it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata
+
+import asyncpg
+
+from app.settings import RunSettings
+
+# Package versions recorded with every run: what a published figure depends on.
+RECORDED_PACKAGES = (
+    "firmtopics", "torch", "sentence-transformers", "transformers", "bertopic", "umap-learn",
+    "hdbscan", "scikit-learn", "numpy", "cuml-cu12", "asyncpg", "pgvector",
+)
+
+# A run's life: running -> firms_done -> themes_done -> complete.
+# 'interrupted' (a signal) and 'failed' (an error) are resumed by running it again.
+RUN_STATES = ("running", "firms_done", "themes_done", "complete", "interrupted", "failed")
+
+
+class SettingsChanged(ValueError):
+    """Resuming a run with other result-changing settings than it was started with."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run's identity and state as read from the ``runs`` table."""
+
+    run_id: int
+    name: str
+    status: str
+    settings: dict
+    created: bool  # True when this start created the run
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results (absent ones are left out)."""
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+async def open_run(
+    conn: asyncpg.Connection, name: str, settings: RunSettings, *, embedding_dim: int, backend: dict
+) -> Run:
+    """Create the run ``name``, or return the existing one if its settings match.
+
+    Raises ``SettingsChanged`` naming each differing setting (recorded vs now).
+    """
+    row = await conn.fetchrow("SELECT run_id, status, settings FROM runs WHERE name = $1", name)
+    if row is not None:
+        recorded = json.loads(row["settings"])
+        differences = settings.differences(recorded)
+        if differences:
+            listed = "; ".join(f"{k}: run has {old!r}, now {new!r}" for k, (old, new) in differences.items())
+            raise SettingsChanged(
+                f"run {name!r} was started with other settings ({listed}); "
+                "resume it with its own settings, or start a new run with --run NAME"
+            )
+        return Run(row["run_id"], name, row["status"], recorded, created=False)
+    run_id = await conn.fetchval(
+        "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, backend, started_at)"
+        " VALUES ($1, $2::jsonb, $3, $4, $5::jsonb, $6::jsonb, now()) RETURNING run_id",
+        name,
+        json.dumps(settings.as_dict()),
+        settings.embedding_model,
+        embedding_dim,
+        json.dumps(package_versions()),
+        json.dumps(backend),
+    )
+    return Run(run_id, name, "running", settings.as_dict(), created=True)
+
+
+async def find_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
+    """The ``runs`` row of ``name``, or None."""
+    return await conn.fetchrow("SELECT * FROM runs WHERE name = $1", name)
+
+
+async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **fields) -> None:
+    """Set a run's status, plus ``timings`` / ``llm_usage`` (merged into the JSON held)
+    and ``finished_at`` (set when the status is ``complete``)."""
+    if status not in RUN_STATES:
+        raise ValueError(f"unknown run status {status!r}")
+    await conn.execute(
+        "UPDATE runs SET status = $2,"
+        " timings = timings || coalesce($3::jsonb, '{}'::jsonb),"
+        " llm_usage = llm_usage || coalesce($4::jsonb, '{}'::jsonb),"
+        " finished_at = CASE WHEN $2 = 'complete' THEN now() ELSE finished_at END"
+        " WHERE run_id = $1",
+        run_id,
+        status,
+        json.dumps(fields["timings"]) if fields.get("timings") else None,
+        json.dumps(fields["llm_usage"]) if fields.get("llm_usage") else None,
+    )
+
+
+@dataclass(frozen=True)
+class FirmToDo:
+    """A firm the run has not finished, with its sentence count (largest first is not
+    needed: firms are taken in id order, which makes runs reproducible)."""
+
+    firm_id: str
+    firm_name: str | None
+    n_sentences: int
+
+
+async def firms_to_do(conn: asyncpg.Connection, run_id: int, *, retry_failed: bool = False) -> list[FirmToDo]:
+    """Firms with sentences that this run has not recorded yet (one query at start).
+
+    With ``retry_failed`` the firms recorded as failed are forgotten first, so they are
+    taken again.
+    """
+    if retry_failed:
+        await conn.execute("DELETE FROM run_firms WHERE run_id = $1 AND status = 'failed'", run_id)
+    rows = await conn.fetch(
+        "SELECT f.firm_id, f.firm_name, count(s.sentence_id) AS n"
+        " FROM firms f JOIN sentences s USING (firm_id)"
+        " WHERE NOT EXISTS (SELECT 1 FROM run_firms r WHERE r.run_id = $1 AND r.firm_id = f.firm_id)"
+        " GROUP BY f.firm_id, f.firm_name ORDER BY f.firm_id",
+        run_id,
+    )
+    return [FirmToDo(r["firm_id"], r["firm_name"], r["n"]) for r in rows]
+
+
+async def firm_counts(conn: asyncpg.Connection, run_id: int) -> dict[str, int]:
+    """Firms by state for a run: done, skipped, failed, left (and total)."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM run_firms WHERE run_id = $1 GROUP BY status", run_id)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts.update({r["status"]: r["n"] for r in rows})
+    total = await conn.fetchval("SELECT count(DISTINCT firm_id) FROM sentences")
+    counts["total"] = total
+    counts["left"] = max(total - counts["done"] - counts["skipped"] - counts["failed"], 0)
+    return counts

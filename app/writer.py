@@ -1,0 +1,178 @@
+"""Writing one firm's results: one transaction per firm, so a firm is in the database
+whole or not at all.
+
+The firm's ``run_firms`` row is inserted first, inside the same transaction: its
+primary key (run, firm) makes a second write of the same firm fail instead of
+duplicating rows, and its presence is what "done" means when a run resumes. Sentence
+results go in with a binary COPY (the fastest way into PostgreSQL), into a table
+without vector indexes (they are built once at the end of the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass, field
+
+import asyncpg
+import numpy as np
+
+from app.logs import get_logger
+from app.naming import Label
+
+log = get_logger("writer")
+
+# Connection-level failures worth retrying with a fresh connection. A constraint
+# violation or bad data is not among them: retrying would fail the same way.
+RETRYABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class AlreadyWritten(RuntimeError):
+    """The firm is already recorded for this run; nothing was written again."""
+
+
+@dataclass
+class TopicResult:
+    """One named firm topic, ready to store."""
+
+    topic_no: int
+    keywords: list[str]
+    label: Label
+    n_sentences: int
+    evidence_sentence_ids: list[int]
+
+
+@dataclass
+class FirmResult:
+    """Everything the writer stores for one firm of a run."""
+
+    firm_id: str
+    firm_name: str | None
+    status: str  # done | skipped | failed
+    reason: str | None = None
+    sentence_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    embeddings: np.ndarray | None = None  # (n, dim) float32, or None when not embedded
+    labels: np.ndarray | None = None  # BERTopic topic number per sentence, -1 = outlier
+    topics: list[TopicResult] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def n_sentences(self) -> int:
+        return len(self.sentence_ids)
+
+    @property
+    def n_outliers(self) -> int:
+        return 0 if self.labels is None else int((self.labels == -1).sum())
+
+
+async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) -> None:
+    """Store ``result`` in one transaction: the firm's state, its topics, and each
+    sentence's embedding and topic. Raises ``AlreadyWritten`` (and writes nothing) when
+    the firm is already recorded for the run."""
+    async with conn.transaction():
+        try:
+            await conn.execute(
+                "INSERT INTO run_firms (run_id, firm_id, status, reason, n_sentences, n_topics, n_outliers, seconds)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+                run_id,
+                result.firm_id,
+                result.status,
+                result.reason,
+                result.n_sentences,
+                len(result.topics),
+                result.n_outliers,
+                json.dumps({k: round(v, 3) for k, v in result.seconds.items()}),
+            )
+        except asyncpg.UniqueViolationError:
+            raise AlreadyWritten(f"firm {result.firm_id!r} is already recorded for run {run_id}") from None
+        topic_ids = await _insert_topics(conn, run_id, result)
+        if result.embeddings is not None and result.n_sentences:
+            await _copy_sentence_topics(conn, run_id, result, topic_ids)
+
+
+async def _insert_topics(conn: asyncpg.Connection, run_id: int, result: FirmResult) -> dict[int, int]:
+    """Insert the firm's topics in one statement; returns {BERTopic number: topic_id}."""
+    if not result.topics:
+        return {}
+    rows = await conn.fetch(
+        "INSERT INTO topics (run_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences,"
+        " evidence_sentence_ids)"
+        " SELECT $1, $2, t.topic_no, t.name, t.summary, t.keywords::text[], t.source, t.n, t.evidence::bigint[]"
+        " FROM jsonb_to_recordset($3::jsonb)"
+        "   AS t(topic_no int, name text, summary text, keywords text, source text, n int, evidence text)"
+        " RETURNING topic_no, topic_id",
+        run_id,
+        result.firm_id,
+        json.dumps(
+            [
+                {
+                    "topic_no": t.topic_no,
+                    "name": t.label.name,
+                    "summary": t.label.summary,
+                    "keywords": "{" + ",".join(_pg_array_item(k) for k in t.keywords) + "}",
+                    "source": t.label.source,
+                    "n": t.n_sentences,
+                    "evidence": "{" + ",".join(str(int(i)) for i in t.evidence_sentence_ids) + "}",
+                }
+                for t in result.topics
+            ]
+        ),
+    )
+    return {r["topic_no"]: r["topic_id"] for r in rows}
+
+
+def _pg_array_item(text: str) -> str:
+    """One element of a PostgreSQL array literal, quoted and escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def _copy_sentence_topics(
+    conn: asyncpg.Connection, run_id: int, result: FirmResult, topic_ids: dict[int, int]
+) -> None:
+    labels = result.labels if result.labels is not None else np.full(result.n_sentences, -1)
+    records = (
+        (run_id, int(sid), result.firm_id, topic_ids.get(int(label)), vector)
+        for sid, label, vector in zip(result.sentence_ids, labels, result.embeddings)
+    )
+    await conn.copy_records_to_table(
+        "sentence_topics",
+        records=records,
+        columns=["run_id", "sentence_id", "firm_id", "topic_id", "embedding"],
+    )
+
+
+async def write_firm_with_retry(
+    pool: asyncpg.Pool, run_id: int, result: FirmResult, *, attempts: int = 5, base_delay: float = 0.5
+) -> None:
+    """``write_firm`` on a pooled connection, retried on connection failures.
+
+    A dropped connection rolls the firm's transaction back, so retrying writes it whole
+    exactly once. After ``attempts`` failures the last error is raised (the run then
+    ends, resumable). ``AlreadyWritten`` on a retry means the commit did reach the
+    database before the connection broke: the firm is stored, so that counts as success.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            async with pool.acquire() as conn:
+                await write_firm(conn, run_id, result)
+            return
+        except AlreadyWritten:
+            if attempt > 1:
+                return
+            raise
+        except RETRYABLE as exc:
+            if attempt == attempts:
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.warning("firm_write_retry", firm=result.firm_id, attempt=attempt, error=type(exc).__name__,
+                        wait_s=round(delay, 2))
+            await asyncio.sleep(delay)
