@@ -115,11 +115,14 @@ async def run_job(
             outcome.llm_usage = namer.usage()
             await set_status(conn, run.run_id, "complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
             outcome.firms = await firm_counts(conn, run.run_id)
-    except BaseException:
+    except BaseException as exc:
+        # Cancelled (a signal's grace period ran out) is an interruption; anything else a failure.
+        # Both resume the same way: start the run again.
+        status = "interrupted" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
         with anyio.CancelScope(shield=True):
             try:
                 async with pool.acquire() as conn:
-                    await set_status(conn, run.run_id, "failed", llm_usage=namer.usage())
+                    await set_status(conn, run.run_id, status, llm_usage=namer.usage())
             except Exception:  # the database may be what failed; the run stays resumable anyway
                 pass
         raise

@@ -1,0 +1,245 @@
+"""The ``firmtopics`` command line (also ``python -m app``).
+
+Each command is a small async function; ``main`` parses arguments, sets up logging,
+runs the command and turns expected failures into one clear line on stderr and an exit
+code:
+
+* 0 success
+* 1 anything else (database unreachable, LLM key refused, an unexpected error)
+* 2 usage or input errors (bad arguments, bad settings, a bad input file, a run resumed
+  with other settings, a model of another dimension)
+* 3 interrupted by SIGTERM/SIGINT: the run is resumable, start the same command again
+
+Command output (summaries, tables) goes to stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from app import logs
+from app.settings import Settings, SettingsError, redact
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+
+# Seconds to let in-flight firms finish after SIGTERM before dropping them (a spot
+# instance gives about 120 s notice; the rest of the budget is for closing cleanly).
+DRAIN_SECONDS = 25.0
+
+
+class UsageError(Exception):
+    """A usage or input error detected by a command (exit code 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="firmtopics",
+        description="Firm-level topics and cross-firm themes from firm sentences, stored in PostgreSQL.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = commands.add_parser("ingest", help="load a corpus file (.jsonl, .jsonl.gz, .csv, .parquet)")
+    ingest.add_argument("path", type=Path)
+
+    run = commands.add_parser("run", help="process every firm not yet done, then themes, then indexes")
+    run.add_argument("--run", default="default", metavar="NAME", help="run name (default: default)")
+    run.add_argument("--input", type=Path, metavar="PATH", help="ingest this file first")
+    run.add_argument("--retry-failed", action="store_true", help="take the firms recorded as failed again")
+
+    status = commands.add_parser("status", help="where a run stands")
+    status.add_argument("--run", default="default", metavar="NAME")
+
+    commands.add_parser("demo", help="make a sample corpus and run the whole job on it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse ``argv``, run the command, return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its message
+        return EXIT_USAGE if exc.code else EXIT_OK
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    logs.configure(settings.log_format, settings.secrets())
+    command = COMMANDS[args.command]
+    try:
+        return anyio.run(command, settings, args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED, settings)
+    except Exception as exc:  # turn expected failures into one line; unexpected ones too, plus a logged traceback
+        code = exit_code_for(exc)
+        if code == EXIT_ERROR and not _expected(exc):
+            logs.get_logger("cli").error("unexpected_error", exc_info=True)
+        return _fail(_message(exc), code, settings)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for an exception that ended a command."""
+    from app.embedding import ModelUnavailable
+    from app.ingest import IngestError
+    from app.runs import SettingsChanged
+    from app.schema import DimensionMismatch
+
+    if isinstance(exc, (UsageError, SettingsError, IngestError, SettingsChanged, DimensionMismatch, ModelUnavailable)):
+        return EXIT_USAGE
+    return EXIT_ERROR
+
+
+def _expected(exc: BaseException) -> bool:
+    from app.database import DatabaseUnavailable
+    from app.llm import LLMConfigError
+
+    return isinstance(exc, (DatabaseUnavailable, LLMConfigError))
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if exit_code_for(exc) == EXIT_USAGE or _expected(exc) else f"{type(exc).__name__}: {text}"
+
+
+def _fail(message: str, code: int, settings: Settings | None = None) -> int:
+    secrets = settings.secrets() if settings else []
+    print(f"firmtopics: error: {redact(message, secrets)}", file=sys.stderr)
+    return code
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+async def cmd_ingest(settings: Settings, args) -> int:
+    """``firmtopics ingest PATH``: load one corpus file."""
+    from app.database import open_database
+
+    async with open_database(settings) as pool:
+        return await _ingest(pool, args.path)
+
+
+async def _ingest(pool, path: Path) -> int:
+    from app.ingest import ingest_file
+
+    report = await ingest_file(pool, path)
+    print(report.summary())
+    if report.truncated:
+        raise UsageError(f"{path}: the file ends early; the rows before the break were kept")
+    return EXIT_OK
+
+
+async def cmd_run(settings: Settings, args) -> int:
+    """``firmtopics run``: the whole job for one run, resumable."""
+    from app.database import open_database
+
+    async with open_database(settings) as pool:
+        if args.input:
+            await _ingest(pool, args.input)
+        outcome = await run_with_signals(pool, settings, run_name=args.run, retry_failed=args.retry_failed)
+    print(describe_outcome(outcome))
+    return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
+
+
+async def run_with_signals(pool, settings: Settings, *, run_name: str, retry_failed: bool = False):
+    """Run the job with SIGTERM/SIGINT handled: the first signal stops new firms and lets
+    the ones in flight finish (for up to ``DRAIN_SECONDS``); a second signal, or the end
+    of that grace period, cancels them (their transactions roll back: nothing half-written)."""
+    from app.backend import choose_backend
+    from app.embedding import load_embedder
+    from app.job import JobOutcome, run_job
+    from app.llm import make_namer
+
+    log = logs.get_logger("cli")
+    stop = anyio.Event()
+    outcome: JobOutcome | None = None
+    async with make_namer(settings) as namer:  # checks the LLM key before any heavy work
+        embedder = await anyio.to_thread.run_sync(
+            lambda: load_embedder(settings.run.embedding_model, batch_size=settings.embedding_batch_size)
+        )
+        backend = choose_backend()
+        log.info("backend_chosen", clustering=backend.name, device=embedder.device)
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals(scope: anyio.CancelScope) -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        if stop.is_set():
+                            log.warning("second_signal", signal=signal.Signals(signum).name)
+                            scope.cancel()
+                            return
+                        log.warning("signal_received", signal=signal.Signals(signum).name,
+                                    drain_s=DRAIN_SECONDS)
+                        stop.set()
+                        scope.deadline = anyio.current_time() + DRAIN_SECONDS
+
+            async def job(scope: anyio.CancelScope) -> None:
+                nonlocal outcome
+                with scope:
+                    outcome = await run_job(pool, settings.run, run_name=run_name, embedder=embedder,
+                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop)
+                tg.cancel_scope.cancel()  # the job is over: stop watching signals
+
+            job_scope = anyio.CancelScope()
+            tg.start_soon(watch_signals, job_scope)
+            tg.start_soon(job, job_scope)
+    if outcome is None:  # cancelled after the grace period: firms in flight were dropped whole
+        from app.runs import find_run
+
+        async with pool.acquire() as conn:
+            row = await find_run(conn, run_name)
+        outcome = JobOutcome(row["run_id"] if row else 0, run_name, "interrupted")
+    return outcome
+
+
+def describe_outcome(outcome) -> str:
+    """The human summary printed at the end of ``run``."""
+    if outcome.status == "nothing_to_do":
+        return f"run {outcome.run_name!r} is already complete: nothing to do ({_firm_line(outcome.firms)})"
+    if outcome.status == "interrupted":
+        return (f"run {outcome.run_name!r} interrupted: {_firm_line(outcome.firms)}; "
+                "run the same command again to resume")
+    lines = [
+        f"run {outcome.run_name!r} complete: {_firm_line(outcome.firms)}",
+        f"  topics: {outcome.topics}, themes: {outcome.themes}",
+        f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s",
+    ]
+    if outcome.llm_usage:
+        lines.append(f"  naming: {json.dumps(outcome.llm_usage)}")
+    return "\n".join(lines)
+
+
+def _firm_line(firms: dict) -> str:
+    if not firms:
+        return "no firm recorded"
+    return ", ".join(f"{firms.get(k, 0)} {k}" for k in ("done", "skipped", "failed", "left"))
+
+
+async def cmd_status(settings: Settings, args) -> int:
+    """``firmtopics status``: firms done/skipped/failed/left, topics, themes, timings."""
+    from app.database import open_database
+    from app.status import run_status
+
+    async with open_database(settings) as pool:
+        print(await run_status(pool, args.run))
+    return EXIT_OK
+
+
+async def cmd_demo(settings: Settings, args) -> int:
+    """``firmtopics demo``: sample corpus, whole job, then what to look at next."""
+    from app.demo import run_demo
+
+    return await run_demo(settings)
+
+
+COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "status": cmd_status, "demo": cmd_demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
