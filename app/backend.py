@@ -40,11 +40,12 @@ def _cpu_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_st
     )
 
 
-def _cpu_hdbscan(*, min_cluster_size: int):
+def _cpu_hdbscan(*, min_cluster_size: int, min_samples: int | None = None):
     from hdbscan import HDBSCAN
 
     return HDBSCAN(
         min_cluster_size=min_cluster_size,
+        min_samples=min_samples,
         metric="euclidean",
         cluster_selection_method="eom",
         prediction_data=True,
@@ -63,11 +64,12 @@ def _cuml_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_s
     )
 
 
-def _cuml_hdbscan(*, min_cluster_size: int):
+def _cuml_hdbscan(*, min_cluster_size: int, min_samples: int | None = None):
     from cuml.cluster import HDBSCAN
 
     return HDBSCAN(
         min_cluster_size=min_cluster_size,
+        min_samples=min_samples,
         metric="euclidean",
         cluster_selection_method="eom",
         prediction_data=True,
@@ -79,8 +81,15 @@ CUML = ClusteringBackend("cuml", _cuml_umap, _cuml_hdbscan)
 
 
 def cuml_importable() -> bool:
-    """True when the ``cuml`` package can be imported (without importing it)."""
-    return importlib.util.find_spec("cuml") is not None
+    """True when ``cuml`` imports cleanly. A real import, not just a look-up: a cuML broken
+    by a mismatched numba should fall back to the CPU at start, not fail at the first firm."""
+    if importlib.util.find_spec("cuml") is None:
+        return False
+    try:
+        import cuml  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 def cuda_available() -> bool:

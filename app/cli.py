@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED, settings)
     except Exception as exc:  # turn expected failures into one line; unexpected ones too, plus a logged traceback
+        if isinstance(exc, BaseExceptionGroup):  # a task group's error: report the one that started it
+            from app.pipeline import first_error
+
+            exc = first_error(exc)
         code = exit_code_for(exc)
         if code == EXIT_ERROR and not _expected(exc):
             logs.get_logger("cli").error("unexpected_error", exc_info=True)

@@ -24,6 +24,7 @@ from app.settings import RunSettings
 log = get_logger("clustering")
 
 REPRESENTATIVES = 8  # sentences per topic shown to the namer and stored as evidence
+UMAP_MIN_DOCS = 60  # below this many documents, cluster without UMAP (see cluster_documents)
 
 
 class TooFewToCluster(ValueError):
@@ -63,6 +64,7 @@ def cluster_documents(
     min_cluster_size: int,
     seed: int,
     top_n_keywords: int = 10,
+    min_samples: int | None = None,
 ) -> Clustering:
     """Cluster ``docs`` (with their L2-normalised ``embeddings``) with BERTopic.
 
@@ -77,13 +79,21 @@ def cluster_documents(
     n = len(docs)
     if n < max(min_cluster_size * 2, 4):
         raise TooFewToCluster(f"{n} documents, fewer than {max(min_cluster_size * 2, 4)} needed to cluster")
-    umap_model = backend.make_umap(
-        n_neighbors=min(n_neighbors, n - 1),
-        n_components=min(n_components, n - 2),
-        min_dist=min_dist,
-        random_state=seed,
-    )
-    hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size)
+    if n < UMAP_MIN_DOCS:
+        # UMAP's neighbourhood graph is unreliable on a few dozen points (it scatters
+        # small groups); HDBSCAN then runs on the unit-length embeddings themselves,
+        # where Euclidean distance orders pairs exactly as cosine distance does.
+        from bertopic.dimensionality import BaseDimensionalityReduction
+
+        umap_model = BaseDimensionalityReduction()
+    else:
+        umap_model = backend.make_umap(
+            n_neighbors=min(n_neighbors, n - 1),
+            n_components=min(n_components, n - 2),
+            min_dist=min_dist,
+            random_state=seed,
+        )
+    hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples)
     model = BERTopic(
         umap_model=umap_model,
         hdbscan_model=hdbscan_model,
@@ -147,6 +157,10 @@ def cluster_topics(docs: list[str], embeddings: np.ndarray, settings: RunSetting
         min_cluster_size=settings.theme_min_cluster_size,
         seed=settings.seed,
         top_n_keywords=settings.top_n_keywords,
+        # Topics are few and each already summarises many sentences: a conservative
+        # min_samples (HDBSCAN's default equals min_cluster_size) leaves most of them as
+        # noise. 1 lets any tight group of min_cluster_size topics form a theme.
+        min_samples=settings.theme_min_samples,
     )
 
 

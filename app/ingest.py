@@ -120,15 +120,14 @@ class IngestReport:
             f"{self.firms_seen} firms ({self.firms_added} new)."
         ]
         if self.truncated:
-            lines.append(f"The file ends early; the rows before the break were kept: {self.problems[-1]}"
-                         if self.problems else "The file ends early; the rows before the break were kept.")
-        if self.bad_rows or self.cleaned_rows:
-            listed = len(self.problems)
-            lines.append(f"First problem: {self.problems[0]}" if self.problems else "")
-            total = self.bad_rows + self.cleaned_rows + (1 if self.truncated else 0)
-            if total > listed:
-                lines.append(f"(The first {listed} problems are in the log; {total - listed} more were only counted.)")
-        return "\n".join(line for line in lines if line)
+            # The early-end message is always kept, as the last problem.
+            lines.append(self.problems[-1] if self.problems else "The file ends early.")
+        if (self.bad_rows or self.cleaned_rows) and self.problems:
+            lines.append(f"First problem: {self.problems[0]}")
+            unlisted = self.bad_rows + self.cleaned_rows + int(self.truncated) - len(self.problems)
+            if unlisted > 0:
+                lines.append(f"({len(self.problems)} problems are listed in the log; {unlisted} more were only counted.)")
+        return "\n".join(lines)
 
 
 # --- reading -----------------------------------------------------------------------------

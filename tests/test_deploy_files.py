@@ -1,0 +1,348 @@
+"""The container files: compose.yaml, the Dockerfile, .dockerignore, the stop script.
+
+These tests read the files; they do not need Docker. They check the structure that the
+deployment relies on (docs/deploy.md): the database with pgvector and enough shared
+memory for the HNSW build, the app waiting for a healthy database, the GPU reservation,
+secrets only ever taken from the environment, a pinned RAPIDS base, the constraints that
+keep RAPIDS' own builds, a non-root user. Building and running the images needs Docker
+and a GPU; docs/deploy.md lists one command for each such check.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}")
+
+
+# --- compose.yaml ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def environment(service: dict) -> dict:
+    """A service's environment as a dict, whichever of compose's two forms it uses."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+def volume_mounts(service: dict) -> list[dict]:
+    """A service's volumes as {source, target, read_only}, from short or long syntax."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            mounts.append({"source": volume.get("source"), "target": volume["target"],
+                           "read_only": bool(volume.get("read_only"))})
+            continue
+        # "source:target[:mode]"; the source may itself be "${VAR:-default}".
+        match = re.fullmatch(r"(?P<source>\$\{[^}]*\}|[^:]+):(?P<target>[^:]+)(?::(?P<mode>[a-z,]+))?", volume)
+        assert match, f"cannot read volume {volume!r}"
+        mounts.append({"source": match["source"], "target": match["target"],
+                       "read_only": "ro" in (match["mode"] or "").split(",")})
+    return mounts
+
+
+def size_in_bytes(value) -> int:
+    """Compose's byte values: a plain number, or a number with b, k, m, g (and kb, mb, gb)."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"(\d+)\s*([bkmg]?)b?", str(value).strip().lower())
+    assert match, f"cannot read size {value!r}"
+    return int(match[1]) * 1024 ** "bkmg".index(match[2] or "b")
+
+
+def duration_in_seconds(value) -> float:
+    """Compose's durations, such as 90s, 1m30s, 2m."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s|ms|us)", str(value))
+    assert parts and "".join(n + u for n, u in parts) == str(value), f"cannot read duration {value!r}"
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def test_db_is_pgvector_on_postgres_17_with_a_named_volume(compose):
+    db = compose["services"]["db"]
+    assert db["image"] == "pgvector/pgvector:pg17"
+    data = [m for m in volume_mounts(db) if m["target"] == "/var/lib/postgresql/data"]
+    assert data, "the database files must live on a volume"
+    assert data[0]["source"] in compose["volumes"], "a named volume, declared at the top level"
+
+
+def test_db_has_a_pg_isready_healthcheck(compose):
+    test = compose["services"]["db"]["healthcheck"]["test"]
+    command = " ".join(test) if isinstance(test, list) else test
+    assert "pg_isready" in command
+
+
+def test_db_shared_memory_fits_the_hnsw_build(compose):
+    # The program builds HNSW indexes with maintenance_work_mem = 1GB (app/schema.py);
+    # parallel builds share it through /dev/shm.
+    assert size_in_bytes(compose["services"]["db"]["shm_size"]) >= 1024 ** 3
+
+
+def test_db_password_comes_from_the_environment(compose):
+    password = environment(compose["services"]["db"])["POSTGRES_PASSWORD"]
+    assert INTERPOLATION.fullmatch(password), password
+
+
+def test_app_waits_for_a_healthy_database(compose):
+    for name in ("app", "app-cpu"):
+        assert compose["services"][name]["depends_on"]["db"]["condition"] == "service_healthy"
+
+
+def test_app_database_url_points_at_db_without_a_literal_password(compose):
+    for name in ("app", "app-cpu"):
+        url = environment(compose["services"][name])["DATABASE_URL"]
+        match = re.fullmatch(r"postgresql://firmtopics:(?P<password>.+)@db:5432/firmtopics", url)
+        assert match, url
+        assert INTERPOLATION.fullmatch(match["password"]), "the password must be ${POSTGRES_PASSWORD}"
+        assert "POSTGRES_PASSWORD" in match["password"]
+
+
+def test_no_secret_is_written_in_compose(compose):
+    for name, service in compose["services"].items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key):
+                # Either passed through from the shell (no value) or interpolated.
+                assert value is None or INTERPOLATION.fullmatch(str(value)), f"{name}: {key} has a literal value"
+    assert "XAI_API_KEY" in environment(compose["services"]["app"])
+
+
+def test_app_reserves_one_nvidia_gpu(compose):
+    devices = compose["services"]["app"]["deploy"]["resources"]["reservations"]["devices"]
+    assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in [
+        {k: d.get(k) for k in ("driver", "count", "capabilities")} for d in devices
+    ]
+
+
+def test_app_builds_the_gpu_image_and_app_cpu_the_cpu_image(compose):
+    services = compose["services"]
+    assert services["app"]["build"]["target"] == "gpu"
+    assert services["app-cpu"]["build"]["target"] == "cpu"
+    assert services["app-cpu"]["profiles"] == ["cpu"]
+    assert "deploy" not in services["app-cpu"], "the CPU service must not ask for a GPU"
+    assert "profiles" not in services["app"], "the GPU service is the default"
+
+
+def test_corpus_is_mounted_read_only(compose):
+    for name in ("app", "app-cpu"):
+        corpus = [m for m in volume_mounts(compose["services"][name]) if m["target"] == "/corpus"]
+        assert corpus and corpus[0]["read_only"], f"{name}: the corpus must be mounted read-only"
+
+
+def test_model_cache_is_a_named_volume_at_hf_home(compose, dockerfile):
+    hf_home = {env["HF_HOME"] for env in dockerfile.env_by_stage().values()}
+    assert len(hf_home) == 1, "both images keep models in the same place"
+    (hf_home,) = hf_home
+    for name in ("app", "app-cpu"):
+        cache = [m for m in volume_mounts(compose["services"][name]) if m["target"] == hf_home]
+        assert cache and cache[0]["source"] in compose["volumes"], name
+
+
+def test_app_has_time_to_drain_on_sigterm(compose):
+    for name in ("app", "app-cpu"):
+        service = compose["services"][name]
+        grace = duration_in_seconds(service["stop_grace_period"])
+        assert 60 <= grace < 120, "long enough to drain, and inside a spot instance's 2-minute notice"
+        assert service.get("init") is True, "an init process forwards SIGTERM to the program"
+
+
+# --- Dockerfile ------------------------------------------------------------------------
+
+
+class Dockerfile:
+    """The Dockerfile read as a list of (stage, INSTRUCTION, arguments)."""
+
+    def __init__(self, text: str):
+        lines, current = [], ""
+        for raw in text.splitlines():
+            stripped = raw.strip()
+            if stripped.startswith("#") and not current:
+                continue
+            if stripped.startswith("#"):  # a comment inside a continued instruction
+                continue
+            if stripped.endswith("\\"):
+                current += stripped[:-1] + " "
+                continue
+            current += stripped
+            if current.strip():
+                lines.append(current.strip())
+            current = ""
+        self.global_args: dict[str, str] = {}
+        self.instructions: list[tuple[str | None, str, str]] = []
+        self.stages: dict[str, str] = {}  # stage name -> base image, ARGs resolved
+        stage = None
+        for line in lines:
+            instruction, _, arguments = line.partition(" ")
+            instruction = instruction.upper()
+            if instruction == "ARG" and stage is None:
+                name, _, default = arguments.partition("=")
+                self.global_args[name.strip()] = default.strip().strip('"')
+            if instruction == "FROM":
+                match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", arguments, re.IGNORECASE)
+                assert match, line
+                stage = match[2] or f"stage{len(self.stages)}"
+                self.stages[stage] = self.resolve(match[1])
+            self.instructions.append((stage, instruction, arguments))
+
+    def resolve(self, text: str) -> str:
+        """``text`` with ${NAME} and $NAME replaced by the global ARG defaults."""
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: self.global_args[m[1] or m[2]], text)
+
+    def of(self, instruction: str, stage: str | None = None) -> list[str]:
+        return [a for s, i, a in self.instructions if i == instruction and (stage is None or s == stage)]
+
+    def env_by_stage(self) -> dict[str, dict[str, str]]:
+        """ENV settings of each stage (``ENV A=1 B=2`` form)."""
+        envs: dict[str, dict[str, str]] = {name: {} for name in self.stages}
+        for stage, instruction, arguments in self.instructions:
+            if instruction == "ENV":
+                envs[stage].update(dict(re.findall(r"(\w+)=(\"[^\"]*\"|\S+)", arguments)))
+        return envs
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return Dockerfile((ROOT / "Dockerfile").read_text())
+
+
+def test_gpu_image_is_a_pinned_rapids_base(dockerfile):
+    base = dockerfile.stages["gpu"]
+    image, _, tag = base.partition(":")
+    assert image == "rapidsai/base"
+    # <release>-cuda12-py3.<minor>: a fixed RAPIDS release, never "latest".
+    assert re.fullmatch(r"\d{2}\.\d{2}-cuda12-py3\.(11|12)", tag), tag
+
+
+def test_gpu_is_the_default_target(dockerfile):
+    assert list(dockerfile.stages)[-1] == "gpu", "a plain `docker build .` builds the last stage"
+
+
+def test_cpu_image_is_slim_python_311(dockerfile):
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", dockerfile.stages["cpu"]), dockerfile.stages["cpu"]
+
+
+def test_gpu_install_is_constrained_to_the_images_own_versions(dockerfile):
+    runs = dockerfile.of("RUN", "gpu")
+    written = [re.search(r"pip list --format=freeze > (\S+)", run) for run in runs]
+    constraints = {m[1] for m in written if m}
+    assert constraints, "the image's installed versions are written to a constraints file"
+    (constraints,) = constraints
+    first_write = next(i for i, m in enumerate(written) if m)
+    installs = [run for run in runs[first_write + 1:] if re.search(r"pip install\b", run)]
+    dependency_installs = [run for run in installs if "--no-deps" not in run]
+    assert dependency_installs, "the project's dependencies are installed after the constraints are written"
+    for run in dependency_installs:
+        assert re.search(rf"(-c|--constraint)[ =]{re.escape(constraints)}", run), run
+
+
+def test_cpu_image_installs_cpu_torch_before_the_project(dockerfile):
+    runs = dockerfile.of("RUN", "cpu")
+    torch_run = next(i for i, run in enumerate(runs) if "download.pytorch.org/whl/cpu" in run)
+    assert "torch==" in runs[torch_run]
+    project_runs = [i for i, run in enumerate(runs) if re.search(r"pip install (-c \S+ )?-r|pip install .*\s\.(\s|$)", run)]
+    assert project_runs and min(project_runs) > torch_run
+
+
+@pytest.mark.parametrize("stage", ["gpu", "cpu"])
+def test_image_runs_firmtopics_as_a_non_root_user(dockerfile, stage):
+    users = dockerfile.of("USER", stage)
+    assert users and users[-1] not in ("root", "0", "0:0"), "the last USER must not be root"
+    assert json.loads(dockerfile.of("ENTRYPOINT", stage)[-1]) == ["firmtopics"]
+    assert json.loads(dockerfile.of("CMD", stage)[-1]) == ["run"]
+
+
+@pytest.mark.parametrize("stage", ["gpu", "cpu"])
+def test_image_keeps_models_on_a_volume_and_stays_offline(dockerfile, stage):
+    env = dockerfile.env_by_stage()[stage]
+    assert env["HF_HUB_OFFLINE"] == "1"
+    volumes = [v for arguments in dockerfile.of("VOLUME", stage) for v in json.loads(arguments)]
+    assert env["HF_HOME"] in volumes
+
+
+def test_no_secret_in_the_image(dockerfile):
+    for stage, values in dockerfile.env_by_stage().items():
+        for name in values:
+            assert not SECRET_NAME.search(name), f"{stage}: ENV {name} would bake a secret into the image"
+    for arguments in dockerfile.of("ARG"):
+        assert not SECRET_NAME.search(arguments.split("=")[0]), f"ARG {arguments} ends up in the image history"
+    text = (ROOT / "Dockerfile").read_text()
+    assert "xai-" not in text.lower() and "postgresql://" not in text
+
+
+def copied_sources(dockerfile: Dockerfile) -> list[str]:
+    sources = []
+    for arguments in dockerfile.of("COPY"):
+        words = arguments.split()
+        if any(w.startswith("--from") for w in words):
+            continue  # from another stage or image, not from the repository
+        words = [w for w in words if not w.startswith("--")]
+        sources.extend(words[:-1])  # the last word is the destination
+    return sources
+
+
+def test_every_copied_file_exists(dockerfile):
+    sources = copied_sources(dockerfile)
+    assert {"pyproject.toml", "app", "sql"} <= set(sources)
+    missing = sorted({s for s in sources if not (ROOT / s).exists()})
+    assert not missing, f"the Dockerfile copies files the repository does not have: {missing}"
+
+
+def test_dockerignore_lets_the_copied_files_through(dockerfile):
+    """.dockerignore is an allow-list; what the Dockerfile copies must be on it."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def sent(path: str) -> bool:
+        included = True
+        for pattern in patterns:
+            negated = pattern.startswith("!")
+            pattern = pattern.lstrip("!").rstrip("/")
+            if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+                included = negated
+        return included
+
+    assert patterns[0] == "*", "everything is excluded first"
+    for source in copied_sources(dockerfile):
+        assert sent(source), f".dockerignore keeps {source} out of the build"
+    for secret in (".env", "corpus/x.jsonl.gz", ".git/config", "firmtopics-data/pgdata"):
+        assert not sent(secret), f"{secret} must not be sent to the build"
+
+
+# --- scripts/stop_database.sh ----------------------------------------------------------
+
+
+def test_stop_database_script_is_valid_bash():
+    script = ROOT / "scripts" / "stop_database.sh"
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert 'aws rds stop-db-instance --db-instance-identifier "$DB_INSTANCE_ID"' in text
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_stop_database_script_refuses_to_run_without_an_instance(tmp_path):
+    """Without DB_INSTANCE_ID it stops with a usage error before calling AWS at all."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    result = subprocess.run([bash, str(ROOT / "scripts" / "stop_database.sh")], capture_output=True,
+                            text=True, env={"PATH": str(tmp_path)})  # no aws on this PATH
+    assert result.returncode == 2
+    assert "DB_INSTANCE_ID" in result.stderr

@@ -1,0 +1,136 @@
+"""The job on a real PostgreSQL with the real model and BERTopic: resume, refusal,
+edge cases, failure isolation, and errors that end the run instead of hanging it."""
+
+import anyio
+import pytest
+
+from app.backend import CPU
+from app.job import run_job
+from app.naming import Label, OfflineNamer
+from app.runs import SettingsChanged
+from app.sample import sample_rows
+from app.schema import DimensionMismatch, vector_indexes_present
+from app.settings import RunSettings
+from conftest import insert_corpus
+
+SETTINGS = RunSettings()
+
+
+async def job(pool, embedder, *, run="r", settings=SETTINGS, namer=None, retry_failed=False):
+    with anyio.fail_after(300):  # a hang is a failure, not a stuck test run
+        return await run_job(pool, settings, run_name=run, embedder=embedder, backend=CPU,
+                             namer=namer or OfflineNamer(), retry_failed=retry_failed)
+
+
+async def table_counts(pool):
+    async with pool.acquire() as conn:
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {t}")
+                for t in ("run_firms", "topics", "themes", "sentence_topics")}
+
+
+async def test_resume_skips_done_firms_and_a_finished_run_does_nothing(pool, embedder):
+    everything = list(sample_rows())
+    await insert_corpus(pool, [r for r in everything if r["firm_id"] != "PRS"])
+    first = await job(pool, embedder)
+    assert first.status == "complete"
+    assert first.firms["done"] == 7 and first.firms["skipped"] == 1  # the tiny firm
+    before = await table_counts(pool)
+
+    again = await job(pool, embedder)
+    assert again.status == "nothing_to_do"
+    assert await table_counts(pool) == before
+
+    # A new firm arrives: only it is processed, then themes are redone over all topics.
+    await insert_corpus(pool, [r for r in everything if r["firm_id"] == "PRS"])
+    third = await job(pool, embedder)
+    assert third.status == "complete"
+    assert third.firms == {"done": 8, "skipped": 1, "failed": 0, "total": 9, "left": 0}
+    assert third.themes >= 4
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM run_firms") == 9
+        assert await conn.fetchval("SELECT count(*) FROM topics WHERE theme_id IS NULL") == 0
+        assert len(await vector_indexes_present(conn)) == 3
+
+
+async def test_resuming_with_other_settings_is_refused(pool, embedder):
+    await insert_corpus(pool, sample_rows(firms=1))
+    await job(pool, embedder)
+    with pytest.raises(SettingsChanged, match="umap_n_neighbors: run has 15, now 30"):
+        await job(pool, embedder, settings=RunSettings(umap_n_neighbors=30))
+    # Another run name with other settings is fine: several runs coexist.
+    other = await job(pool, embedder, run="wide", settings=RunSettings(umap_n_neighbors=30))
+    assert other.status == "complete"
+
+
+async def test_a_model_of_another_dimension_is_refused(pool, embedder):
+    await insert_corpus(pool, sample_rows(firms=1))
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO database_meta VALUES ('embedding_dim', '768')")
+    with pytest.raises(DimensionMismatch, match="768-dimensional.*gives 384"):
+        await job(pool, embedder)
+
+
+async def test_same_settings_give_the_same_topics(pool, embedder):
+    await insert_corpus(pool, sample_rows(firms=2))
+    await job(pool, embedder, run="one")
+    await job(pool, embedder, run="two")
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT r.name, st.sentence_id, t.topic_no FROM sentence_topics st JOIN runs r USING (run_id)"
+            " LEFT JOIN topics t USING (topic_id) ORDER BY st.sentence_id"
+        )
+    one = [(r["sentence_id"], r["topic_no"]) for r in rows if r["name"] == "one"]
+    two = [(r["sentence_id"], r["topic_no"]) for r in rows if r["name"] == "two"]
+    assert one == two and len(one) > 0
+
+
+async def test_edge_cases_are_recorded_with_their_reason(pool, embedder):
+    rows = list(sample_rows(firms=1))
+    # All sentences the same (in different calls): HDBSCAN finds no cluster.
+    rows += [{"firm_id": "SAME", "doc_id": f"call {i}", "sentence": "Revenue grew strongly this quarter."}
+             for i in range(40)]
+    # Only stop words: BERTopic's vectorizer cannot build a vocabulary, so the firm fails.
+    rows += [{"firm_id": "STOP", "doc_id": f"call {i}", "sentence": "It is what it is, and so it was."}
+             for i in range(40)]
+    # One very long sentence: the model truncates it; the text is stored whole.
+    long_text = "Our freight costs rose. " * 2000
+    rows.append({"firm_id": "NWL", "doc_id": "long", "sentence": long_text})
+    await insert_corpus(pool, rows)
+    outcome = await job(pool, embedder)
+    assert outcome.status == "complete"  # one firm's failure does not stop the run
+    async with pool.acquire() as conn:
+        states = {r["firm_id"]: r for r in await conn.fetch("SELECT * FROM run_firms")}
+        stored_long = await conn.fetchval("SELECT text FROM sentences WHERE doc_id = 'long'")
+        long_has_embedding = await conn.fetchval(
+            "SELECT embedding IS NOT NULL FROM sentence_topics JOIN sentences USING (sentence_id)"
+            " WHERE doc_id = 'long'")
+    assert states["SAME"]["status"] == "done" and states["SAME"]["n_topics"] == 0
+    assert "no topic found" in states["SAME"]["reason"]
+    assert states["STOP"]["status"] == "failed" and "vocabulary" in states["STOP"]["reason"]
+    assert states["TNY"]["status"] == "skipped" and "only 4 sentences" in states["TNY"]["reason"]
+    assert stored_long == long_text and long_has_embedding
+
+    # --retry-failed takes the failed firm again (it fails again, the same way, and is recorded once).
+    retried = await job(pool, embedder, retry_failed=True)
+    assert retried.firms["failed"] == 1
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM run_firms WHERE firm_id = 'STOP'") == 1
+
+
+class BrokenNamer(OfflineNamer):
+    async def name_topic(self, topic):
+        raise RuntimeError("the namer broke")
+
+
+class BadLabelNamer(OfflineNamer):
+    async def name_topic(self, topic):
+        return Label("x", "y", "not-a-source")  # violates a CHECK: the writer fails
+
+
+@pytest.mark.parametrize("namer, error", [(BrokenNamer(), "the namer broke"), (BadLabelNamer(), "name_source")])
+async def test_an_error_in_any_stage_ends_the_run_with_that_error(pool, embedder, namer, error):
+    await insert_corpus(pool, sample_rows(firms=3))
+    with pytest.raises(Exception, match=error):
+        await job(pool, embedder, namer=namer)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM runs") == "failed"

@@ -1,0 +1,66 @@
+"""Settings from the environment, and secrets kept out of text."""
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import RunSettings, Settings, SettingsError, database_password, redact
+
+
+def test_defaults_with_an_empty_environment():
+    s = Settings.from_env({})
+    assert s.database_url is None
+    assert s.xai_api_key is None
+    assert s.xai_base_url == "https://api.x.ai/v1"
+    assert s.llm_concurrency == 8
+    assert s.run == RunSettings()
+    assert s.run.embedding_model == "all-MiniLM-L6-v2"
+
+
+def test_values_are_read_and_checked():
+    s = Settings.from_env({
+        "DATABASE_URL": "postgresql://u:pw@h/db", "XAI_API_KEY": "k", "XAI_BASE_URL": "http://127.0.0.1:9/v1/",
+        "LLM_CONCURRENCY": "3", "LOG_FORMAT": "json", "FIRMTOPICS_SEED": "7", "FIRMTOPICS_DATA_DIR": "/tmp/x",
+        "FIRMTOPICS_MIN_CLUSTER_SIZE": "5", "EMBEDDING_MODEL": "/models/m",
+    })
+    assert s.xai_base_url == "http://127.0.0.1:9/v1"  # trailing slash dropped
+    assert s.llm_concurrency == 3
+    assert s.log_format == "json"
+    assert s.data_dir == Path("/tmp/x")
+    assert s.run.seed == 7 and s.run.hdbscan_min_cluster_size == 5 and s.run.embedding_model == "/models/m"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LLM_CONCURRENCY": "many"}, "LLM_CONCURRENCY must be a whole number"),
+    ({"LLM_CONCURRENCY": "0"}, "at least 1"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"FIRMTOPICS_UMAP_MIN_DIST": "near"}, "must be a number"),
+])
+def test_bad_values_are_one_clear_error(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_run_settings_differences_name_each_change():
+    recorded = RunSettings().as_dict()
+    changed = RunSettings(seed=1, umap_n_neighbors=30)
+    assert changed.differences(recorded) == {"seed": (42, 1), "umap_n_neighbors": (15, 30)}
+    assert RunSettings().differences(recorded) == {}
+
+
+def test_secrets_are_masked_in_repr_and_text():
+    s = Settings.from_env({"DATABASE_URL": "postgresql://user:s3cret-pw@db:5432/x", "XAI_API_KEY": "xai-KEY-123"})
+    assert database_password(s.database_url) == "s3cret-pw"
+    assert set(s.secrets()) == {"xai-KEY-123", "s3cret-pw"}
+    assert "s3cret-pw" not in repr(s) and "xai-KEY-123" not in repr(s)
+    text = redact("failed: postgresql://user:s3cret-pw@db/x with key xai-KEY-123", s.secrets())
+    assert "s3cret-pw" not in text and "xai-KEY-123" not in text
+    # A password in any URL is masked even when it is not a known secret.
+    assert redact("postgres://a:other@h/db") == "postgres://a:***@h/db"
+
+
+def test_data_dir_is_never_under_root_home_for_root(monkeypatch):
+    import app.settings as settings_module
+
+    monkeypatch.setattr(settings_module.os, "geteuid", lambda: 0)
+    assert settings_module.default_data_dir() == Path("/var/lib/firmtopics")
