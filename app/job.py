@@ -30,7 +30,8 @@ from app.progress import Progress
 from app.runs import firm_counts, firms_to_do, open_run, set_status
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
 from app.settings import RunSettings
-from app.themes import run_theme_stage
+from app.themes import ThemeOutcome, run_theme_stage
+from app.writer import with_connection_retry
 
 log = get_logger("job")
 
@@ -81,40 +82,66 @@ async def run_job(
         return outcome
     log.info("run_started" if run.created else "run_resumed", run=run_name, run_id=run.run_id,
              firms_left=len(todo), previous_status=run.status, backend=backend.name, device=embedder.device)
+
+    async def record(status: str, **fields) -> None:
+        # One UPDATE: safe to repeat, so a dropped connection is retried, not fatal.
+        await with_connection_retry(pool, lambda conn: set_status(conn, run.run_id, status, **fields),
+                                    what=f"run status {status}")
+
+    async def stopped(reached: str | None) -> JobOutcome:
+        # A stop request (a signal) ends the run between stages. ``reached`` is the stage
+        # finished last, kept as the run's status so a resume starts after it; None means
+        # firms are left, and the run is recorded ``interrupted``.
+        outcome.status = "interrupted"
+        if reached is None:
+            await record("interrupted", llm_usage=namer.usage())
+        else:
+            log.warning("stop_requested", next_stage_not_started=reached)
+        outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
+                                                    what="firm counts")
+        return outcome
+
     try:
         if todo:
-            interrupted = not await _firm_stage(pool, run.run_id, settings, embedder, backend, namer, todo, stop,
-                                                outcome)
-            if interrupted:
-                outcome.status = "interrupted"
-                async with pool.acquire() as conn:
-                    await set_status(conn, run.run_id, "interrupted", llm_usage=namer.usage())
-                    outcome.firms = await firm_counts(conn, run.run_id)
-                return outcome
-        async with pool.acquire() as conn:
-            await set_status(conn, run.run_id, "firms_done")
+            completed = await _firm_stage(pool, run.run_id, settings, embedder, backend, namer, todo, stop,
+                                          outcome)
+            if not completed:
+                return await stopped(None)
+        await record("firms_done")
+        if stop is not None and stop.is_set():
+            return await stopped("firms_done")
+
+        if run.status == "themes_done" and not todo:
+            # The previous process died in the index stage, after the themes were stored:
+            # they stand (no new firm since), so go straight to the indexes.
+            themes = await with_connection_retry(pool, lambda conn: _stored_themes(conn, run.run_id),
+                                                 what="count themes")
+            log.info("stage_skipped", stage="themes", reason="themes already stored for this run",
+                     themes=themes.themes, topics=themes.topics)
+        else:
+            stage_started = time.perf_counter()
+            log.info("stage_started", stage="themes")
+            themes = await run_theme_stage(pool, run.run_id, settings, embedder, backend, namer)
+            outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
+            log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
+                     linked_by_cluster=themes.linked_by_cluster, linked_by_nearest=themes.linked_by_nearest,
+                     reason=themes.reason, seconds=outcome.timings["themes_s"])
+        outcome.themes, outcome.topics = themes.themes, themes.topics
+        await record("themes_done")
+        if stop is not None and stop.is_set():
+            return await stopped("themes_done")
 
         stage_started = time.perf_counter()
-        log.info("stage_started", stage="themes")
-        themes = await run_theme_stage(pool, run.run_id, settings, embedder, backend, namer)
-        outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
-        outcome.themes, outcome.topics = themes.themes, themes.topics
-        log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
-                 linked_by_cluster=themes.linked_by_cluster, linked_by_nearest=themes.linked_by_nearest,
-                 reason=themes.reason, seconds=outcome.timings["themes_s"])
-        async with pool.acquire() as conn:
-            await set_status(conn, run.run_id, "themes_done")
+        log.info("stage_started", stage="index")
+        await with_connection_retry(pool, _build_indexes, what="build vector indexes")
+        outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
+        log.info("stage_finished", stage="index", seconds=outcome.timings["index_s"])
 
-            stage_started = time.perf_counter()
-            log.info("stage_started", stage="index")
-            await build_vector_indexes(conn)
-            outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
-            log.info("stage_finished", stage="index", seconds=outcome.timings["index_s"])
-
-            outcome.timings["wall_s"] = round(time.perf_counter() - started, 2)
-            outcome.llm_usage = namer.usage()
-            await set_status(conn, run.run_id, "complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
-            outcome.firms = await firm_counts(conn, run.run_id)
+        outcome.timings["wall_s"] = round(time.perf_counter() - started, 2)
+        outcome.llm_usage = namer.usage()
+        await record("complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
+        outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
+                                                    what="firm counts")
     except BaseException as exc:
         # Cancelled (a signal's grace period ran out) is an interruption; anything else a failure.
         # Both resume the same way: start the run again.
@@ -131,18 +158,39 @@ async def run_job(
     return outcome
 
 
+async def _build_indexes(conn: asyncpg.Connection) -> None:
+    """The HNSW indexes, on one connection. The server is told to check that this client
+    is still there while it builds: otherwise a build whose process was killed goes on
+    alone for as long as it takes, commits, and collides with the resumed run's build."""
+    await conn.execute("SET client_connection_check_interval = '1s'")
+    await build_vector_indexes(conn)
+
+
+async def _stored_themes(conn: asyncpg.Connection, run_id: int) -> ThemeOutcome:
+    """The counts of a theme stage already stored for the run."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM themes WHERE run_id = $1) AS themes,"
+        " count(*) AS topics,"
+        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
+        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
+        " FROM topics WHERE run_id = $1",
+        run_id,
+    )
+    return ThemeOutcome(row["topics"], row["themes"], row["by_cluster"], row["by_nearest"])
+
+
 async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, stop, outcome) -> bool:
     """Warm up, drop the vector indexes, process the firms; returns False if stopped early."""
     async with pool.acquire() as conn:
         # Bulk-loading rule: no vector index while loading; rebuilt once at the end.
         await drop_vector_indexes(conn)
-    stage_started = time.perf_counter()
     outcome.timings["warm_up_s"] = round(
         await anyio.to_thread.run_sync(
             lambda: warm_up(backend, settings, largest_firm=max(f.n_sentences for f in todo))
         ),
         2,
     )
+    stage_started = time.perf_counter()
     log.info("stage_started", stage="firms", firms=len(todo), sentences=sum(f.n_sentences for f in todo))
     progress = Progress(total_firms=len(todo), total_sentences=sum(f.n_sentences for f in todo))
     stage = FirmStage(pool, run_id, settings, embedder, backend, namer, stop=stop or anyio.Event())
