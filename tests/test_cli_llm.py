@@ -1,0 +1,84 @@
+"""``firmtopics run`` with LLM naming, against the fake OpenAI-compatible server running
+as a separate process on a real socket: names come from the LLM, a bad key fails fast."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from test_cli import fetch
+
+GOOD_KEY = "xai-test-good-key-0123456789"
+SERVER = Path(__file__).resolve().parent / "fake_llm_server.py"
+
+
+@pytest.fixture(scope="module")
+def llm_server():
+    """The fake server as a subprocess, accepting only GOOD_KEY and the model 'grok-test'."""
+    process = subprocess.Popen(
+        [sys.executable, str(SERVER), "--port", "0", "--latency", "0.05", "--api-key", GOOD_KEY,
+         "--model", "grok-test"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    base_url = process.stdout.readline().strip()
+    yield base_url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def env(database_url, monkeypatch, tmp_path, llm_server):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("XAI_BASE_URL", llm_server)
+    monkeypatch.setenv("XAI_MODEL", "grok-test")
+    monkeypatch.setenv("LLM_CONCURRENCY", "4")
+    return database_url
+
+
+def test_topics_and_themes_are_named_by_the_llm(env, monkeypatch, sample_corpus, capsys):
+    monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
+    assert main(["run", "--input", str(sample_corpus)]) == 0
+    out, err = capsys.readouterr()
+    sources = {r["name_source"] for r in fetch(env, "SELECT name_source FROM topics")}
+    assert sources == {"llm"}
+    assert {r["name_source"] for r in fetch(env, "SELECT name_source FROM themes")} == {"llm"}
+    assert all(r["name"].startswith("LLM ") for r in fetch(env, "SELECT name FROM topics"))
+    usage = json.loads(fetch(env, "SELECT llm_usage::text AS u FROM runs")[0]["u"])
+    n_topics = fetch(env, "SELECT count(*) AS n FROM topics")[0]["n"]
+    n_themes = fetch(env, "SELECT count(*) AS n FROM themes")[0]["n"]
+    assert usage["requests"] >= n_topics + n_themes  # every topic and theme, plus the start-up check
+    assert usage["total_tokens"] > 0 and usage["failures"] == 0
+    assert 1 < usage["peak_in_flight"] <= 4
+    # The evidence behind each label: the sentences shown to the LLM are stored, and are the topic's own.
+    mismatched = fetch(env, "SELECT count(*) AS n FROM topics t, unnest(t.evidence_sentence_ids) AS e(id)"
+                            " WHERE NOT EXISTS (SELECT 1 FROM sentence_topics st WHERE st.sentence_id = e.id"
+                            " AND st.topic_id = t.topic_id)")
+    assert mismatched[0]["n"] == 0
+    assert GOOD_KEY not in out + err
+
+
+def test_a_bad_key_fails_fast_with_one_line(env, monkeypatch, sample_corpus, capsys):
+    monkeypatch.setenv("XAI_API_KEY", "xai-wrong-key-should-not-leak")
+    started = time.monotonic()
+    assert main(["run", "--input", str(sample_corpus)]) == 1
+    elapsed = time.monotonic() - started
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("firmtopics: error:")]
+    assert len(errors) == 1 and "XAI_API_KEY" in errors[0]
+    assert "xai-wrong-key-should-not-leak" not in out + err
+    # Failed before any firm was processed (no model work happened).
+    assert fetch(env, "SELECT count(*) AS n FROM run_firms")[0]["n"] == 0
+    assert elapsed < 60
+
+
+def test_an_unknown_model_fails_fast(env, monkeypatch, sample_corpus, capsys):
+    monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
+    monkeypatch.setenv("XAI_MODEL", "grok-nonexistent")
+    assert main(["run"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("firmtopics: error:")]
+    assert len(errors) == 1 and "XAI_MODEL" in errors[0]
