@@ -71,7 +71,8 @@ async def run_job(
     async with pool.acquire() as conn:
         await fix_embedding_dimension(conn, embedder.dimension)
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
-                             backend={**backend.describe(), "device": embedder.device})
+                             backend={**backend.describe(), "device": embedder.device,
+                                      "fp16": embedder.device == "cuda"})
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
     outcome = JobOutcome(run.run_id, run_name, "complete")
     if run.status == "complete" and not todo:

