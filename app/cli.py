@@ -57,6 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--run", default="default", metavar="NAME")
 
     commands.add_parser("demo", help="make a sample corpus and run the whole job on it")
+
+    search = commands.add_parser("search", help="the themes, topics or sentences nearest in meaning to a text")
+    search.add_argument("text")
+    search.add_argument("--level", choices=("theme", "topic", "sentence"), default="topic",
+                        help="what to search (default: topic)")
+    search.add_argument("--firm", metavar="ID", help="only this firm's topics or sentences")
+    search.add_argument("--limit", type=int, default=10, metavar="K", help="hits to return (default: 10)")
+    search.add_argument("--run", default="default", metavar="NAME")
+    search.add_argument("--json", action="store_true", help="one JSON object per hit and line, for scripts")
+
+    show = commands.add_parser("show", help="a theme, topic or firm, up and down the hierarchy")
+    show.add_argument("kind", choices=("theme", "topic", "firm"))
+    show.add_argument("id")
+    show.add_argument("--run", metavar="NAME",
+                      help="the run (a firm: default 'default'; a theme or topic id already names its run)")
+
+    export = commands.add_parser("export", help="a run's firms, topics, themes and sentences as Parquet files")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR")
+    export.add_argument("--run", default="default", metavar="NAME")
+
+    report = commands.add_parser("report", help="a self-contained HTML page on a run: themes and a topic map")
+    report.add_argument("--out", type=Path, required=True, metavar="DIR")
+    report.add_argument("--run", default="default", metavar="NAME")
     return parser
 
 
@@ -73,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     logs.configure(settings.log_format, settings.secrets())
     command = COMMANDS[args.command]
+    # Until ``run`` installs its own handler (during an ingest or the model load), SIGTERM
+    # -- a spot notice, ``docker stop`` -- is taken as Ctrl-C: the command is cancelled
+    # and exits with code 3, rather than dying by the signal.
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         return anyio.run(command, settings, args)
     except KeyboardInterrupt:
@@ -86,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         if code == EXIT_ERROR and not _expected(exc):
             logs.get_logger("cli").error("unexpected_error", exc_info=True)
         return _fail(_message(exc), code, settings)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -146,7 +175,21 @@ async def cmd_run(settings: Settings, args) -> int:
     async with open_database(settings) as pool:
         if args.input:
             await _ingest(pool, args.input)
-        outcome = await run_with_signals(pool, settings, run_name=args.run, retry_failed=args.retry_failed)
+        try:
+            outcome = await run_with_signals(pool, settings, run_name=args.run, retry_failed=args.retry_failed)
+        except Exception as exc:
+            from app.database import DatabaseUnavailable
+            from app.pipeline import first_error
+            from app.writer import RETRYABLE
+
+            error = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if isinstance(error, RETRYABLE):  # the database went away and stayed away through the retries
+                detail = ": ".join([type(error).__name__, *str(error).strip().splitlines()[:1]])
+                raise DatabaseUnavailable(
+                    f"lost the connection to the database ({detail}); the firms written so far are kept: "
+                    "run the same command again to resume"
+                ) from None
+            raise
     print(describe_outcome(outcome))
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
 
@@ -242,7 +285,17 @@ async def cmd_demo(settings: Settings, args) -> int:
     return await run_demo(settings)
 
 
-COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "status": cmd_status, "demo": cmd_demo}
+async def cmd_read(settings: Settings, args) -> int:
+    """``search``, ``show``, ``export``, ``report``: the commands that read a run's results
+    live in modules of their own, each with a ``command`` function."""
+    from app import export, report, search, show
+
+    module = {"search": search, "show": show, "export": export, "report": report}[args.command]
+    return await module.command(settings, args)
+
+
+COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "status": cmd_status, "demo": cmd_demo,
+            "search": cmd_read, "show": cmd_read, "export": cmd_read, "report": cmd_read}
 
 
 if __name__ == "__main__":

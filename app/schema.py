@@ -124,6 +124,9 @@ async def build_vector_indexes(conn: asyncpg.Connection, maintenance_work_mem: s
         raise ValueError(f"maintenance_work_mem must look like '1GB', got {maintenance_work_mem!r}")
     await conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
     await conn.execute(sql_file("indexes.sql"))
+    # Fresh statistics after the bulk load, so the planner picks good plans (and the
+    # HNSW indexes) for the first queries, not only after autovacuum gets round to it.
+    await conn.execute("ANALYZE sentence_topics, topics, themes, sentences, run_firms")
 
 
 async def vector_indexes_present(conn: asyncpg.Connection) -> list[str]:

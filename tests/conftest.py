@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import asyncpg
 import pytest
+from pgvector.asyncpg import register_vector
 
 from app.database import embedded_url_for_tests
 
@@ -132,3 +134,82 @@ async def insert_corpus(pool, rows) -> None:
             " ON CONFLICT ON CONSTRAINT sentences_identity DO NOTHING",
             [(r["firm_id"], r.get("doc_id"), r["sentence"]) for r in rows],
         )
+
+
+# --- a finished run, shared by the tests of the commands that read results -------------
+
+
+def create_database(server_url: str, name: str) -> None:
+    async def go():
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    anyio.run(go)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    async def go():
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    anyio.run(go)
+
+
+def finished_run(server_url, corpus, tmp_path) -> tuple[str, str]:
+    """Run ``firmtopics run --input corpus`` into a new database; returns (name, URL)."""
+    name = "ft_read_" + uuid.uuid4().hex[:10]
+    create_database(server_url, name)
+    url = with_database(server_url, name)
+    from app.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATABASE_URL", url)
+        mp.setenv("LOG_FORMAT", "json")
+        mp.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
+        mp.delenv("XAI_API_KEY", raising=False)
+        assert main(["run", "--input", str(corpus)]) == 0
+    return name, url
+
+
+@pytest.fixture(scope="session")
+def sample_run(request, server_url, sample_corpus, tmp_path_factory) -> str:
+    """URL of a database holding the finished run ``default`` of the sample corpus
+    (8 firms done, 1 skipped, about 28 topics and 5 themes). Read it, never change it."""
+    name, url = finished_run(server_url, sample_corpus, tmp_path_factory.mktemp("sample_run"))
+    request.addfinalizer(lambda: drop_database(server_url, name))
+    return url
+
+
+@pytest.fixture
+async def conn(sample_run):
+    """A vector-aware connection to the sample run's database."""
+    connection = await asyncpg.connect(sample_run)
+    await register_vector(connection)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+def cli_env(sample_run, monkeypatch, tmp_path):
+    """The environment for ``main([...])`` against the sample run's database."""
+    monkeypatch.setenv("DATABASE_URL", sample_run)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("XAI_API_KEY", raising=False)
+    return sample_run
+
+
+def one_line_error(capsys, argv) -> str:
+    """Run ``argv``, expect exit 2 and exactly one error line; return that line."""
+    from app.cli import main
+
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("firmtopics: error:")]
+    assert len(errors) == 1, errors
+    return errors[0]

@@ -1,0 +1,312 @@
+"""``firmtopics show theme|topic|firm ID``: walk the hierarchy up and down.
+
+* a **theme**: its summary, its topics grouped by firm, and a few evidence sentences
+  (the sentences that were shown to the namer of its topics);
+* a **topic**: its firm, its theme, and its sentences (a sample when there are many);
+* a **firm**: its state in the run and its topics, each with its theme.
+
+Each view is built in two steps: a ``*_detail`` function reads the rows into a plain
+dict (easy to test, and JSON-ready), and a ``format_*`` function turns that dict into
+the text printed. ``load_run`` is also here: the read commands (search, show, export,
+report) all start by finding the run they read.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from app.cli import UsageError
+
+KINDS = ("theme", "topic", "firm")
+SENTENCE_SAMPLE = 20  # sentences printed for a topic; the rest are counted
+EVIDENCE_SAMPLE = 8  # evidence sentences printed for a theme
+
+
+async def load_run(conn: asyncpg.Connection, name: str, *, complete: bool = True) -> asyncpg.Record:
+    """The ``runs`` row of run ``name``.
+
+    Raises ``UsageError`` (exit 2) when there is no such run, or, with ``complete``,
+    when the run has not finished: its themes and vector indexes exist only then, so
+    searching, exporting or reporting a half-done run would give a misleading answer.
+    """
+    run = await conn.fetchrow("SELECT * FROM runs WHERE name = $1", name)
+    if run is None:
+        names = [r["name"] for r in await conn.fetch("SELECT name FROM runs ORDER BY run_id")]
+        known = f"runs in this database: {', '.join(names)}" if names else "this database has no run yet"
+        raise UsageError(f"no run named {name!r} ({known})")
+    if complete and run["status"] != "complete":
+        raise UsageError(
+            f"run {name!r} is not complete (status: {run['status']}); "
+            f"finish it first with: firmtopics run --run {name}"
+        )
+    return run
+
+
+def _parse_id(kind: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"a {kind} id is a whole number, got {raw!r}") from None
+
+
+async def _run_of(conn: asyncpg.Connection, kind: str, item_id: int, run_id: int | None,
+                  run_name: str | None) -> asyncpg.Record:
+    """The run a theme or topic belongs to (``run_id``, None when the id is unknown),
+    checked against ``--run`` when one is given."""
+    if run_id is None:
+        raise UsageError(f"no {kind} {item_id} in this database")
+    run = await conn.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
+    if run_name is not None and run["name"] != run_name:
+        raise UsageError(f"{kind} {item_id} is in run {run['name']!r}, not in run {run_name!r}")
+    return run
+
+
+# --- theme ------------------------------------------------------------------------------
+
+
+async def theme_detail(conn: asyncpg.Connection, theme_id: int, run_name: str | None = None) -> dict:
+    """A theme with its topics (ordered by firm, then size) and evidence sentences.
+
+    Takes the theme's id and, optionally, the run it must belong to. Returns a dict:
+    ``run``, ``theme`` (the theme's columns), ``topics`` (each with its firm) and
+    ``evidence`` (a few sentences, one from each of the largest topics first).
+    Raises ``UsageError`` for an unknown id.
+    """
+    theme = await conn.fetchrow(
+        "SELECT theme_id, run_id, name, summary, keywords, name_source, n_topics, n_firms"
+        " FROM themes WHERE theme_id = $1", theme_id)
+    run = await _run_of(conn, "theme", theme_id, theme and theme["run_id"], run_name)
+    topics = await conn.fetch(
+        "SELECT t.topic_id, t.firm_id, f.firm_name, t.name, t.n_sentences, t.theme_assignment,"
+        "       t.evidence_sentence_ids"
+        " FROM topics t JOIN firms f ON f.firm_id = t.firm_id"
+        " WHERE t.theme_id = $1 ORDER BY t.firm_id, t.n_sentences DESC, t.topic_id", theme_id)
+    # One evidence sentence from each topic, largest topics first, then a second round,
+    # and so on: the sample shows as many firms as it can.
+    by_size = sorted(topics, key=lambda t: (-t["n_sentences"], t["topic_id"]))
+    picked: list[tuple[int, int]] = []  # (sentence_id, topic_id)
+    round_no = 0
+    while len(picked) < EVIDENCE_SAMPLE and any(len(t["evidence_sentence_ids"]) > round_no for t in by_size):
+        for t in by_size:
+            if round_no < len(t["evidence_sentence_ids"]) and len(picked) < EVIDENCE_SAMPLE:
+                picked.append((t["evidence_sentence_ids"][round_no], t["topic_id"]))
+        round_no += 1
+    texts = {
+        r["sentence_id"]: r
+        for r in await conn.fetch(
+            "SELECT sentence_id, firm_id, doc_id, text FROM sentences WHERE sentence_id = ANY($1::bigint[])",
+            [sid for sid, _ in picked])
+    }
+    evidence = [
+        {"sentence_id": sid, "topic_id": tid, "firm_id": texts[sid]["firm_id"],
+         "doc_id": texts[sid]["doc_id"], "text": texts[sid]["text"]}
+        for sid, tid in picked if sid in texts
+    ]
+    n_sentences = sum(t["n_sentences"] for t in topics)
+    return {
+        "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]},
+        "theme": {**dict(theme), "keywords": list(theme["keywords"]), "n_sentences": n_sentences},
+        "topics": [
+            {k: t[k] for k in ("topic_id", "firm_id", "firm_name", "name", "n_sentences", "theme_assignment")}
+            for t in topics
+        ],
+        "evidence": evidence,
+    }
+
+
+def format_theme(detail: dict) -> str:
+    """The text of ``show theme``: header, summary, topics grouped by firm, evidence."""
+    theme = detail["theme"]
+    lines = [
+        f"theme {theme['theme_id']}: {theme['name']}   ({_run_label(detail['run'])})",
+        f"  {theme['n_topics']} topics from {theme['n_firms']} firms, {theme['n_sentences']} sentences;"
+        f" named from {_source(theme['name_source'])}",
+        f"  summary: {theme['summary']}",
+        f"  keywords: {', '.join(theme['keywords'])}",
+        "",
+        "topics, by firm:",
+    ]
+    firm = None
+    for topic in detail["topics"]:
+        if topic["firm_id"] != firm:
+            firm = topic["firm_id"]
+            lines.append(f"  {_firm_label(topic['firm_id'], topic['firm_name'])}")
+        nearest = "  (an outlier of the theme clustering, given the nearest theme)" \
+            if topic["theme_assignment"] == "nearest" else ""
+        lines.append(f"    topic {topic['topic_id']}: {topic['name']}  ({topic['n_sentences']} sentences){nearest}")
+    if detail["evidence"]:
+        lines += ["", "evidence (sentences shown to the namer of each topic):"]
+        for s in detail["evidence"]:
+            lines.append(f"  {s['firm_id']}, topic {s['topic_id']}: {_clip(s['text'], 160)}")
+    lines += ["", f"next: firmtopics show topic {detail['topics'][0]['topic_id']}" if detail["topics"] else ""]
+    return "\n".join(lines).rstrip()
+
+
+# --- topic ------------------------------------------------------------------------------
+
+
+async def topic_detail(conn: asyncpg.Connection, topic_id: int, run_name: str | None = None,
+                       *, sample: int = SENTENCE_SAMPLE) -> dict:
+    """A topic with its firm, its theme and up to ``sample`` of its sentences.
+
+    The evidence sentences come first (they are the most typical ones: the namer saw
+    them), then the others in id order. Returns a dict: ``run``, ``topic``, ``firm``,
+    ``theme`` (None when the run made no themes), ``sentences`` and ``n_sentences``.
+    Raises ``UsageError`` for an unknown id.
+    """
+    topic = await conn.fetchrow(
+        "SELECT topic_id, run_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences,"
+        "       evidence_sentence_ids, theme_id, theme_assignment"
+        " FROM topics WHERE topic_id = $1", topic_id)
+    run = await _run_of(conn, "topic", topic_id, topic and topic["run_id"], run_name)
+    firm = await conn.fetchrow("SELECT firm_id, firm_name FROM firms WHERE firm_id = $1", topic["firm_id"])
+    theme = None
+    if topic["theme_id"] is not None:
+        theme = await conn.fetchrow("SELECT theme_id, name, summary FROM themes WHERE theme_id = $1",
+                                    topic["theme_id"])
+    sentences = await conn.fetch(
+        "SELECT s.sentence_id, s.doc_id, s.text, s.sentence_id = ANY($2::bigint[]) AS evidence"
+        " FROM sentence_topics st JOIN sentences s ON s.sentence_id = st.sentence_id"
+        " WHERE st.topic_id = $1"
+        " ORDER BY array_position($2::bigint[], s.sentence_id) NULLS LAST, s.sentence_id"
+        " LIMIT $3",
+        topic_id, list(topic["evidence_sentence_ids"]), sample)
+    n_sentences = await conn.fetchval("SELECT count(*) FROM sentence_topics WHERE topic_id = $1", topic_id)
+    record = dict(topic)
+    record["keywords"] = list(record["keywords"])
+    record["evidence_sentence_ids"] = list(record["evidence_sentence_ids"])
+    return {
+        "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]},
+        "topic": record,
+        "firm": dict(firm),
+        "theme": dict(theme) if theme else None,
+        "sentences": [dict(s) for s in sentences],
+        "n_sentences": n_sentences,
+    }
+
+
+def format_topic(detail: dict) -> str:
+    """The text of ``show topic``: header, firm, theme, summary, sentences."""
+    topic, firm, theme = detail["topic"], detail["firm"], detail["theme"]
+    if theme:
+        how = " (the nearest theme: the theme clustering left this topic out)" \
+            if topic["theme_assignment"] == "nearest" else ""
+        theme_line = f"  theme: {theme['theme_id']}: {theme['name']}{how}"
+    else:
+        theme_line = "  theme: none (the run made no themes)"
+    lines = [
+        f"topic {topic['topic_id']}: {topic['name']}   ({_run_label(detail['run'])})",
+        f"  firm: {_firm_label(firm['firm_id'], firm['firm_name'])}",
+        theme_line,
+        f"  summary: {topic['summary']}",
+        f"  keywords: {', '.join(topic['keywords'])}",
+        f"  named from {_source(topic['name_source'])}",
+        "",
+    ]
+    shown, total = len(detail["sentences"]), detail["n_sentences"]
+    lines.append(f"sentences: {total}" + (f", the first {shown} (* = evidence shown to the namer):"
+                                          if shown < total else " (* = evidence shown to the namer):"))
+    for s in detail["sentences"]:
+        mark = "*" if s["evidence"] else " "
+        lines.append(f" {mark}[{s['sentence_id']}] {_clip(s['text'], 160)}")
+    if shown < total:
+        lines.append(f"  ... and {total - shown} more: SELECT text FROM sentence_assignments"
+                     f" WHERE topic_id = {topic['topic_id']};")
+    if theme:
+        lines += ["", f"next: firmtopics show theme {theme['theme_id']}"]
+    return "\n".join(lines)
+
+
+# --- firm -------------------------------------------------------------------------------
+
+
+async def firm_detail(conn: asyncpg.Connection, firm_id: str, run_name: str) -> dict:
+    """A firm's state in run ``run_name`` and its topics, each with its theme.
+
+    Returns a dict: ``run``, ``firm`` (id and name), ``state`` (the ``run_firms`` row, or
+    None when the run has not reached the firm yet) and ``topics`` (largest first).
+    Raises ``UsageError`` for an unknown firm or run.
+    """
+    run = await load_run(conn, run_name, complete=False)
+    firm = await conn.fetchrow("SELECT firm_id, firm_name FROM firms WHERE firm_id = $1", firm_id)
+    if firm is None:
+        raise UsageError(f"no firm {firm_id!r} in the database")
+    state = await conn.fetchrow(
+        "SELECT status, reason, n_sentences, n_topics, n_outliers FROM run_firms"
+        " WHERE run_id = $1 AND firm_id = $2", run["run_id"], firm_id)
+    topics = await conn.fetch(
+        "SELECT t.topic_id, t.name, t.n_sentences, t.theme_id, th.name AS theme_name, t.theme_assignment"
+        " FROM topics t LEFT JOIN themes th ON th.theme_id = t.theme_id"
+        " WHERE t.run_id = $1 AND t.firm_id = $2 ORDER BY t.n_sentences DESC, t.topic_id",
+        run["run_id"], firm_id)
+    return {
+        "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]},
+        "firm": dict(firm),
+        "state": dict(state) if state else None,
+        "topics": [dict(t) for t in topics],
+    }
+
+
+def format_firm(detail: dict) -> str:
+    """The text of ``show firm``: the firm's state in the run, then its topics and themes."""
+    firm, state = detail["firm"], detail["state"]
+    lines = [f"firm {_firm_label(firm['firm_id'], firm['firm_name'])}   ({_run_label(detail['run'])})"]
+    if state is None:
+        lines.append(f"  not processed by this run yet: firmtopics run --run {detail['run']['name']}")
+        return "\n".join(lines)
+    lines.append(f"  {state['status']}: {state['n_sentences']} sentences, {state['n_topics']} topics, "
+                 f"{state['n_outliers']} outliers (sentences in no topic)")
+    if state["reason"]:
+        lines.append(f"  reason: {state['reason']}")
+    if detail["topics"]:
+        lines += ["", "topics (largest first) and their themes:"]
+        for t in detail["topics"]:
+            theme = f"theme {t['theme_id']}: {t['theme_name']}" if t["theme_id"] is not None else "no theme"
+            lines.append(f"  topic {t['topic_id']}: {t['name']}  ({t['n_sentences']} sentences)  ->  {theme}")
+        lines += ["", f"next: firmtopics show topic {detail['topics'][0]['topic_id']}"]
+    return "\n".join(lines)
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+async def show(conn: asyncpg.Connection, kind: str, raw_id: str, run_name: str | None) -> str:
+    """The text ``firmtopics show KIND ID`` prints.
+
+    A theme or topic id names one row of one run, so ``run_name`` (``--run``) is only a
+    check there; a firm appears in every run, so for a firm it picks the run
+    (``default`` when not given).
+    """
+    if kind == "theme":
+        return format_theme(await theme_detail(conn, _parse_id(kind, raw_id), run_name))
+    if kind == "topic":
+        return format_topic(await topic_detail(conn, _parse_id(kind, raw_id), run_name))
+    if kind == "firm":
+        return format_firm(await firm_detail(conn, raw_id, run_name or "default"))
+    raise UsageError(f"show what? one of: {', '.join(KINDS)}")
+
+
+async def command(settings, args) -> int:
+    """``firmtopics show KIND ID [--run NAME]``: print one theme, topic or firm."""
+    from app.database import open_database
+
+    async with open_database(settings) as pool, pool.acquire() as conn:
+        print(await show(conn, args.kind, args.id, args.run))
+    return 0
+
+
+def _run_label(run: dict) -> str:
+    return f"run {run['name']!r}" + ("" if run["status"] == "complete" else f", {run['status']}")
+
+
+def _firm_label(firm_id: str, firm_name: str | None) -> str:
+    return f"{firm_id} ({firm_name})" if firm_name and firm_name != firm_id else firm_id
+
+
+def _source(name_source: str) -> str:
+    return "its keywords (no LLM key was set)" if name_source == "keywords" else "the LLM"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

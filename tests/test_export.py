@@ -1,0 +1,104 @@
+"""``firmtopics export`` on the finished sample run: one Parquet file per table, row counts
+equal to the tables', embeddings as fixed-size float32 lists of the run's dimension,
+ids that join, and a ``run.json`` that traces the result without leaking a secret."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from app.cli import UsageError, main
+from app.export import export_run
+from conftest import one_line_error
+
+
+@pytest.fixture
+async def exported(conn, tmp_path):
+    # Small chunks, so that the streaming path (several fetches, several row groups) is used.
+    counts = await export_run(conn, "default", tmp_path / "out", chunk_rows=200)
+    return tmp_path / "out", counts
+
+
+async def test_row_counts_equal_the_tables(conn, exported):
+    out, counts = exported
+    run_id = await conn.fetchval("SELECT run_id FROM runs WHERE name = 'default'")
+    expected = {
+        "firms": await conn.fetchval("SELECT count(*) FROM run_firms WHERE run_id = $1", run_id),
+        "themes": await conn.fetchval("SELECT count(*) FROM themes WHERE run_id = $1", run_id),
+        "topics": await conn.fetchval("SELECT count(*) FROM topics WHERE run_id = $1", run_id),
+        "sentences": await conn.fetchval("SELECT count(*) FROM sentence_topics WHERE run_id = $1", run_id),
+    }
+    assert counts == expected
+    for stem, n in expected.items():
+        assert pq.read_metadata(out / f"{stem}.parquet").num_rows == n
+    assert pq.ParquetFile(out / "sentences.parquet").num_row_groups == -(-expected["sentences"] // 200)
+    assert not list(out.glob("*.partial"))
+
+
+async def test_embeddings_are_fixed_size_float32_and_match_the_database(conn, exported):
+    out, _ = exported
+    for stem in ("themes", "topics", "sentences"):
+        table = pq.read_table(out / f"{stem}.parquet")
+        assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+        assert table.column("embedding").null_count == 0
+    sentences = pq.read_table(out / "sentences.parquet").to_pandas()
+    matrix = np.stack(sentences["embedding"].to_numpy())
+    assert matrix.shape == (len(sentences), 384) and matrix.dtype == np.float32
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-3)
+    row = sentences.iloc[123]
+    stored = await conn.fetchval("SELECT embedding FROM sentence_topics WHERE sentence_id = $1",
+                                 int(row["sentence_id"]))
+    assert np.array_equal(matrix[123], stored.to_numpy())
+    assert row["text"] == await conn.fetchval("SELECT text FROM sentences WHERE sentence_id = $1",
+                                              int(row["sentence_id"]))
+
+
+async def test_the_files_join_like_the_tables(exported):
+    out, _ = exported
+    firms = pq.read_table(out / "firms.parquet").to_pandas()
+    themes = pq.read_table(out / "themes.parquet").to_pandas()
+    topics = pq.read_table(out / "topics.parquet").to_pandas()
+    sentences = pq.read_table(out / "sentences.parquet").to_pandas()
+    assert set(topics["theme_id"]) <= set(themes["theme_id"])
+    assert set(sentences["topic_id"].dropna()) == set(topics["topic_id"])
+    assert set(sentences["firm_id"]) == set(firms["firm_id"])
+    merged = sentences.dropna(subset=["topic_id"]).merge(topics[["topic_id", "theme_id"]], on="topic_id",
+                                                          suffixes=("", "_of_topic"))
+    assert (merged["theme_id"] == merged["theme_id_of_topic"]).all()
+    assert sentences["topic_id"].isna().sum() == firms["n_outliers"].sum()
+    assert list(topics["keywords"].iloc[0]) and list(topics["evidence_sentence_ids"].iloc[0])
+    assert (firms["status"].isin(["done", "skipped"])).all()
+
+
+def test_cli_export_prints_files_and_writes_run_json_without_secrets(cli_env, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XAI_API_KEY", "xai-not-a-real-key-but-secret")
+    assert main(["export", "--out", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out
+    for stem in ("firms", "themes", "topics", "sentences"):
+        assert f"{stem}.parquet" in out
+    assert "1,120 rows" in out
+    manifest = (tmp_path / "x" / "run.json").read_text()
+    assert "xai-not-a-real-key-but-secret" not in manifest
+    assert cli_env not in manifest  # the database URL
+    run = json.loads(manifest)
+    assert run["model"] == "all-MiniLM-L6-v2" and run["embedding_dim"] == 384
+    assert run["settings"]["seed"] == 42 and "bertopic" in run["package_versions"]
+    assert run["export"]["files"]["sentences.parquet"] == 1120
+    assert pq.read_schema(tmp_path / "x" / "topics.parquet").metadata[b"firmtopics.model"] == b"all-MiniLM-L6-v2"
+
+
+def test_cli_export_of_an_unknown_run_exits_2(cli_env, tmp_path, capsys):
+    assert "no run named 'nope'" in one_line_error(capsys, ["export", "--out", str(tmp_path), "--run", "nope"])
+
+
+async def test_a_run_that_is_not_complete_is_not_exported(pool, tmp_path):
+    async with pool.acquire() as connection:
+        await connection.execute(
+            "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, status)"
+            " VALUES ('default', '{}', 'all-MiniLM-L6-v2', 384, '{}', 'running')")
+        with pytest.raises(UsageError, match="not complete"):
+            await export_run(connection, "default", tmp_path)
