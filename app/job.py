@@ -6,7 +6,8 @@ The order of a start:
 2. the model is loaded once and the clustering backend chosen;
 3. the run is opened: created, or resumed if its settings match (else refused);
 4. firms not yet recorded for the run are processed (one query finds them);
-5. the theme stage runs (redone cleanly if a previous process died in it);
+5. the theme stage runs (redone cleanly if a previous process died in it; skipped if a
+   previous process stored it and died in the index build, with no firm added since);
 6. the HNSW indexes are built, once, at the end.
 
 A run that is already complete, with no new firm, does nothing and says so.
@@ -63,9 +64,11 @@ async def run_job(
 ) -> JobOutcome:
     """Run (or resume) the job ``run_name``; returns a ``JobOutcome``.
 
-    ``stop``, when set (by a signal handler), makes the firm stage stop taking new firms;
-    the run is then left ``interrupted`` and a later start resumes it. Any error marks
-    the run ``failed`` (also resumable) and is raised.
+    ``stop``, when set (by a signal handler), makes the firm stage stop taking new firms
+    and keeps any later stage from starting; the run is then left ``interrupted`` (or at
+    the stage it finished: ``firms_done``, ``themes_done``) and a later start resumes it.
+    Any error marks the run ``failed`` (also resumable) and is raised. A dropped database
+    connection between and inside the stages is retried (``with_connection_retry``).
     """
     started = time.perf_counter()
     async with pool.acquire() as conn:
@@ -97,7 +100,7 @@ async def run_job(
         if reached is None:
             await record("interrupted", llm_usage=namer.usage())
         else:
-            log.warning("stop_requested", next_stage_not_started=reached)
+            log.warning("stopped_between_stages", stopped_after=reached, reason="no stage starts after a stop")
         outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
                                                     what="firm counts")
         return outcome

