@@ -13,6 +13,7 @@ All of this is blocking CPU/GPU work: the pipeline runs it in a worker thread.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,9 @@ log = get_logger("clustering")
 
 REPRESENTATIVES = 8  # sentences per topic shown to the namer and stored as evidence
 UMAP_MIN_DOCS = 60  # below this many documents, cluster without UMAP (see cluster_documents)
+# umap-learn finds exact neighbours below this many points, approximate ones (NN-descent)
+# above; below it we hand it the same exact neighbours, computed faster (see exact_neighbours).
+UMAP_EXACT_BELOW = 4096
 
 
 class TooFewToCluster(ValueError):
@@ -93,6 +97,11 @@ def cluster_documents(
             min_dist=min_dist,
             random_state=seed,
         )
+        if backend.name == "cpu" and n < UMAP_EXACT_BELOW:
+            # umap-learn would compute all pairwise distances itself, calling its metric
+            # from Python for every pair: most of the clustering time of a firm of a few
+            # thousand sentences. The same neighbours come from one matrix product.
+            umap_model.set_params(precomputed_knn=exact_neighbours(embeddings, umap_model.n_neighbors))
     hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples)
     model = BERTopic(
         umap_model=umap_model,
@@ -102,7 +111,10 @@ def cluster_documents(
         calculate_probabilities=False,
         verbose=False,
     )
-    labels, _ = model.fit_transform(docs, embeddings=embeddings)
+    with warnings.catch_warnings():
+        # Given neighbours, umap-learn warns that it cannot transform new data: not needed.
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        labels, _ = model.fit_transform(docs, embeddings=embeddings)
     labels = np.asarray(labels, dtype=np.int64)
     clusters = []
     for number in sorted(set(labels.tolist()) - {-1}):
@@ -117,6 +129,53 @@ def cluster_documents(
             )
         )
     return Clustering(labels=labels, clusters=clusters)
+
+
+def exact_neighbours(embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
+    """Each document's ``k`` nearest documents (itself included) by cosine distance,
+    nearest first, as umap-learn's ``precomputed_knn``: ``(indices, distances, None)``.
+
+    The same neighbours and the same distances, to the last bit, as umap-learn's own
+    search below 4,096 points, so UMAP's result does not change (it is chaotic: one
+    distance a float32 step off gives another layout). Only faster: umap-learn calls its
+    cosine function from Python for every pair of documents; here one matrix product
+    picks twice as many candidates as needed, and only those pairs get umap-learn's
+    arithmetic. Ties go to the lower index, as in umap-learn's stable sort. Memory grows
+    with the square of the number of documents: meant for UMAP_EXACT_BELOW at most.
+    """
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n = len(x)
+    width = min(n, 2 * k)
+    candidates = np.argpartition(-(x @ x.T), width - 1, axis=1)[:, :width]
+    squares = _ordered_sums(x * x)  # umap-learn's norm_x, summed as it sums them
+    distances = np.empty((n, width), dtype=np.float32)
+    for start in range(0, n, 256):
+        rows = np.arange(start, min(start + 256, n))
+        distances[rows] = _umap_cosine(x, squares, rows, candidates[rows])
+    order = np.lexsort((candidates, distances), axis=1)  # by distance, then index
+    candidates = np.take_along_axis(candidates, order, axis=1)
+    distances = np.take_along_axis(distances, order, axis=1)
+    if width < n:
+        # Where the k-th nearest is as far as the farthest candidate (many copies of one
+        # sentence), an equally near document may have been left out: redo against all.
+        for row in np.flatnonzero(distances[:, k - 1] >= distances[:, -1] - 1e-5):
+            every = _umap_cosine(x, squares, np.array([row]), np.arange(n)[None, :])[0]
+            nearest = np.argsort(every, kind="stable")[:width]
+            candidates[row], distances[row] = nearest, every[nearest]
+    return candidates[:, :k].astype(np.int64), distances[:, :k], None
+
+
+def _ordered_sums(values: np.ndarray) -> np.ndarray:
+    """Sums along the last axis, in float64, one element after another (as a plain loop
+    does, and unlike ``np.sum``'s pairwise order): the last bit matches umap-learn's."""
+    return np.cumsum(values.astype(np.float64), axis=-1)[..., -1]
+
+
+def _umap_cosine(x: np.ndarray, squares: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """umap-learn's cosine distance between ``x[rows[i]]`` and each ``x[columns[i, j]]``,
+    computed as it computes it (float32 products, ordered float64 sums), as float32."""
+    dots = _ordered_sums(x[rows, None, :] * x[columns])
+    return (1.0 - dots / np.sqrt(squares[rows, None] * squares[columns])).astype(np.float32)
 
 
 def most_central(embeddings: np.ndarray, members: np.ndarray, k: int) -> list[int]:
