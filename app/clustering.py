@@ -189,18 +189,25 @@ def most_central(embeddings: np.ndarray, members: np.ndarray, k: int) -> list[in
     return [int(members[i]) for i in order]
 
 
+def _shared_parameters(settings: RunSettings) -> dict:
+    """The run settings that firm topics and themes are clustered with alike."""
+    return {
+        "n_neighbors": settings.umap_n_neighbors,
+        "n_components": settings.umap_n_components,
+        "min_dist": settings.umap_min_dist,
+        "seed": settings.seed,
+        "top_n_keywords": settings.top_n_keywords,
+    }
+
+
 def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend) -> Clustering:
     """Cluster one firm's sentences into topics with the run's settings."""
     return cluster_documents(
         docs,
         embeddings,
         backend=backend,
-        n_neighbors=settings.umap_n_neighbors,
-        n_components=settings.umap_n_components,
-        min_dist=settings.umap_min_dist,
         min_cluster_size=settings.hdbscan_min_cluster_size,
-        seed=settings.seed,
-        top_n_keywords=settings.top_n_keywords,
+        **_shared_parameters(settings),
     )
 
 
@@ -210,16 +217,12 @@ def cluster_topics(docs: list[str], embeddings: np.ndarray, settings: RunSetting
         docs,
         embeddings,
         backend=backend,
-        n_neighbors=settings.umap_n_neighbors,
-        n_components=settings.umap_n_components,
-        min_dist=settings.umap_min_dist,
         min_cluster_size=settings.theme_min_cluster_size,
-        seed=settings.seed,
-        top_n_keywords=settings.top_n_keywords,
         # Topics are few and each already summarises many sentences: a conservative
         # min_samples (HDBSCAN's default equals min_cluster_size) leaves most of them as
         # noise. 1 lets any tight group of min_cluster_size topics form a theme.
         min_samples=settings.theme_min_samples,
+        **_shared_parameters(settings),
     )
 
 
