@@ -241,6 +241,7 @@ class LLMNamer:
         self._settings = settings
         self._url = settings.xai_base_url.rstrip("/") + "/chat/completions"
         self._semaphore = semaphore or asyncio.Semaphore(settings.llm_concurrency)
+        self.concurrency = settings.llm_concurrency
         self._max_attempts = max(1, settings.llm_max_attempts)
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s

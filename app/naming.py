@@ -66,6 +66,10 @@ class Label:
 class Namer(Protocol):
     """What the naming stage needs from a namer."""
 
+    # How many names it works on at once (the LLM's semaphore); the naming stage keeps
+    # a few times as many topics waiting, so that no slot is ever idle.
+    concurrency: int
+
     async def name_topic(self, topic: TopicToName) -> Label:
         """Name one firm topic. Never raises for one topic's trouble: falls back instead."""
         ...
@@ -91,6 +95,7 @@ class OfflineNamer:
 
     named_topics: int = field(default=0)
     named_themes: int = field(default=0)
+    concurrency: int = 1  # names come back at once: nothing to keep busy
 
     async def name_topic(self, topic: TopicToName) -> Label:
         self.named_topics += 1

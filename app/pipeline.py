@@ -2,21 +2,26 @@
 
 ::
 
-    firms left ──> [compute] ──queue(2)──> [naming × 4 firms] ──queue(2)──> [writer]
-                   embed + cluster         topics named concurrently       one transaction
-                   (worker thread,         (one semaphore over all         per firm (COPY)
-                    one firm at a time)     LLM requests of the run)
+    firms left ──> [compute] ──queue(2)──> [naming] ─────────────queue(2)──> [writer]
+                   embed + cluster         every clustered firm's topics     one transaction
+                   (worker thread,         on the namer at once, while       per firm (COPY)
+                    one firm at a time)    fewer than 2 × LLM_CONCURRENCY
+                                           topics wait for a name
 
 * The compute stage runs the blocking embedding and clustering in a worker thread, one
   firm at a time (the model is loaded once; the GPU is used by one firm at a time).
-* The naming stage holds up to ``NAMING_FIRMS`` firms at once, each waiting for its
-  topics' names, so clustering goes on while LLM answers are awaited.
+* The naming stage hands every topic of a clustered firm to the namer at once and
+  passes the firm on when its last topic is named. It takes the next clustered firm as
+  long as fewer than twice the namer's concurrency of topics are waiting for a name, so
+  every LLM slot always has a topic to work on (no slot waits for a slow firm's last
+  topic) while clustering goes on; only when the LLM is far behind does compute wait.
 * The writer stores each firm whole, in one transaction.
 
-Memory is bounded by the queue sizes and naming slots times the largest firm, never by
-the corpus. A failure in any stage cancels the others (an anyio task group) and
-surfaces as the run's error: nothing hangs. A firm whose own processing fails is
-recorded as failed, with its error, and the run goes on.
+Memory is bounded by the queue sizes and the naming backlog (each firm held in naming
+has at least one topic waiting) times the largest firm, never by the corpus. A failure
+in any stage cancels the others (an anyio task group) and surfaces as the run's error:
+nothing hangs. A firm whose own processing fails is recorded as failed, with its error,
+and the run goes on.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ from app.writer import FirmResult, TopicResult, with_connection_retry, write_fir
 
 log = get_logger("pipeline")
 
-COMPUTE_QUEUE = 2  # clustered firms waiting for a naming slot
-NAMING_FIRMS = 4  # firms whose topics are being named at once
+COMPUTE_QUEUE = 2  # clustered firms waiting to be taken by the naming stage
 WRITE_QUEUE = 2  # named firms waiting for the writer
+BACKLOG_PER_SLOT = 2  # topics waiting for a name, per request the namer has in flight at once
 
 
 @dataclass
@@ -125,9 +130,8 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(compute)
-            async with to_name_receive, to_write_send:
-                for _ in range(NAMING_FIRMS):
-                    tg.start_soon(name_worker, stage, to_name_receive.clone(), to_write_send.clone())
+            backlog = TopicBacklog(BACKLOG_PER_SLOT * stage.namer.concurrency)
+            tg.start_soon(naming_stage, stage.namer, to_name_receive, to_write_send, backlog)
             tg.start_soon(writer)
             tg.start_soon(ticker)
             tg.start_soon(report_stop)
@@ -153,22 +157,67 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
     return error
 
 
-async def name_worker(
-    stage: FirmStage, receive: MemoryObjectReceiveStream[ClusteredFirm], send: MemoryObjectSendStream[FirmResult]
+class TopicBacklog:
+    """Topics handed to the namer and not named yet, with a ceiling on taking more firms.
+
+    The naming stage calls ``admit`` before it takes a firm (it waits while ``limit``
+    or more topics are waiting); each topic calls ``named`` when its name is back. One
+    caller of ``admit`` at a time (the naming stage's loop).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.waiting = 0
+        self.peak = 0  # most topics waiting at once, for tests and benchmarks
+        self._room = anyio.Event()
+
+    async def admit(self, n_topics: int) -> None:
+        """Wait until fewer than ``limit`` topics are waiting, then count ``n_topics`` in."""
+        while self.waiting >= self.limit:
+            self._room = anyio.Event()
+            await self._room.wait()
+        self.waiting += n_topics
+        self.peak = max(self.peak, self.waiting)
+
+    def named(self) -> None:
+        """One topic's name is back."""
+        self.waiting -= 1
+        if self.waiting < self.limit:
+            self._room.set()
+
+
+async def naming_stage(
+    namer: Namer,
+    receive: MemoryObjectReceiveStream[ClusteredFirm],
+    send: MemoryObjectSendStream[FirmResult],
+    backlog: TopicBacklog,
 ) -> None:
-    """Take clustered firms, name all of a firm's topics concurrently, pass them on."""
-    async with receive, send:
+    """Take clustered firms while the backlog has room; name each firm's topics
+    concurrently with every other firm's; send each firm on when all its topics are
+    named (firms may leave in another order than they came)."""
+
+    async def name_and_pass_on(clustered: ClusteredFirm) -> None:
+        await send.send(await name_firm(namer, clustered, on_named=backlog.named))
+
+    # The task group closes before the send stream, so every firm is sent before the
+    # writer sees the end of the stream.
+    async with receive, send, anyio.create_task_group() as tg:
         async for clustered in receive:
-            await send.send(await name_firm(stage.namer, clustered))
+            await backlog.admit(len(clustered.to_name))
+            tg.start_soon(name_and_pass_on, clustered)
 
 
-async def name_firm(namer: Namer, clustered: ClusteredFirm) -> FirmResult:
-    """Label every topic of one firm (concurrently; the namer's semaphore caps requests)."""
+async def name_firm(namer: Namer, clustered: ClusteredFirm, on_named=None) -> FirmResult:
+    """Label every topic of one firm (concurrently; the namer's semaphore caps requests).
+
+    ``on_named``, when given, is called as each topic's name comes back."""
     started = time.perf_counter()
     labels = [None] * len(clustered.to_name)
 
     async def one(i: int, topic: TopicToName) -> None:
         labels[i] = await namer.name_topic(topic)
+        if on_named is not None:
+            on_named()
 
     async with anyio.create_task_group() as tg:
         for i, topic in enumerate(clustered.to_name):
