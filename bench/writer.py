@@ -10,9 +10,12 @@ rotates from firm to firm):
   bare COPY             the reference: same rows, unindexed table, no transaction around it
   COPY, keys no FKs     bare COPY into a copy of ``sentence_topics`` with its primary key and
                         index but without its foreign keys (``LIKE ... INCLUDING ALL``)
-  COPY, keys + FK x     the same with one of the four foreign keys (x = run, sentence,
-                        firm or topic): what each costs
-  COPY, same table      bare COPY into ``sentence_topics`` itself (keys, index and four
+  COPY, keys + FK x     the same with one of the table's three foreign keys (x = run,
+                        sentence_firm: the composite key to sentences (firm_id, sentence_id),
+                        or topic): what each costs
+  COPY, keys + v2 keys  the same with the two keys schema version 2 had where version 3
+                        has the composite one (sentence_id -> sentences, firm_id -> firms)
+  COPY, same table      bare COPY into ``sentence_topics`` itself (keys, index and three
                         foreign keys): what the table costs, apart from the writer's own steps
   write_firm            the program's writer, whole
   executemany           one prepared INSERT run for every row (asyncpg ``executemany``)
@@ -63,8 +66,17 @@ CREATE TABLE bare_copy (
 )"""
 # Created after the embedding column is typed vector(DIM), so LIKE copies that type.
 NO_FK_TABLE = "CREATE TABLE keys_no_fk (LIKE sentence_topics INCLUDING ALL)"
-FOREIGN_KEYS = {"run": ("run_id", "runs"), "sentence": ("sentence_id", "sentences"),
-                "firm": ("firm_id", "firms"), "topic": ("topic_id", "topics")}
+# A copy of sentence_topics with only these foreign keys, one table each.
+FOREIGN_KEYS = {
+    "run": ["(run_id) REFERENCES runs"],
+    "sentence_firm": ["(firm_id, sentence_id) REFERENCES sentences (firm_id, sentence_id)"],
+    "topic": ["(topic_id) REFERENCES topics"],
+    "v2_keys": ["(sentence_id) REFERENCES sentences", "(firm_id) REFERENCES firms"],
+}
+
+
+def key_method(key: str) -> str:
+    return "COPY, keys + v2 keys" if key == "v2_keys" else f"COPY, keys + FK {key}"
 
 
 def corpus_file(folder: Path, n_firms: int, per_firm: int) -> tuple[Path, str]:
@@ -132,9 +144,10 @@ async def main(args) -> None:
             await fix_embedding_dimension(conn, DIM)
             await conn.execute(BARE_TABLE)
             await conn.execute(NO_FK_TABLE)
-            for key, (column, target) in FOREIGN_KEYS.items():
+            for key, references in FOREIGN_KEYS.items():
                 await conn.execute(f"CREATE TABLE keys_fk_{key} (LIKE sentence_topics INCLUDING ALL)")
-                await conn.execute(f"ALTER TABLE keys_fk_{key} ADD FOREIGN KEY ({column}) REFERENCES {target}")
+                for reference in references:
+                    await conn.execute(f"ALTER TABLE keys_fk_{key} ADD FOREIGN KEY {reference}")
             firms = [r["firm_id"] for r in await conn.fetch("SELECT firm_id FROM firms ORDER BY firm_id")]
             results = []
             for firm in firms:
@@ -184,7 +197,7 @@ async def main(args) -> None:
                     # The same-table COPY needs the firm's topics to point at (not timed).
                     ids = await _insert_topics(conn, table_run, result)
                     methods = {"bare COPY": bare_copy, "COPY, keys no FKs": copy_no_fk}
-                    methods |= {f"COPY, keys + FK {key}": copy_one_fk(key) for key in FOREIGN_KEYS}
+                    methods |= {key_method(key): copy_one_fk(key) for key in FOREIGN_KEYS}
                     methods |= {"COPY, same table": copy_same_table, "write_firm": writer}
                     if i % args.insert_every == 0:
                         methods |= {"executemany": executemany, "per-row INSERT": per_row_insert}
@@ -209,7 +222,7 @@ async def main(args) -> None:
 
     print()
     rows = []
-    for name in ["bare COPY", "COPY, keys no FKs", *(f"COPY, keys + FK {key}" for key in FOREIGN_KEYS),
+    for name in ["bare COPY", "COPY, keys no FKs", *(key_method(key) for key in FOREIGN_KEYS),
                  "COPY, same table", "write_firm", "executemany", "per-row INSERT"]:
         per_firm = statistics.median(seconds[name])
         rows.append([name, len(seconds[name]), f"{per_firm * 1000:.0f}", f"{args.sentences / per_firm:,.0f}",

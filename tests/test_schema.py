@@ -81,3 +81,80 @@ async def test_same_sentence_twice_in_a_document_is_stored_once(pool):
         await conn.execute(insert, "F", None, "Revenue grew.")
         await conn.execute(insert, "F", "call-2", "Revenue grew.")
         assert await conn.fetchval("SELECT count(*) FROM sentences") == 2
+
+
+# --- version 3: one composite key from a sentence's result to its sentence and firm -----
+
+
+async def foreign_keys(conn, table: str) -> set[tuple[str, str]]:
+    """(columns, referenced table) of every foreign key on ``table``."""
+    rows = await conn.fetch(
+        "SELECT (SELECT string_agg(a.attname, ',' ORDER BY k.n) FROM unnest(c.conkey) WITH ORDINALITY k(attnum, n)"
+        "        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS columns,"
+        "       c.confrelid::regclass::text AS referenced"
+        " FROM pg_constraint c WHERE c.conrelid = $1::regclass AND c.contype = 'f'",
+        table,
+    )
+    return {(r["columns"], r["referenced"]) for r in rows}
+
+
+async def insert_one_result(conn, firm_of_result: str) -> None:
+    """A firm F with one sentence, a run, and that sentence's result filed under ``firm_of_result``."""
+    await conn.execute("INSERT INTO firms (firm_id) VALUES ('F'), ('G') ON CONFLICT DO NOTHING")
+    sentence_id = await conn.fetchval(
+        "INSERT INTO sentences (firm_id, doc_id, text) VALUES ('F', 'd', 'Revenue grew.') RETURNING sentence_id"
+    )
+    run_id = await conn.fetchval(
+        "INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
+        " VALUES ('r', '{}', 'm', 2, '{}') RETURNING run_id"
+    )
+    await conn.execute(
+        "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding)"
+        " VALUES ($1, $2, $3, NULL, '[1,0]')",
+        run_id, sentence_id, firm_of_result,
+    )
+
+
+async def test_a_sentence_result_has_one_key_to_its_sentence_and_firm(pool):
+    async with pool.acquire() as conn:
+        assert await foreign_keys(conn, "sentence_topics") == {
+            ("run_id", "runs"), ("firm_id,sentence_id", "sentences"), ("topic_id", "topics"),
+        }
+        await insert_one_result(conn, "F")
+        assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
+
+
+async def test_a_sentence_result_under_another_firm_is_refused(pool):
+    import asyncpg
+
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="sentence_topics_sentence_fkey"):
+            await insert_one_result(conn, "G")  # G exists, but the sentence is F's
+
+
+async def test_a_version_2_database_with_data_migrates_to_version_3(database_url):
+    pool = await create_pool(database_url, vector=False)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, name, sql in migrations():
+                if version <= 2:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            await insert_one_result(conn, "F")
+            assert ("firm_id", "firms") in await foreign_keys(conn, "sentence_topics")
+
+            assert await apply_migrations(conn) == [3]
+
+            assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
+            assert await foreign_keys(conn, "sentence_topics") == {
+                ("run_id", "runs"), ("firm_id,sentence_id", "sentences"), ("topic_id", "topics"),
+            }
+            indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'sentences'")}
+            assert "sentences_firm_sentence" in indexes and "sentences_firm" not in indexes
+    finally:
+        await pool.close()
