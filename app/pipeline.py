@@ -39,6 +39,7 @@ from app.backend import ClusteringBackend
 from app.clustering import TooFewToCluster, cluster_firm
 from app.embedding import Embedder
 from app.logs import get_logger
+from app.memory import release_free_memory
 from app.naming import Namer, TopicToName
 from app.progress import Progress
 from app.runs import FirmToDo
@@ -266,7 +267,20 @@ async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
 
 
 def _embed_and_cluster(stage: FirmStage, firm: FirmToDo, texts: list[str], result: FirmResult) -> list[TopicToName]:
-    """The blocking part of compute (runs in the worker thread); fills ``result``."""
+    """The blocking part of compute (runs in the worker thread); fills ``result``.
+
+    What the firm's embedding and clustering freed is handed back to the operating
+    system before the next firm (``app.memory``): memory follows the largest firm, not
+    the number of firms."""
+    try:
+        return _embed_and_cluster_firm(stage, firm, texts, result)
+    finally:
+        release_free_memory()
+
+
+def _embed_and_cluster_firm(
+    stage: FirmStage, firm: FirmToDo, texts: list[str], result: FirmResult
+) -> list[TopicToName]:
     started = time.perf_counter()
     result.embeddings = stage.embedder.encode(texts)
     result.seconds["embed"] = time.perf_counter() - started

@@ -108,8 +108,7 @@ async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **field
 
 @dataclass(frozen=True)
 class FirmToDo:
-    """A firm the run has not finished, with its sentence count (largest first is not
-    needed: firms are taken in id order, which makes runs reproducible)."""
+    """A firm the run has not finished, with its sentence count."""
 
     firm_id: str
     firm_name: str | None
@@ -117,7 +116,14 @@ class FirmToDo:
 
 
 async def firms_to_do(conn: asyncpg.Connection, run_id: int, *, retry_failed: bool = False) -> list[FirmToDo]:
-    """Firms with sentences that this run has not recorded yet (one query at start).
+    """Firms with sentences that this run has not recorded yet (one query at start),
+    largest first (most sentences; ties in firm id order).
+
+    Largest first, because then the naming stage has a long line of topics from the
+    first minutes (the LLM is never starved early and pays for it at the end), the
+    run's memory peak (and any out-of-memory failure) comes at the start rather than
+    hours in, and the last firms, whose names cannot overlap any clustering, are the
+    smallest. Each firm's result does not depend on the order (see ``app/clustering``).
 
     With ``retry_failed`` the firms recorded as failed are forgotten first, so they are
     taken again.
@@ -128,7 +134,7 @@ async def firms_to_do(conn: asyncpg.Connection, run_id: int, *, retry_failed: bo
         "SELECT f.firm_id, f.firm_name, count(s.sentence_id) AS n"
         " FROM firms f JOIN sentences s USING (firm_id)"
         " WHERE NOT EXISTS (SELECT 1 FROM run_firms r WHERE r.run_id = $1 AND r.firm_id = f.firm_id)"
-        " GROUP BY f.firm_id, f.firm_name ORDER BY f.firm_id",
+        " GROUP BY f.firm_id, f.firm_name ORDER BY n DESC, f.firm_id",
         run_id,
     )
     return [FirmToDo(r["firm_id"], r["firm_name"], r["n"]) for r in rows]

@@ -64,10 +64,14 @@ async def run_theme_stage(
     Returns a ``ThemeOutcome``. With too few topics to cluster, the topics still get
     their embeddings and no theme is made (the reason says why).
     """
+    # In firm and topic order, not topic_id order: topic ids follow the order in which
+    # firms happened to be written (LLM answers come back in any order), and UMAP's
+    # layout depends on the order of its input.
     rows = await with_connection_retry(
         pool,
         lambda conn: conn.fetch(
-            "SELECT topic_id, firm_id, name, summary FROM topics WHERE run_id = $1 ORDER BY topic_id", run_id
+            "SELECT topic_id, firm_id, name, summary FROM topics WHERE run_id = $1 ORDER BY firm_id, topic_no",
+            run_id,
         ),
         what="load topics for themes",
     )

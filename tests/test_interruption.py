@@ -525,12 +525,16 @@ async def test_a_stop_after_the_last_firm_was_taken_starts_no_further_stage(pool
     from app.settings import RunSettings
     from conftest import insert_corpus
 
+    from app.runs import firms_to_do
+
     # Two firms, the last of them with topics: when its topics are named, every firm has
     # been taken, so the firm stage ends complete and only the job can notice the stop.
     rows = [r for r in sample_rows(firms=2) if r["firm_id"] != "TNY"]
     await insert_corpus(pool, rows)
+    async with pool.acquire() as conn:
+        last_firm = (await firms_to_do(conn, run_id=0))[-1].firm_id
     stop = anyio.Event()
-    namer = StoppingNamer(stop, max(r["firm_id"] for r in rows) if stop_in == "last firm" else None)
+    namer = StoppingNamer(stop, last_firm if stop_in == "last firm" else None)
     with anyio.fail_after(300):
         outcome = await run_job(pool, RunSettings(theme_min_cluster_size=2), run_name="r", embedder=embedder,
                                 backend=CPU, namer=namer, stop=stop)

@@ -52,6 +52,17 @@ async def test_resume_skips_done_firms_and_a_finished_run_does_nothing(pool, emb
         assert len(await vector_indexes_present(conn)) == 3
 
 
+async def test_firms_are_taken_largest_first_with_ties_in_id_order(pool):
+    from app.runs import firms_to_do
+
+    sizes = {"B": 3, "A": 3, "C": 5, "D": 1, "E": 4}
+    await insert_corpus(pool, [{"firm_id": firm, "doc_id": "d", "sentence": f"Sentence {i} of {firm}."}
+                               for firm, n in sizes.items() for i in range(n)])
+    async with pool.acquire() as conn:
+        todo = await firms_to_do(conn, run_id=0)
+    assert [(f.firm_id, f.n_sentences) for f in todo] == [("C", 5), ("E", 4), ("A", 3), ("B", 3), ("D", 1)]
+
+
 async def test_resuming_with_other_settings_is_refused(pool, embedder):
     await insert_corpus(pool, sample_rows(firms=1))
     await job(pool, embedder)
