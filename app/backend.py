@@ -26,7 +26,7 @@ class ClusteringBackend:
         return {"clustering": self.name}
 
 
-def _cpu_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int):
+def _cpu_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int, n_epochs: int | None = None):
     from umap import UMAP
 
     # A fixed random_state makes UMAP deterministic (and single-threaded): the same input
@@ -37,6 +37,7 @@ def _cpu_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_st
         min_dist=min_dist,
         metric="cosine",
         random_state=random_state,
+        n_epochs=n_epochs,  # None: umap-learn's choice (500 below 10,000 points, else 200)
     )
 
 
@@ -52,7 +53,7 @@ def _cpu_hdbscan(*, min_cluster_size: int, min_samples: int | None = None):
     )
 
 
-def _cuml_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int):
+def _cuml_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int, n_epochs: int | None = None):
     from cuml.manifold import UMAP
 
     return UMAP(
@@ -61,6 +62,7 @@ def _cuml_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_s
         min_dist=min_dist,
         metric="cosine",
         random_state=random_state,
+        n_epochs=n_epochs,  # None: cuML's choice (as umap-learn's)
     )
 
 

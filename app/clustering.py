@@ -69,6 +69,7 @@ def cluster_documents(
     seed: int,
     top_n_keywords: int = 10,
     min_samples: int | None = None,
+    n_epochs: int | None = None,
 ) -> Clustering:
     """Cluster ``docs`` (with their L2-normalised ``embeddings``) with BERTopic.
 
@@ -96,6 +97,7 @@ def cluster_documents(
             n_components=min(n_components, n - 2),
             min_dist=min_dist,
             random_state=seed,
+            n_epochs=n_epochs,
         )
         if backend.name == "cpu" and n < UMAP_EXACT_BELOW:
             # umap-learn would compute all pairwise distances itself, calling its metric
@@ -195,6 +197,7 @@ def _shared_parameters(settings: RunSettings) -> dict:
         "n_neighbors": settings.umap_n_neighbors,
         "n_components": settings.umap_n_components,
         "min_dist": settings.umap_min_dist,
+        "n_epochs": settings.umap_n_epochs,
         "seed": settings.seed,
         "top_n_keywords": settings.top_n_keywords,
     }

@@ -61,6 +61,11 @@ class RunSettings:
     umap_n_neighbors: int = 15
     umap_n_components: int = 5
     umap_min_dist: float = 0.0
+    # UMAP's layout epochs. None leaves it to UMAP: 500 below 10,000 points, 200 above.
+    # 200 everywhere clusters a firm of a few thousand sentences about twice as fast on a
+    # CPU, with topics that move as under another seed (docs/benchmarks.md, section 6).
+    # None is also what runs recorded before this setting existed are compared with.
+    umap_n_epochs: int | None = None
     hdbscan_min_cluster_size: int = 10
     # The theme stage clusters firm topics; a theme needs at least this many topics.
     theme_min_cluster_size: int = 3
@@ -109,7 +114,7 @@ class Settings:
         """
         env = os.environ if env is None else env
 
-        def integer(name: str, default: int, minimum: int = 1) -> int:
+        def integer(name: str, default: int | None, minimum: int = 1) -> int | None:
             raw = env.get(name)
             if raw is None or raw == "":
                 return default
@@ -141,6 +146,7 @@ class Settings:
             umap_n_neighbors=integer("FIRMTOPICS_UMAP_N_NEIGHBORS", RunSettings.umap_n_neighbors, minimum=2),
             umap_n_components=integer("FIRMTOPICS_UMAP_N_COMPONENTS", RunSettings.umap_n_components),
             umap_min_dist=number("FIRMTOPICS_UMAP_MIN_DIST", RunSettings.umap_min_dist),
+            umap_n_epochs=integer("FIRMTOPICS_UMAP_N_EPOCHS", None),  # unset: None, UMAP's choice
             hdbscan_min_cluster_size=integer(
                 "FIRMTOPICS_MIN_CLUSTER_SIZE", RunSettings.hdbscan_min_cluster_size, minimum=2
             ),

@@ -21,7 +21,7 @@ from app.backend import CPU, CUML, ClusteringBackend, choose_backend, cuml_impor
 
 # The parameters the project passes, as RunSettings would (values differ from the
 # libraries' defaults, so a dropped argument shows).
-UMAP_ARGS = dict(n_neighbors=12, n_components=7, min_dist=0.05, random_state=1234)
+UMAP_ARGS = dict(n_neighbors=12, n_components=7, min_dist=0.05, random_state=1234, n_epochs=300)
 HDBSCAN_ARGS = dict(min_cluster_size=9)
 
 # cuML's documented constructor parameters (all keyword-only), from the cuML API
@@ -157,6 +157,7 @@ def test_cpu_umap_is_umap_learn_with_our_parameters():
     assert reducer.min_dist == 0.05
     assert reducer.metric == "cosine"
     assert reducer.random_state == 1234
+    assert reducer.n_epochs == 300
 
 
 def test_cpu_hdbscan_is_hdbscan_with_our_parameters():
@@ -195,6 +196,7 @@ def test_cuml_umap_arguments_are_documented_cuml_parameters(fake_cuml):
         "min_dist": 0.05,
         "metric": "cosine",
         "random_state": 1234,
+        "n_epochs": 300,
     }
 
 
@@ -225,3 +227,37 @@ def test_the_stand_in_rejects_what_cuml_rejects(fake_cuml):
         fake_cuml.cluster.HDBSCAN(min_cluster_size=5, core_dist_n_jobs=4)  # hdbscan-only
     with pytest.raises(TypeError):
         fake_cuml.manifold.UMAP(15)  # cuML's constructors are keyword-only
+
+
+# --- the run's settings reach the factories --------------------------------------------
+
+
+class Built(Exception):
+    """Raised by a factory stand-in once it has recorded its arguments (nothing is fitted)."""
+
+
+@pytest.mark.parametrize("stage", ["firm", "themes"])
+def test_the_run_settings_reach_umap(stage):
+    import dataclasses
+
+    import numpy as np
+
+    from app.clustering import cluster_firm, cluster_topics
+    from app.settings import RunSettings
+
+    received = {}
+
+    def make_umap(**kwargs):
+        received.update(kwargs)
+        raise Built
+
+    backend = dataclasses.replace(CPU, make_umap=make_umap)
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(100, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    docs = [f"sentence {i} about topic {i % 5}" for i in range(100)]
+    settings = RunSettings(umap_n_neighbors=11, umap_n_components=4, umap_min_dist=0.1, umap_n_epochs=200, seed=3)
+    cluster = cluster_firm if stage == "firm" else cluster_topics
+    with pytest.raises(Built):
+        cluster(docs, embeddings, settings, backend)
+    assert received == {"n_neighbors": 11, "n_components": 4, "min_dist": 0.1, "random_state": 3, "n_epochs": 200}

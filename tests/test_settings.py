@@ -35,10 +35,26 @@ def test_values_are_read_and_checked():
     ({"LLM_CONCURRENCY": "0"}, "at least 1"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ({"FIRMTOPICS_UMAP_MIN_DIST": "near"}, "must be a number"),
+    ({"FIRMTOPICS_UMAP_N_EPOCHS": "0"}, "FIRMTOPICS_UMAP_N_EPOCHS must be at least 1"),
 ])
 def test_bad_values_are_one_clear_error(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_umap_epochs_are_umaps_choice_unless_set():
+    assert Settings.from_env({}).run.umap_n_epochs is None
+    assert Settings.from_env({"FIRMTOPICS_UMAP_N_EPOCHS": ""}).run.umap_n_epochs is None
+    assert Settings.from_env({"FIRMTOPICS_UMAP_N_EPOCHS": "200"}).run.umap_n_epochs == 200
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default():
+    # Runs recorded before umap_n_epochs existed have no such key: UMAP chose the
+    # epochs then, as None does now, so they match.
+    recorded = RunSettings().as_dict()
+    del recorded["umap_n_epochs"]
+    assert RunSettings().differences(recorded) == {}
+    assert RunSettings(umap_n_epochs=200).differences(recorded) == {"umap_n_epochs": (None, 200)}
 
 
 def test_run_settings_differences_name_each_change():
