@@ -5,8 +5,8 @@ to the system only from the top of a heap. Firms of every size come and go (toke
 batches, embeddings, UMAP's graph, HDBSCAN's trees, each of another size), and what they
 leave behind fragments the heaps: free pages stay resident, so a long run's resident
 size creeps up with the number of firms, not with the largest firm. ``malloc_trim(0)``
-returns every free page of every heap to the system (glibc >= 2.8), for a few
-milliseconds a firm; ``docs/benchmarks.md`` (section 5) has what it is worth.
+returns every free page of every heap to the system (glibc >= 2.8), for well under a
+millisecond a call; ``docs/benchmarks.md`` (section 5) has what it is worth.
 
 Elsewhere (macOS, musl) there is no ``malloc_trim``, and this does nothing.
 """

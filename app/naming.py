@@ -67,7 +67,7 @@ class Namer(Protocol):
     """What the naming stage needs from a namer."""
 
     # How many names it works on at once (the LLM's semaphore); the naming stage keeps
-    # a few times as many topics waiting, so that no slot is ever idle.
+    # twice as many topics waiting, so that no slot is ever idle.
     concurrency: int
 
     async def name_topic(self, topic: TopicToName) -> Label:

@@ -121,8 +121,8 @@ async def firms_to_do(conn: asyncpg.Connection, run_id: int, *, retry_failed: bo
 
     Largest first, because then the naming stage has a long line of topics from the
     first minutes (the LLM is never starved early and pays for it at the end), the
-    run's memory peak (and any out-of-memory failure) comes at the start rather than
-    hours in, and the last firms, whose names cannot overlap any clustering, are the
+    firm stage's memory peak (and any out-of-memory failure) comes at the start rather
+    than hours in, and the last firms, whose names cannot overlap any clustering, are the
     smallest. Each firm's result does not depend on the order (see ``app/clustering``).
 
     With ``retry_failed`` the firms recorded as failed are forgotten first, so they are
