@@ -86,6 +86,10 @@ async def test_same_sentence_twice_in_a_document_is_stored_once(pool):
 # --- version 3: one composite key from a sentence's result to its sentence and firm -----
 
 
+# sentence_topics' foreign keys from version 3 on: (columns, referenced table).
+VERSION_3_KEYS = {("run_id", "runs"), ("firm_id,sentence_id", "sentences"), ("topic_id", "topics")}
+
+
 async def foreign_keys(conn, table: str) -> set[tuple[str, str]]:
     """(columns, referenced table) of every foreign key on ``table``."""
     rows = await conn.fetch(
@@ -117,9 +121,7 @@ async def insert_one_result(conn, firm_of_result: str) -> None:
 
 async def test_a_sentence_result_has_one_key_to_its_sentence_and_firm(pool):
     async with pool.acquire() as conn:
-        assert await foreign_keys(conn, "sentence_topics") == {
-            ("run_id", "runs"), ("firm_id,sentence_id", "sentences"), ("topic_id", "topics"),
-        }
+        assert await foreign_keys(conn, "sentence_topics") == VERSION_3_KEYS
         await insert_one_result(conn, "F")
         assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
 
@@ -151,9 +153,7 @@ async def test_a_version_2_database_with_data_migrates_to_version_3(database_url
             assert await apply_migrations(conn) == [3]
 
             assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
-            assert await foreign_keys(conn, "sentence_topics") == {
-                ("run_id", "runs"), ("firm_id,sentence_id", "sentences"), ("topic_id", "topics"),
-            }
+            assert await foreign_keys(conn, "sentence_topics") == VERSION_3_KEYS
             indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'sentences'")}
             assert "sentences_firm_sentence" in indexes and "sentences_firm" not in indexes
     finally:
