@@ -41,14 +41,14 @@ def _cpu_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_st
     )
 
 
-def _cpu_hdbscan(*, min_cluster_size: int, min_samples: int | None = None):
+def _cpu_hdbscan(*, min_cluster_size: int, min_samples: int | None = None, cluster_selection: str = "leaf"):
     from hdbscan import HDBSCAN
 
     return HDBSCAN(
         min_cluster_size=min_cluster_size,
         min_samples=min_samples,
         metric="euclidean",
-        cluster_selection_method="eom",
+        cluster_selection_method=cluster_selection,  # "leaf" or "eom" (RunSettings.cluster_selection)
         prediction_data=True,
     )
 
@@ -66,14 +66,14 @@ def _cuml_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_s
     )
 
 
-def _cuml_hdbscan(*, min_cluster_size: int, min_samples: int | None = None):
+def _cuml_hdbscan(*, min_cluster_size: int, min_samples: int | None = None, cluster_selection: str = "leaf"):
     from cuml.cluster import HDBSCAN
 
     return HDBSCAN(
         min_cluster_size=min_cluster_size,
         min_samples=min_samples,
         metric="euclidean",
-        cluster_selection_method="eom",
+        cluster_selection_method=cluster_selection,  # "leaf" or "eom" (RunSettings.cluster_selection)
         prediction_data=True,
     )
 

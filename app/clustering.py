@@ -1,17 +1,29 @@
 """Clustering with BERTopic on precomputed embeddings: firm topics and cross-firm themes.
 
-BERTopic is given the embeddings we computed (the model is loaded once per process), a
+Firm topics: BERTopic is given the embeddings we computed (the model is loaded once per process), a
 UMAP and an HDBSCAN from the chosen backend (cuML on a GPU, CPU packages otherwise),
 and an English-stop-word vectorizer for its c-TF-IDF keywords. What comes back is plain
 data: a label per document (-1 for an outlier) and, per cluster, its keywords and the
 indices of its most representative documents (closest to the cluster's centre in
 embedding space; these are shown to the namer and stored as evidence).
 
+Outliers: a sentence HDBSCAN left out joins the topic whose centre is nearest when it is
+close enough (``attach_outliers``); the rest stay outliers.
+
+Themes: the firm topics of a run are grouped by Ward's agglomerative clustering of their
+vectors into a number of themes fixed by the number of topics (``theme_count``), and
+BERTopic's c-TF-IDF gives each theme its keywords (``theme_keywords``). Ward, not UMAP +
+HDBSCAN, because the number of themes must follow the corpus smoothly: HDBSCAN over a few
+dozen topics either finds no cluster or one big one, and which of the two can turn on a
+rounding difference between machines. Ward on the vectors themselves has no random step,
+assigns every topic, and its tree cut at a fixed count cannot come out empty.
+
 All of this is blocking CPU/GPU work: the pipeline runs it in a worker thread.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,6 +81,7 @@ def cluster_documents(
     seed: int,
     top_n_keywords: int = 10,
     min_samples: int | None = None,
+    cluster_selection: str = "leaf",
     n_epochs: int | None = None,
 ) -> Clustering:
     """Cluster ``docs`` (with their L2-normalised ``embeddings``) with BERTopic.
@@ -104,7 +117,8 @@ def cluster_documents(
             # from Python for every pair: most of the clustering time of a firm of a few
             # thousand sentences. The same neighbours come from one matrix product.
             umap_model.set_params(precomputed_knn=exact_neighbours(embeddings, umap_model.n_neighbors))
-    hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples)
+    hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples,
+                                         cluster_selection=cluster_selection)
     model = BERTopic(
         umap_model=umap_model,
         hdbscan_model=hdbscan_model,
@@ -191,16 +205,14 @@ def most_central(embeddings: np.ndarray, members: np.ndarray, k: int) -> list[in
     return [int(members[i]) for i in order]
 
 
-def _shared_parameters(settings: RunSettings) -> dict:
-    """The run settings that firm topics and themes are clustered with alike."""
-    return {
-        "n_neighbors": settings.umap_n_neighbors,
-        "n_components": settings.umap_n_components,
-        "min_dist": settings.umap_min_dist,
-        "n_epochs": settings.umap_n_epochs,
-        "seed": settings.seed,
-        "top_n_keywords": settings.top_n_keywords,
-    }
+def firm_min_cluster_size(n_sentences: int, settings: RunSettings) -> int:
+    """The smallest topic, in sentences, for a firm of ``n_sentences``: a share of the firm
+    (``min_topic_share``), never below ``hdbscan_min_cluster_size``.
+
+    A fixed minimum lets a large firm shatter into hundreds of leaf clusters and gives a
+    small one too few; a share keeps a firm at about a dozen to thirty topics whatever its
+    size (docs/quality.md)."""
+    return max(settings.hdbscan_min_cluster_size, round(n_sentences * settings.min_topic_share))
 
 
 def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend) -> Clustering:
@@ -209,32 +221,99 @@ def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings,
         docs,
         embeddings,
         backend=backend,
-        min_cluster_size=settings.hdbscan_min_cluster_size,
-        **_shared_parameters(settings),
+        n_neighbors=settings.umap_n_neighbors,
+        n_components=settings.umap_n_components,
+        min_dist=settings.umap_min_dist,
+        n_epochs=settings.umap_n_epochs,
+        seed=settings.seed,
+        top_n_keywords=settings.top_n_keywords,
+        min_cluster_size=firm_min_cluster_size(len(docs), settings),
+        min_samples=settings.hdbscan_min_samples,
+        cluster_selection=settings.cluster_selection,
     )
 
 
-def cluster_topics(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend) -> Clustering:
-    """Cluster all firm topics of a run into cross-firm themes."""
-    return cluster_documents(
-        docs,
-        embeddings,
-        backend=backend,
-        min_cluster_size=settings.theme_min_cluster_size,
-        # Topics are few and each already summarises many sentences: a conservative
-        # min_samples (HDBSCAN's default equals min_cluster_size) leaves most of them as
-        # noise. 1 lets any tight group of min_cluster_size topics form a theme.
-        min_samples=settings.theme_min_samples,
-        **_shared_parameters(settings),
-    )
+def centres(embeddings: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """The unit-length mean direction of each cluster ``0 .. n_clusters - 1`` (rows)."""
+    dim = embeddings.shape[1]
+    sums = np.zeros((n_clusters, dim), dtype=np.float64)
+    clustered = labels >= 0
+    np.add.at(sums, labels[clustered], embeddings[clustered])
+    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_clusters(embeddings: np.ndarray, clustering: Clustering) -> np.ndarray:
-    """For every document, the index (into ``clustering.clusters``) of the cluster whose
-    centre is nearest in cosine terms. Used to give each outlier topic its nearest theme."""
-    centres = np.stack([embeddings[c.members].mean(axis=0) for c in clustering.clusters])
-    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-    return np.argmax(embeddings @ centres.T, axis=1)
+def attach_outliers(embeddings: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Each outlier (label -1) given the cluster whose centre is most similar (cosine),
+    when that similarity is at least ``threshold``; other labels unchanged.
+
+    Takes L2-normalised embeddings and HDBSCAN's labels (clusters numbered 0 .. k-1);
+    returns new labels. Leaf clusters are tight, so HDBSCAN leaves a fifth to a quarter
+    of a firm's sentences out, most of them plainly about one of its topics; attaching
+    those keeps a researcher's sentence counts whole, and the caller marks them
+    'nearest' so they can be counted with or without. Centres come from the clustered
+    sentences only, so attaching does not move them.
+    """
+    final = labels.copy()
+    n_clusters = int(labels.max()) + 1 if len(labels) else 0
+    outliers = np.flatnonzero(labels == -1)
+    if n_clusters == 0 or len(outliers) == 0:
+        return final
+    similarity = embeddings[outliers].astype(np.float64) @ centres(embeddings, labels, n_clusters).T
+    best = np.argmax(similarity, axis=1)
+    close = similarity[np.arange(len(outliers)), best] >= threshold
+    final[outliers[close]] = best[close]
+    return final
+
+
+def theme_count(n_topics: int, settings: RunSettings) -> int:
+    """How many themes ``n_topics`` topics are grouped into: ``settings.theme_count`` when
+    set, else the square root of the number of topics (so a theme holds about as many
+    topics as there are themes: 7 themes for 50 topics, 90 for 8,000), at least 2 and at
+    most half the topics (a theme of one topic groups nothing)."""
+    wanted = settings.theme_count or round(math.sqrt(n_topics))
+    return int(min(max(wanted, 2), max(n_topics // 2, 1)))
+
+
+def theme_labels(vectors: np.ndarray, n_themes: int) -> np.ndarray:
+    """Ward's agglomerative clustering of ``vectors`` (unit length, one a topic) cut at
+    ``n_themes`` clusters; returns a theme number per topic, 0 .. n_themes - 1, numbered
+    by the position of each theme's first topic (so the numbering follows the input order).
+
+    Ward merges, step by step, the two groups whose union adds least variance, which
+    gives themes of comparable spread rather than one catch-all; it has no random step,
+    so the same vectors give the same themes. Memory grows with the square of the number
+    of topics (about 0.2 GB for 7,000 topics)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if len(vectors) < 2:
+        return np.zeros(len(vectors), dtype=np.int64)
+    tree = linkage(np.asarray(vectors, dtype=np.float64), method="ward")
+    raw = fcluster(tree, t=n_themes, criterion="maxclust")
+    _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inverse].astype(np.int64)
+
+
+def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int) -> list[list[str]]:
+    """Each theme's keywords, by BERTopic's c-TF-IDF over its topics' texts (one document
+    a topic): the words frequent in a theme's topics and rare in the other themes'.
+    Returns one keyword list per theme number 0 .. max(labels)."""
+    from bertopic import BERTopic
+    from bertopic.cluster import BaseCluster
+    from bertopic.dimensionality import BaseDimensionalityReduction
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    # BERTopic's "manual" mode: the clusters are given (y), it only builds representations.
+    model = BERTopic(umap_model=BaseDimensionalityReduction(), hdbscan_model=BaseCluster(),
+                     vectorizer_model=CountVectorizer(stop_words="english"), top_n_words=top_n,
+                     calculate_probabilities=False, verbose=False)
+    model.fit(docs, embeddings=vectors, y=np.asarray(labels))
+    keywords = []
+    for theme in range(int(labels.max()) + 1):
+        # BERTopic may renumber topics; find ours through the document labels it kept.
+        number = int(np.asarray(model.topics_)[np.flatnonzero(labels == theme)[0]])
+        keywords.append([w for w, _ in (model.get_topic(number) or []) if w][:top_n])
+    return keywords
 
 
 _warmed: set[str] = set()

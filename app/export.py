@@ -7,8 +7,8 @@ Files written to DIR:
 | ``firms.parquet`` | firm of the run | firm_id, firm_name, status, reason, n_sentences, n_topics, n_outliers |
 | ``themes.parquet`` | theme | theme_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms, embedding |
 | ``topics.parquet`` | firm topic | topic_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences, evidence_sentence_ids, theme_id, theme_assignment, embedding |
-| ``sentences.parquet`` | sentence of the run | sentence_id, firm_id, doc_id, text, topic_id (null = outlier), theme_id, embedding |
-| ``run.json`` | | the run's settings, model, package versions, timings, and the files written |
+| ``sentences.parquet`` | sentence of the run | sentence_id, firm_id, doc_id, text, topic_id (null = in no topic), topic_assignment (cluster / nearest), theme_id, embedding |
+| ``run.json`` | | the run's settings, model, package versions, timings, quality figures, and the files written |
 
 Embeddings are fixed-size lists of float32 (``numpy.stack(df.embedding)`` gives the
 matrix). The ids join the files to each other exactly as the tables join in SQL.
@@ -60,13 +60,14 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
       ("evidence_sentence_ids", "list<int64>"), ("theme_id", "int64"), ("theme_assignment", "string"),
       ("embedding", "vector")]),
     ("sentences",
-     "SELECT st.sentence_id, st.firm_id, s.doc_id, s.text, st.topic_id, t.theme_id, st.embedding"
+     "SELECT st.sentence_id, st.firm_id, s.doc_id, s.text, st.topic_id, st.topic_assignment, t.theme_id,"
+     " st.embedding"
      " FROM sentence_topics st"
      " JOIN sentences s ON s.sentence_id = st.sentence_id"
      " LEFT JOIN topics t ON t.topic_id = st.topic_id"
      " WHERE st.run_id = $1 ORDER BY st.sentence_id",
      [("sentence_id", "int64"), ("firm_id", "string"), ("doc_id", "string"), ("text", "string"),
-      ("topic_id", "int64"), ("theme_id", "int64"), ("embedding", "vector")]),
+      ("topic_id", "int64"), ("topic_assignment", "string"), ("theme_id", "int64"), ("embedding", "vector")]),
 ]
 
 
@@ -168,6 +169,7 @@ def run_manifest(run: asyncpg.Record, files: dict[str, int]) -> dict:
         "package_versions": load(run["package_versions"]),
         "timings": load(run["timings"]),
         "llm_usage": load(run["llm_usage"]),
+        "quality": load(run["quality"]),
         "export": {
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "package_versions": package_versions(),

@@ -6,7 +6,7 @@ The order of a start:
 2. the model is loaded once and the clustering backend chosen;
 3. the run is opened: created, or resumed if its settings match (else refused);
 4. firms not yet recorded for the run are processed (one query finds them);
-5. the theme stage runs (redone cleanly if a previous process died in it; skipped if a
+5. the theme stage runs, and the run's quality figures are stored with it (redone cleanly if a previous process died in it; skipped if a
    previous process stored it and died in the index build, with no firm added since);
 6. the HNSW indexes are built, once, at the end.
 
@@ -28,7 +28,7 @@ from app.logs import get_logger
 from app.naming import Namer
 from app.pipeline import FirmStage, run_firm_stage
 from app.progress import Progress
-from app.runs import firm_counts, firms_to_do, open_run, set_status
+from app.runs import firm_counts, firms_to_do, open_run, set_status, store_run_quality
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
 from app.settings import RunSettings
 from app.themes import ThemeOutcome, run_theme_stage
@@ -49,6 +49,7 @@ class JobOutcome:
     topics: int = 0
     timings: dict = field(default_factory=dict)
     llm_usage: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
 
 
 async def run_job(
@@ -131,6 +132,9 @@ async def run_job(
                      linked_by_cluster=themes.linked_by_cluster, linked_by_nearest=themes.linked_by_nearest,
                      reason=themes.reason, seconds=outcome.timings["themes_s"])
         outcome.themes, outcome.topics = themes.themes, themes.topics
+        outcome.quality = await with_connection_retry(pool, lambda conn: store_run_quality(conn, run.run_id),
+                                                      what="run quality")
+        log.info("run_quality", **outcome.quality["firms"], **{f"theme_{k}": v for k, v in outcome.quality["themes"].items()})
         await record("themes_done")
         if stop is not None and stop.is_set():
             return await stopped("themes_done")

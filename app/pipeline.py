@@ -36,12 +36,13 @@ import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from app.backend import ClusteringBackend
-from app.clustering import TooFewToCluster, cluster_firm
+from app.clustering import TooFewToCluster, attach_outliers, cluster_firm
 from app.embedding import Embedder
 from app.logs import get_logger
 from app.memory import release_free_memory
 from app.naming import Namer, TopicToName
 from app.progress import Progress
+from app.quality import firm_quality
 from app.runs import FirmToDo
 from app.settings import RunSettings
 from app.writer import FirmResult, TopicResult, with_connection_retry, write_firm_with_retry
@@ -298,7 +299,10 @@ def _embed_and_cluster_firm(
         return []
     finally:
         result.seconds["cluster"] = time.perf_counter() - started
-    result.labels = clustering.labels
+    final = attach_outliers(result.embeddings, clustering.labels, stage.settings.outlier_threshold)
+    result.labels = final
+    result.nearest = (clustering.labels == -1) & (final >= 0)
+    result.quality = firm_quality(clustering.labels, final, [c.keywords for c in clustering.clusters], texts)
     if not clustering.clusters:
         result.reason = "no topic found: HDBSCAN left every sentence as an outlier"
     return [
@@ -309,7 +313,8 @@ def _embed_and_cluster_firm(
             keywords=cluster.keywords,
             sentences=[texts[i] for i in cluster.representatives],
             sentence_ids=[int(result.sentence_ids[i]) for i in cluster.representatives],
-            n_sentences=len(cluster.members),
+            # Its sentences, those attached by nearness included (sentence_topics tells which).
+            n_sentences=int((final == cluster.number).sum()),
         )
         for cluster in clustering.clusters
     ]

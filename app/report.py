@@ -26,6 +26,7 @@ import numpy as np
 
 from app.clustering import UMAP_MIN_DOCS
 from app.logs import get_logger
+from app.quality import format_quality
 from app.show import load_run
 
 log = get_logger("report")
@@ -57,6 +58,8 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
         "sentences": await conn.fetchval("SELECT count(*) FROM sentence_topics WHERE run_id = $1", run_id),
         "outlier sentences (in no topic)": await conn.fetchval(
             "SELECT count(*) FROM sentence_topics WHERE run_id = $1 AND topic_id IS NULL", run_id),
+        "sentences attached to a topic by nearness": await conn.fetchval(
+            "SELECT count(*) FROM sentence_topics WHERE run_id = $1 AND topic_assignment = 'nearest'", run_id),
         "topics": await conn.fetchval("SELECT count(*) FROM topics WHERE run_id = $1", run_id),
         "themes": await conn.fetchval("SELECT count(*) FROM themes WHERE run_id = $1", run_id),
     }
@@ -76,7 +79,7 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
         "SELECT topic_id, firm_id, theme_id, embedding FROM topics"
         " WHERE run_id = $1 AND embedding IS NOT NULL ORDER BY topic_id", run_id)
     decoded = dict(run)
-    for key in ("settings", "backend", "package_versions", "timings", "llm_usage"):
+    for key in ("settings", "backend", "package_versions", "timings", "llm_usage", "quality"):
         if isinstance(decoded[key], str):
             decoded[key] = json.loads(decoded[key])
     return {"run": decoded, "counts": counts, "themes": themes, "topics": [dict(t) for t in topics]}
@@ -181,6 +184,9 @@ def render_html(data: dict, png: bytes | None) -> str:
     settings = "".join(f"<tr><td>{e(str(k))}</td><td>{e(v if isinstance(v, str) else json.dumps(v))}</td></tr>"
                        for k, v in sorted(run["settings"].items()))
     backend = ", ".join(f"{k} {v}" for k, v in sorted(run["backend"].items())) or "not recorded"
+    # The run's own quality figures (runs.quality), as ``firmtopics status`` prints them.
+    quality = "".join(f"<li>{e(line.strip())}</li>" for line in format_quality(run.get("quality")))
+    quality = f"<ul>{quality}</ul>" if quality else "<p>No quality figures were recorded for this run.</p>"
     versions = ", ".join(f"{e(k)} {e(str(v))}" for k, v in sorted(run["package_versions"].items()))
     rows = []
     for theme in data["themes"]:
@@ -215,6 +221,11 @@ model <code>{e(run['model'])}</code> ({run['embedding_dim']} dimensions) ·
 <div><h2>Counts</h2><table>{counts}</table></div>
 <div><h2>Settings</h2><table>{settings}</table></div>
 </div>
+
+<h2>Quality</h2>
+<p>Measured by the run itself: a firm's largest topic above half of its sentences is a
+catch-all; coherence is the mean NPMI of each topic's keywords over its firm's sentences.</p>
+{quality}
 
 <h2>Themes</h2>
 {themes}

@@ -13,6 +13,7 @@ from importlib import metadata
 
 import asyncpg
 
+from app.quality import run_quality
 from app.settings import RunSettings
 
 # Package versions recorded with every run: what a published figure depends on.
@@ -104,6 +105,34 @@ async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **field
         json.dumps(fields["timings"]) if fields.get("timings") else None,
         json.dumps(fields["llm_usage"]) if fields.get("llm_usage") else None,
     )
+
+
+async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
+    """Compute the run's quality figures from what is stored (each clustered firm's
+    figures, the themes' sizes, how topics were linked), keep them in ``runs.quality``
+    and return them. Called after the theme stage; safe to repeat."""
+    firms = await conn.fetch(
+        "SELECT firm_id, quality FROM run_firms WHERE run_id = $1 AND status = 'done' AND quality IS NOT NULL"
+        " ORDER BY firm_id",
+        run_id,
+    )
+    sizes = await conn.fetch("SELECT n_topics FROM themes WHERE run_id = $1 ORDER BY theme_id", run_id)
+    links = await conn.fetchrow(
+        "SELECT count(*) AS topics,"
+        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
+        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
+        " FROM topics WHERE run_id = $1",
+        run_id,
+    )
+    quality = run_quality(
+        [{"firm_id": r["firm_id"], **json.loads(r["quality"])} for r in firms],
+        [r["n_topics"] for r in sizes],
+        links["by_cluster"],
+        links["by_nearest"],
+        links["topics"],
+    )
+    await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, json.dumps(quality))
+    return quality
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,8 @@ FIRMS = [
 SMALL_FIRM = ("TNY", "Tiny Ventures Ltd.", ["pricing"])
 
 
-def _sentence(rng: random.Random, subject: str, firm_name: str) -> str:
+def sentence_about(rng: random.Random, subject: str, firm_name: str) -> str:
+    """One made-up earnings-call sentence about ``subject`` (a key of ``SUBJECTS``)."""
     parts = SUBJECTS[subject]
     opener = rng.choice(OPENERS)
     text = f"{rng.choice(parts['subjects'])} {rng.choice(parts['predicates'])} {rng.choice(parts['details'])}"
@@ -124,7 +125,7 @@ def sample_rows(*, sentences_per_subject: int = 40, seed: int = 7, firms: int | 
             doc_id = f"{firm_id}_call_{call + 1}"
             for subject in subjects:
                 for _ in range(per_subject // 2):
-                    text = _sentence(rng, subject, firm_name)
+                    text = sentence_about(rng, subject, firm_name)
                     if text in seen:  # keep the corpus free of exact repeats
                         continue
                     seen.add(text)

@@ -66,10 +66,21 @@ class RunSettings:
     # CPU, with topics that move as under another seed (docs/benchmarks.md, section 6).
     # None is also what runs recorded before this setting existed are compared with.
     umap_n_epochs: int | None = None
-    hdbscan_min_cluster_size: int = 10
-    # The theme stage clusters firm topics; a theme needs at least this many topics.
-    theme_min_cluster_size: int = 3
-    theme_min_samples: int = 1
+    # A firm's topics: HDBSCAN's leaf clusters (the finest stable clusters), each at least
+    # max(hdbscan_min_cluster_size, min_topic_share x the firm's sentences) sentences, so a
+    # firm of any size gets about a dozen to thirty topics and no catch-all. Excess of
+    # mass, HDBSCAN's default selection, made one topic of more than half of a firm's
+    # sentences in half of the firms measured (docs/quality.md explains the choice).
+    hdbscan_min_cluster_size: int = 8
+    min_topic_share: float = 0.033
+    hdbscan_min_samples: int | None = 3
+    cluster_selection: str = "leaf"
+    # A sentence HDBSCAN left out joins the topic whose centre is nearest when its cosine
+    # similarity to that centre is at least this (marked 'nearest'); above 1, none does.
+    outlier_threshold: float = 0.4
+    # How many cross-firm themes: None gives the square root of the number of topics
+    # (about as many themes as topics a theme), so the granularity follows the corpus.
+    theme_count: int | None = None
     top_n_keywords: int = 10
 
     def as_dict(self) -> dict:
@@ -135,6 +146,12 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
+        def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+            value = env.get(name) or default
+            if value not in allowed:
+                raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            return value
+
         log_format = env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
         if log_format not in ("console", "json"):
             raise SettingsError(f"LOG_FORMAT must be 'console' or 'json', got {log_format!r}")
@@ -150,9 +167,11 @@ class Settings:
             hdbscan_min_cluster_size=integer(
                 "FIRMTOPICS_MIN_CLUSTER_SIZE", RunSettings.hdbscan_min_cluster_size, minimum=2
             ),
-            theme_min_cluster_size=integer(
-                "FIRMTOPICS_THEME_MIN_CLUSTER_SIZE", RunSettings.theme_min_cluster_size, minimum=2
-            ),
+            min_topic_share=number("FIRMTOPICS_MIN_TOPIC_SHARE", RunSettings.min_topic_share),
+            hdbscan_min_samples=integer("FIRMTOPICS_MIN_SAMPLES", RunSettings.hdbscan_min_samples),
+            cluster_selection=choice("FIRMTOPICS_CLUSTER_SELECTION", RunSettings.cluster_selection, ("leaf", "eom")),
+            outlier_threshold=number("FIRMTOPICS_OUTLIER_THRESHOLD", RunSettings.outlier_threshold),
+            theme_count=integer("FIRMTOPICS_THEMES", None, minimum=1),  # unset: the square-root rule
         )
         return cls(
             database_url=env.get("DATABASE_URL") or None,

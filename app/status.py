@@ -6,12 +6,14 @@ import json
 
 import asyncpg
 
+from app.quality import format_quality
 from app.runs import find_run, firm_counts
 
 
 async def run_status(pool: asyncpg.Pool, run_name: str) -> str:
     """A text report of run ``run_name``: state, firms done / skipped / failed / left,
-    topics, themes, timings, LLM usage, and the failed firms with their errors."""
+    topics, themes, timings, LLM usage, the run's quality figures (``runs.quality``), and the
+    failed firms with their errors."""
     async with pool.acquire() as conn:
         run = await find_run(conn, run_name)
         if run is None:
@@ -45,6 +47,8 @@ async def run_status(pool: asyncpg.Pool, run_name: str) -> str:
         lines.append(f"  timings: {json.dumps(timings)}")
     if usage:
         lines.append(f"  naming: {json.dumps(usage)}")
+    if run["quality"]:
+        lines += format_quality(json.loads(run["quality"]))
     lines.append(f"  settings: {json.dumps(settings)}")
     if skipped:
         lines.append(f"  skipped firms: {skipped} (see run_firms.reason)")

@@ -68,6 +68,8 @@ class FirmResult:
     sentence_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     embeddings: np.ndarray | None = None  # (n, dim) float32, or None when not embedded
     labels: np.ndarray | None = None  # BERTopic topic number per sentence, -1 = outlier
+    nearest: np.ndarray | None = None  # per sentence: True where attached to its topic by nearness
+    quality: dict | None = None  # app.quality.firm_quality of a clustered firm
     topics: list[TopicResult] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
 
@@ -87,8 +89,8 @@ async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) 
     async with conn.transaction():
         try:
             await conn.execute(
-                "INSERT INTO run_firms (run_id, firm_id, status, reason, n_sentences, n_topics, n_outliers, seconds)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+                "INSERT INTO run_firms (run_id, firm_id, status, reason, n_sentences, n_topics, n_outliers, seconds,"
+                " quality) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)",
                 run_id,
                 result.firm_id,
                 result.status,
@@ -97,6 +99,7 @@ async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) 
                 len(result.topics),
                 result.n_outliers,
                 json.dumps({k: round(v, 3) for k, v in result.seconds.items()}),
+                None if result.quality is None else json.dumps(result.quality),
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyWritten(f"firm {result.firm_id!r} is already recorded for run {run_id}") from None
@@ -145,14 +148,16 @@ async def _copy_sentence_topics(
     conn: asyncpg.Connection, run_id: int, result: FirmResult, topic_ids: dict[int, int]
 ) -> None:
     labels = result.labels if result.labels is not None else np.full(result.n_sentences, -1)
+    nearest = result.nearest if result.nearest is not None else np.zeros(result.n_sentences, dtype=bool)
     records = (
-        (run_id, int(sid), result.firm_id, topic_ids.get(int(label)), vector)
-        for sid, label, vector in zip(result.sentence_ids, labels, result.embeddings)
+        (run_id, int(sid), result.firm_id, topic_ids.get(int(label)), vector,
+         None if label < 0 else ("nearest" if near else "cluster"))
+        for sid, label, near, vector in zip(result.sentence_ids, labels, nearest, result.embeddings)
     )
     await conn.copy_records_to_table(
         "sentence_topics",
         records=records,
-        columns=["run_id", "sentence_id", "firm_id", "topic_id", "embedding"],
+        columns=["run_id", "sentence_id", "firm_id", "topic_id", "embedding", "topic_assignment"],
     )
 
 

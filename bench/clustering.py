@@ -39,8 +39,19 @@ clusters. With ``--compile``, the numba compilation paid once per process (``war
 is measured in fresh subprocesses: first fit minus second fit of the 600-point warm-up
 firm.
 
+With ``--options``, nothing of the above runs: the per-firm HDBSCAN options (cluster
+selection, smallest topic, min_samples, attaching outliers) are compared instead, on the
+first N ECTSum firms in file order (12 by default, about 4,600 sentences; embedded once and
+cached too). Each firm with at least ``min_firm_sentences`` sentences is clustered by
+``app.clustering.cluster_firm`` with the program's settings changed by the option, its
+outliers attached by ``attach_outliers``, and measured by ``app.quality.firm_quality``:
+topics a firm, catch-all firms (largest topic > 50% of the clustered sentences), the
+largest topic's share, HDBSCAN's outliers and what stays unassigned after attaching
+(shares of all sentences), keyword coherence (NPMI) and diversity, and clustering seconds.
+
     python bench/clustering.py [--seeds 3] [--sizes 500,2000,10000] [--no-bbc]
                                [--real-firms] [--compile]
+    python bench/clustering.py --options [--options-firms 12]
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ from common import ECTSUM, SHARED_DATA, machine, table  # noqa: E402
 
 from app import clustering  # noqa: E402
 from app.backend import CPU, ClusteringBackend, _cpu_hdbscan  # noqa: E402
+from app.quality import CATCH_ALL_SHARE, firm_quality, run_quality  # noqa: E402
 from app.settings import RunSettings  # noqa: E402
 
 CACHE = Path("/tmp/firmtopics-bench-cache")
@@ -302,6 +314,84 @@ def real_firms(model: str, seeds: list[int]) -> None:
                   f"{seconds['before'] / seconds[name]:.1f}"] for name, v in found.items()]))
 
 
+# --- per-firm HDBSCAN options ------------------------------------------------------------
+
+# name -> RunSettings overrides; the last three are the program's settings now.
+NO_ATTACHING = dict(outlier_threshold=2.0)  # a cosine similarity never reaches 2
+OPTIONS = {
+    "eom, min 10 (earlier)": dict(cluster_selection="eom", hdbscan_min_cluster_size=10, min_topic_share=0.0,
+                                  hdbscan_min_samples=None, **NO_ATTACHING),
+    "leaf, min 10": dict(cluster_selection="leaf", hdbscan_min_cluster_size=10, min_topic_share=0.0,
+                         hdbscan_min_samples=None, **NO_ATTACHING),
+    "leaf, min 10, min_samples 3": dict(cluster_selection="leaf", hdbscan_min_cluster_size=10, min_topic_share=0.0,
+                                        hdbscan_min_samples=3, **NO_ATTACHING),
+    "leaf, min max(8, 3.3%), min_samples 5": dict(cluster_selection="leaf", hdbscan_min_cluster_size=8,
+                                                  min_topic_share=0.033, hdbscan_min_samples=5, **NO_ATTACHING),
+    "eom, min max(8, 3.3%), min_samples 3": dict(cluster_selection="eom", hdbscan_min_cluster_size=8,
+                                                 min_topic_share=0.033, hdbscan_min_samples=3, **NO_ATTACHING),
+    "leaf, min max(8, 3.3%), min_samples 3 (now, no attaching)": dict(NO_ATTACHING),
+    "now: + outliers attached at 0.4": {},
+    "+ attached at 0.3": dict(outlier_threshold=0.3),
+    "+ attached at 0.5": dict(outlier_threshold=0.5),
+}
+
+
+def first_firms(n_firms: int) -> list[tuple[str, list[str]]]:
+    """The first ``n_firms`` ECTSum firms in file order: ``(firm_id, sentences)`` each."""
+    firms: list[tuple[str, list[str]]] = []
+    with gzip.open(ECTSUM, "rt", encoding="utf-8") as src:
+        for line in src:
+            row = json.loads(line)
+            if not firms or firms[-1][0] != row["firm_id"]:
+                if len(firms) == n_firms:
+                    break
+                firms.append((row["firm_id"], []))
+            firms[-1][1].append(row["sentence"])
+    return firms
+
+
+def option_rows(n_firms: int) -> list[list]:
+    """One table row per entry of ``OPTIONS``: every firm of the first ``n_firms`` with at
+    least ``min_firm_sentences`` sentences clustered whole with the option's settings,
+    outliers attached, and the firms' ``firm_quality`` figures aggregated as a run's are
+    (``run_quality``), plus the spread of topics, the largest share and the seconds."""
+    defaults = RunSettings()
+    firms = first_firms(n_firms)
+    vectors = cached_embeddings([t for _, texts in firms for t in texts], defaults.embedding_model,
+                                source=f"ectsum-first{n_firms}")
+    spans, start = [], 0
+    for firm, texts in firms:
+        if len(texts) >= defaults.min_firm_sentences:
+            spans.append((firm, texts, vectors[start:start + len(texts)]))
+        start += len(texts)
+    # UMAP's numba compilation, once per process, kept out of the first firm's seconds.
+    clustering.warm_up(CPU, defaults, largest_firm=max(len(texts) for _, texts, _ in spans))
+    rows = []
+    for name, option in OPTIONS.items():
+        settings = dataclasses.replace(defaults, **option)
+        figures, seconds = [], 0.0
+        for firm, texts, embeddings in spans:
+            started = time.perf_counter()
+            result = clustering.cluster_firm(texts, embeddings, settings, CPU)
+            seconds += time.perf_counter() - started
+            final = clustering.attach_outliers(embeddings, result.labels, settings.outlier_threshold)
+            figures.append(firm_quality(result.labels, final, [c.keywords for c in result.clusters], texts))
+        run = run_quality(figures, [], 0, 0, 0)["firms"]
+        topics = [f["topics"] for f in figures]
+        rows.append([name, f"{run['mean_topics']:.1f} ({min(topics)}-{max(topics)})",
+                     f"{run['firms_with_catch_all']} of {len(figures)}", f"{run['mean_largest_topic_share']:.0%}",
+                     f"{max(f['largest_topic_share'] for f in figures):.0%}", f"{run['outlier_share']:.1%}",
+                     f"{run['unassigned_share']:.1%}", _figure(run["mean_coherence"], 3),
+                     _figure(run["mean_diversity"], 2), f"{seconds:.1f}"])
+        print(f"{name}: done", flush=True)
+    return rows
+
+
+def _figure(value: float | None, decimals: int) -> str:
+    """``value`` with ``decimals`` decimals; "n/a" for None (no firm had a topic)."""
+    return "n/a" if value is None else f"{value:.{decimals}f}"
+
+
 def main(args) -> None:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -414,9 +504,24 @@ if __name__ == "__main__":
     parser.add_argument("--no-bbc", dest="bbc", action="store_false", help="skip the check against human labels")
     parser.add_argument("--real-firms", action="store_true",
                         help="also cluster each real firm of the 10,000 sentences whole (about 2 minutes)")
+    parser.add_argument("--options", action="store_true",
+                        help="compare the per-firm HDBSCAN options instead (a few minutes)")
+    parser.add_argument("--options-firms", type=int, default=12,
+                        help="with --options: how many ECTSum firms, first in file order (default 12)")
     parser.add_argument("--first-fit", choices=list(WAYS), help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.first_fit:
         first_fit(parsed.first_fit)
+    elif parsed.options:
+        if not ECTSUM.exists():
+            print(f"no ECTSum corpus at {ECTSUM}: nothing to measure")
+            sys.exit(0)
+        rows = option_rows(parsed.options_firms)
+        print()
+        print(table(["option", "topics a firm (mean, min-max)", f"firms with largest topic > {CATCH_ALL_SHARE:.0%}",
+                     "largest topic (mean)", "largest topic (max)", "HDBSCAN outliers", "unassigned after attaching",
+                     "NPMI coherence (mean)", "diversity (mean)", "clustering seconds (all firms)"], rows))
+        print(f"\nfirst {parsed.options_firms} ECTSum firms in file order (those with at least "
+              f"{RunSettings().min_firm_sentences} sentences), seed {RunSettings().seed}; {machine()}")
     else:
         main(parsed)

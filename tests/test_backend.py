@@ -169,7 +169,7 @@ def test_cpu_hdbscan_is_hdbscan_with_our_parameters():
     # BERTopic needs prediction data to assign probabilities and reduce outliers.
     assert clusterer.prediction_data is True
     assert clusterer.metric == "euclidean"
-    assert clusterer.cluster_selection_method == "eom"
+    assert clusterer.cluster_selection_method == "leaf"
 
 
 def test_cpu_hdbscan_clusters_a_small_sample():
@@ -178,7 +178,7 @@ def test_cpu_hdbscan_clusters_a_small_sample():
 
     rng = np.random.default_rng(0)
     points = np.vstack([rng.normal(0, 0.1, (30, 2)), rng.normal(5, 0.1, (30, 2))])
-    labels = CPU.make_hdbscan(min_cluster_size=5).fit(points).labels_
+    labels = CPU.make_hdbscan(min_cluster_size=20).fit(points).labels_  # a blob of 30 cannot split
     assert set(labels) - {-1} == {0, 1}
 
 
@@ -236,28 +236,35 @@ class Built(Exception):
     """Raised by a factory stand-in once it has recorded its arguments (nothing is fitted)."""
 
 
-@pytest.mark.parametrize("stage", ["firm", "themes"])
-def test_the_run_settings_reach_umap(stage):
+def test_the_run_settings_reach_umap_and_hdbscan():
     import dataclasses
 
     import numpy as np
 
-    from app.clustering import cluster_firm, cluster_topics
+    from app.clustering import cluster_firm
     from app.settings import RunSettings
 
     received = {}
 
     def make_umap(**kwargs):
-        received.update(kwargs)
+        received["umap"] = kwargs
+        return CPU.make_umap(**kwargs)
+
+    def make_hdbscan(**kwargs):
+        received["hdbscan"] = kwargs
         raise Built
 
-    backend = dataclasses.replace(CPU, make_umap=make_umap)
+    backend = dataclasses.replace(CPU, make_umap=make_umap, make_hdbscan=make_hdbscan)
     rng = np.random.default_rng(0)
-    embeddings = rng.normal(size=(100, 8)).astype(np.float32)
+    embeddings = rng.normal(size=(600, 8)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    docs = [f"sentence {i} about topic {i % 5}" for i in range(100)]
-    settings = RunSettings(umap_n_neighbors=11, umap_n_components=4, umap_min_dist=0.1, umap_n_epochs=200, seed=3)
-    cluster = cluster_firm if stage == "firm" else cluster_topics
+    docs = [f"sentence {i} about topic {i % 5}" for i in range(600)]
+    settings = RunSettings(umap_n_neighbors=11, umap_n_components=4, umap_min_dist=0.1, umap_n_epochs=200, seed=3,
+                           hdbscan_min_cluster_size=7, min_topic_share=0.05, hdbscan_min_samples=2,
+                           cluster_selection="eom")
     with pytest.raises(Built):
-        cluster(docs, embeddings, settings, backend)
-    assert received == {"n_neighbors": 11, "n_components": 4, "min_dist": 0.1, "random_state": 3, "n_epochs": 200}
+        cluster_firm(docs, embeddings, settings, backend)
+    assert received["umap"] == {"n_neighbors": 11, "n_components": 4, "min_dist": 0.1, "random_state": 3,
+                                "n_epochs": 200}
+    # The minimum topic size is the larger of the floor (7) and the share of the firm (5% of 600).
+    assert received["hdbscan"] == {"min_cluster_size": 30, "min_samples": 2, "cluster_selection": "eom"}

@@ -62,6 +62,13 @@ def check_finished_run(url, n_firms):
     assert fetch(url, "SELECT count(*) AS n FROM themes th JOIN topics t USING (theme_id)"
                       " JOIN sentence_topics st USING (topic_id) JOIN sentences s USING (sentence_id)"
                       " JOIN firms f ON f.firm_id = s.firm_id")[0]["n"] > 0
+    # Quality measured and stored: every clustered firm's figures, and the run's.
+    assert all(r["quality"] for r in fetch(url, "SELECT quality FROM run_firms WHERE status = 'done'"))
+    quality = fetch(url, "SELECT quality FROM runs")[0]["quality"]
+    assert '"largest_theme_share"' in quality and '"unlinked": 0' in quality
+    # A sentence in a topic says how it got there; a sentence in none says nothing.
+    assert fetch(url, "SELECT count(*) AS n FROM sentence_topics"
+                      " WHERE (topic_id IS NULL) <> (topic_assignment IS NULL)")[0]["n"] == 0
     indexes = {r["indexname"] for r in fetch(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw'")}
     assert indexes == {"sentence_topics_embedding_hnsw", "topics_embedding_hnsw", "themes_embedding_hnsw"}
     assert fetch(url, "SELECT status FROM runs")[0]["status"] == "complete"
@@ -85,6 +92,8 @@ def test_run_end_to_end_on_the_generated_corpus(env, sample_corpus, capsys):
     assert main(["status"]) == 0
     status = capsys.readouterr().out
     assert "complete" in status and "8 done, 1 skipped, 0 failed, 0 left" in status
+    # The run's quality figures, stored with it and shown at a glance.
+    assert "quality: 8 firms" in status and "unassigned" in status and "themes:" in status
 
 
 def test_run_end_to_end_on_real_earnings_calls(env, ectsum_subset, capsys):
@@ -131,7 +140,6 @@ def test_unreachable_database_exits_1_without_the_password(env, monkeypatch, cap
 def test_resuming_with_other_settings_exits_2(env, sample_corpus, monkeypatch, capsys):
     assert main(["ingest", str(sample_corpus)]) == 0
     monkeypatch.setenv("FIRMTOPICS_MIN_FIRM_SENTENCES", "100000")  # every firm skipped: quick
-    monkeypatch.setenv("FIRMTOPICS_THEME_MIN_CLUSTER_SIZE", "100000")
     assert main(["run"]) == 0
     monkeypatch.setenv("FIRMTOPICS_SEED", "1")
     line = one_line_error(capsys, 2, ["run"])

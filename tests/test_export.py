@@ -70,6 +70,8 @@ async def test_the_files_join_like_the_tables(exported):
                                                           suffixes=("", "_of_topic"))
     assert (merged["theme_id"] == merged["theme_id_of_topic"]).all()
     assert sentences["topic_id"].isna().sum() == firms["n_outliers"].sum()
+    assert set(sentences["topic_assignment"].dropna()) <= {"cluster", "nearest"}
+    assert sentences["topic_assignment"].isna().sum() == sentences["topic_id"].isna().sum()
     assert list(topics["keywords"].iloc[0]) and list(topics["evidence_sentence_ids"].iloc[0])
     assert (firms["status"].isin(["done", "skipped"])).all()
 

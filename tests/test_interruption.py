@@ -536,7 +536,7 @@ async def test_a_stop_after_the_last_firm_was_taken_starts_no_further_stage(pool
     stop = anyio.Event()
     namer = StoppingNamer(stop, last_firm if stop_in == "last firm" else None)
     with anyio.fail_after(300):
-        outcome = await run_job(pool, RunSettings(theme_min_cluster_size=2), run_name="r", embedder=embedder,
+        outcome = await run_job(pool, RunSettings(), run_name="r", embedder=embedder,
                                 backend=CPU, namer=namer, stop=stop)
     assert outcome.status == "interrupted" and stop.is_set()
     async with pool.acquire() as conn:

@@ -51,6 +51,8 @@ async def test_report_is_self_contained_and_names_every_theme(conn, tmp_path):
     png = base64.b64decode(image.split(",", 1)[1])
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     assert "all-MiniLM-L6-v2" in text and "1,120" in text  # model and sentence count
+    # The run's quality figures, as status prints them.
+    assert "<h2>Quality</h2>" in text and "catch-all topic" in text and "coherence (NPMI)" in text
 
 
 def test_project_2d_uses_pca_for_few_topics_and_umap_for_many():

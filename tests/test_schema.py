@@ -1,5 +1,6 @@
 """The schema on a real PostgreSQL: idempotent migrations, the dimension check, indexes."""
 
+import asyncpg
 import numpy as np
 import pytest
 
@@ -119,6 +120,43 @@ async def insert_one_result(conn, firm_of_result: str) -> None:
     )
 
 
+async def test_a_version_3_database_with_results_migrates_to_version_4(database_url):
+    """Results stored before sentences were marked: those in a topic become 'cluster'
+    (nothing was attached by nearness then), those in none stay unmarked."""
+    pool = await create_pool(database_url, vector=False)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, name, sql in migrations():
+                if version <= 3:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            await insert_one_result(conn, "F")
+            run_id, sentence_id = await conn.fetchrow("SELECT run_id, sentence_id FROM sentence_topics")
+            topic_id = await conn.fetchval(
+                "INSERT INTO topics (run_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences)"
+                " VALUES ($1, 'F', 0, 'n', 's', '{}', 'keywords', 1) RETURNING topic_id", run_id)
+            second = await conn.fetchval(
+                "INSERT INTO sentences (firm_id, doc_id, text) VALUES ('F', 'd', 'Costs fell.') RETURNING sentence_id")
+            await conn.execute(
+                "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding)"
+                " VALUES ($1, $2, 'F', $3, '[0,1]')", run_id, second, topic_id)
+
+            assert await apply_migrations(conn) == [4]
+
+            marks = dict(await conn.fetch("SELECT sentence_id, topic_assignment FROM sentence_topics"))
+            assert marks == {sentence_id: None, second: "cluster"}
+            assert await conn.fetchval("SELECT quality FROM runs") is None
+            with pytest.raises(asyncpg.CheckViolationError):  # a topic without its mark is refused
+                await conn.execute("UPDATE sentence_topics SET topic_assignment = NULL WHERE sentence_id = $1", second)
+    finally:
+        await pool.close()
+
+
 async def test_a_sentence_result_has_one_key_to_its_sentence_and_firm(pool):
     async with pool.acquire() as conn:
         assert await foreign_keys(conn, "sentence_topics") == VERSION_3_KEYS
@@ -150,7 +188,7 @@ async def test_a_version_2_database_with_data_migrates_to_version_3(database_url
             await insert_one_result(conn, "F")
             assert ("firm_id", "firms") in await foreign_keys(conn, "sentence_topics")
 
-            assert await apply_migrations(conn) == [3]
+            assert await apply_migrations(conn) == [3, 4]
 
             assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
             assert await foreign_keys(conn, "sentence_topics") == VERSION_3_KEYS

@@ -1,0 +1,43 @@
+-- firmtopics schema, version 4: quality figures with every run, and sentences attached to
+-- a topic by nearness marked as such.
+--
+-- run_firms.quality: one firm's figures (app/quality.py firm_quality): topics, outlier,
+-- nearest and unassigned shares, the largest topic's share, keyword coherence (NPMI) and
+-- diversity. NULL for a firm that was skipped or failed.
+-- runs.quality: the run's figures (app/quality.py run_quality), written after the theme
+-- stage: the firm figures aggregated, the themes' sizes, the firms to look at.
+ALTER TABLE run_firms ADD COLUMN quality jsonb;
+ALTER TABLE runs ADD COLUMN quality jsonb;
+
+-- How a sentence came to its topic: 'cluster' (HDBSCAN put it there) or 'nearest' (an
+-- outlier of HDBSCAN, attached to the topic whose centre is nearest because it was close
+-- enough: RunSettings.outlier_threshold). NULL for a sentence in no topic. A researcher
+-- counts with or without the 'nearest' ones.
+ALTER TABLE sentence_topics ADD COLUMN topic_assignment text
+    CHECK (topic_assignment IN ('cluster', 'nearest'));
+-- Runs written before this version attached no outlier: each of their sentences in a topic
+-- was put there by the clustering.
+UPDATE sentence_topics SET topic_assignment = 'cluster' WHERE topic_id IS NOT NULL;
+ALTER TABLE sentence_topics ADD CONSTRAINT sentence_topics_assignment_with_topic
+    CHECK ((topic_id IS NULL) = (topic_assignment IS NULL));
+
+-- The sentence view carries it (a new column goes last: CREATE OR REPLACE keeps the others).
+CREATE OR REPLACE VIEW sentence_assignments AS
+SELECT st.run_id,
+       r.name        AS run_name,
+       st.sentence_id,
+       st.firm_id,
+       f.firm_name,
+       s.doc_id,
+       s.text,
+       st.topic_id,
+       t.name        AS topic_name,
+       t.theme_id,
+       th.name       AS theme_name,
+       st.topic_assignment
+FROM sentence_topics st
+JOIN runs r           ON r.run_id = st.run_id
+JOIN sentences s      ON s.sentence_id = st.sentence_id
+JOIN firms f          ON f.firm_id = st.firm_id
+LEFT JOIN topics t    ON t.topic_id = st.topic_id
+LEFT JOIN themes th   ON th.theme_id = t.theme_id;
