@@ -294,6 +294,32 @@ def theme_labels(vectors: np.ndarray, n_themes: int) -> np.ndarray:
     return rank[inverse].astype(np.int64)
 
 
+def broader_levels(vectors: np.ndarray, fine: np.ndarray, top_size: int) -> list[np.ndarray]:
+    """The levels above the fine themes, until a level has at most ``top_size`` themes.
+
+    Takes the topic vectors, each topic's fine theme (0 .. k-1) and the largest top level
+    wanted; returns one array per level above the fine one, bottom up, mapping each theme
+    of the level below to its parent (0 .. m-1). Empty when the fine level is small
+    enough already: a run with few themes has a single level.
+
+    Each level groups the centres of the themes below with Ward. While the square root
+    of their number is above ``top_size``, into that square root (a level between); else
+    into the top level, of about three themes below each, at most ``top_size``. So the
+    tree is as deep as the corpus needs (11 fine themes: one level; 90: a top level of 20;
+    thousands: three levels). Grouping the centres of a level's themes keeps every level
+    a grouping of the same content the fine themes were made from.
+    """
+    levels = []
+    labels = fine
+    while (count := int(labels.max()) + 1) > top_size:
+        root = round(math.sqrt(count))
+        wanted = root if root > top_size else min(top_size, max(2, round(count / 3)))
+        parents = theme_labels(centres(vectors, labels, count), wanted)
+        levels.append(parents)
+        labels = parents[labels]
+    return levels
+
+
 def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int) -> list[list[str]]:
     """Each theme's keywords, by BERTopic's c-TF-IDF over its topics' texts (one document
     a topic): the words frequent in a theme's topics and rare in the other themes'.

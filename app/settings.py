@@ -81,6 +81,8 @@ class RunSettings:
     # How many cross-firm themes: None gives the square root of the number of topics
     # (about as many themes as topics a theme), so the granularity follows the corpus.
     theme_count: int | None = None
+    # Broader themes are formed above the fine ones until a level has at most this many.
+    theme_top_level_size: int = 20
     top_n_keywords: int = 10
 
     def as_dict(self) -> dict:
@@ -172,6 +174,8 @@ class Settings:
             cluster_selection=choice("FIRMTOPICS_CLUSTER_SELECTION", RunSettings.cluster_selection, ("leaf", "eom")),
             outlier_threshold=number("FIRMTOPICS_OUTLIER_THRESHOLD", RunSettings.outlier_threshold),
             theme_count=integer("FIRMTOPICS_THEMES", None, minimum=1),  # unset: the square-root rule
+            theme_top_level_size=integer("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", RunSettings.theme_top_level_size,
+                                         minimum=2),
         )
         return cls(
             database_url=env.get("DATABASE_URL") or None,

@@ -21,7 +21,7 @@ are deleted first, in the same transaction that writes the new ones.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
@@ -29,7 +29,7 @@ import asyncpg
 import numpy as np
 
 from app.backend import ClusteringBackend
-from app.clustering import centres, most_central, theme_count, theme_keywords, theme_labels
+from app.clustering import broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
 from app.embedding import Embedder
 from app.logs import get_logger
 from app.naming import Label, MemberTopic, Namer, ThemeToName
@@ -51,6 +51,7 @@ class ThemeOutcome:
     linked_by_cluster: int
     linked_by_nearest: int
     reason: str | None = None
+    levels: list[int] = field(default_factory=list)  # themes per level, fine level first
 
 
 def topic_text(name: str, summary: str) -> str:
@@ -123,7 +124,7 @@ async def run_theme_stage(
     if len(rows) < MIN_TOPICS:
         reason = f"only {len(rows)} topics; at least {MIN_TOPICS} needed to form themes"
         log.warning("no_themes", reason=reason)
-        await _store(pool, run_id, topic_ids, embeddings, themes=[], assignment=[])
+        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[])
         return ThemeOutcome(len(rows), 0, 0, 0, reason)
 
     n_themes = theme_count(len(rows), settings)
@@ -133,19 +134,59 @@ async def run_theme_stage(
     )
     assignment = [(int(label), "cluster") for label in labels]
 
+    fine = await _name_level(namer, embedder, limiter, rows, embeddings, labels, keywords,
+                             members_of=lambda number: np.flatnonzero(labels == number))
+    levels = [fine]
+    # Broader levels above the fine themes, until the top is small enough to read.
+    topic_theme = labels
+    for parents in await anyio.to_thread.run_sync(
+        broader_levels, embeddings, labels, settings.theme_top_level_size, limiter=limiter
+    ):
+        below = levels[-1]
+        topic_theme = parents[topic_theme]
+        words = await anyio.to_thread.run_sync(
+            partial(theme_keywords, texts, embeddings, topic_theme, settings.top_n_keywords), limiter=limiter
+        )
+        level = await _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, words,
+                                  members_of=lambda number, t=topic_theme: np.flatnonzero(t == number),
+                                  children=[[b for b in below if parents[b.to_name.theme_no] == number]
+                                            for number in range(int(parents.max()) + 1)])
+        for child in below:
+            child.parent_no = int(parents[child.to_name.theme_no])
+        levels.append(level)
+    await _store(pool, run_id, topic_ids, embeddings, levels=levels, assignment=assignment)
+    log.info("themes_formed", themes=len(fine), topics=len(rows), levels=[len(level) for level in levels],
+             largest=int(max(t.to_name.n_topics for t in fine)))
+    return ThemeOutcome(len(rows), len(fine), len(assignment), 0, levels=[len(level) for level in levels])
+
+
+@dataclass
+class FormedTheme:
+    """One named theme of one level, ready to store."""
+
+    to_name: ThemeToName
+    label: Label
+    vector: np.ndarray
+    parent_no: int | None = None  # its theme one level up, where there is one
+
+
+async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, keywords, *, members_of,
+                      children=None) -> list[FormedTheme]:
+    """Name every theme of one level and give each its vector.
+
+    ``topic_theme`` maps each topic to its theme of this level. The namer is shown the
+    most central topics of a fine theme, the narrower themes of a broader one.
+    """
     to_name = []
     for number, words in enumerate(keywords):
-        members = np.flatnonzero(labels == number)
-        sample = most_central(embeddings, members, MEMBER_SAMPLE)
-        to_name.append(
-            ThemeToName(
-                theme_no=number,
-                keywords=words,
-                topics=[MemberTopic(firm_ids[i], rows[i]["name"], rows[i]["summary"]) for i in sample],
-                n_topics=len(members),
-                n_firms=len({firm_ids[i] for i in members}),
-            )
-        )
+        members = members_of(number)
+        if children is None:
+            sample = most_central(embeddings, members, MEMBER_SAMPLE)
+            shown = [MemberTopic(rows[i]["firm_id"], rows[i]["name"], rows[i]["summary"]) for i in sample]
+        else:
+            shown = [MemberTopic("", c.label.name, c.label.summary) for c in children[number][:MEMBER_SAMPLE]]
+        to_name.append(ThemeToName(theme_no=number, keywords=words, topics=shown, n_topics=len(members),
+                                   n_firms=len({rows[i]["firm_id"] for i in members})))
     names: list[Label | None] = [None] * len(to_name)
 
     async def name_one(i: int) -> None:
@@ -159,44 +200,45 @@ async def run_theme_stage(
 
     # A theme's vector, like a topic's: the LLM's words where it named it, else the centre
     # of its topics.
-    theme_vectors = centres(embeddings, labels, len(to_name)).astype(np.float32)
+    vectors = centres(embeddings, topic_theme, len(to_name)).astype(np.float32)
     by_llm = [i for i, label in enumerate(names) if label.source == "llm"]
     if by_llm:
         encoded = await anyio.to_thread.run_sync(
             embedder.encode, [topic_text(names[i].name, names[i].summary) for i in by_llm], limiter=limiter
         )
-        theme_vectors[by_llm] = encoded
-    themes = list(zip(to_name, names, theme_vectors))
-    await _store(pool, run_id, topic_ids, embeddings, themes=themes, assignment=assignment)
-    log.info("themes_formed", themes=len(themes), topics=len(rows),
-             largest=int(max(t.n_topics for t in to_name)))
-    return ThemeOutcome(len(rows), len(themes), len(assignment), 0)
+        vectors[by_llm] = encoded
+    return [FormedTheme(t, label, vector) for t, label, vector in zip(to_name, names, vectors)]
 
 
-async def _store(pool, run_id, topic_ids, embeddings, *, themes, assignment) -> None:
+async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment) -> None:
     """Replace the run's themes and topic links in one transaction (retried whole on a
     dropped connection: the transaction rolled back, so a retry starts clean)."""
 
     async def store(conn: asyncpg.Connection) -> None:
         async with conn.transaction():
-            await _replace_themes(conn, run_id, topic_ids, embeddings, themes=themes, assignment=assignment)
+            await _replace_themes(conn, run_id, topic_ids, embeddings, levels=levels, assignment=assignment)
 
     await with_connection_retry(pool, store, what="store themes")
 
 
-async def _replace_themes(conn, run_id, topic_ids, embeddings, *, themes, assignment) -> None:
-    """Delete the run's themes, insert the new ones, link and embed the topics."""
+async def _replace_themes(conn, run_id, topic_ids, embeddings, *, levels, assignment) -> None:
+    """Delete the run's themes, insert the new ones level by level from the top (so each
+    theme's parent exists when it is inserted), link and embed the topics."""
     await conn.execute("DELETE FROM themes WHERE run_id = $1", run_id)
-    theme_ids = []
-    for theme, label, vector in themes:
-        theme_ids.append(
-            await conn.fetchval(
-                "INSERT INTO themes (run_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms,"
-                " embedding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING theme_id",
-                run_id, theme.theme_no, label.name, label.summary, theme.keywords, label.source,
-                theme.n_topics, theme.n_firms, vector,
+    ids_above: dict[int, int] = {}
+    for level in range(len(levels), 0, -1):
+        ids_here = {}
+        for theme in levels[level - 1]:
+            t, label = theme.to_name, theme.label
+            ids_here[t.theme_no] = await conn.fetchval(
+                "INSERT INTO themes (run_id, theme_no, level, parent_theme_id, name, summary, keywords, name_source,"
+                " n_topics, n_firms, embedding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                " RETURNING theme_id",
+                run_id, t.theme_no, level, ids_above.get(theme.parent_no), label.name, label.summary, t.keywords,
+                label.source, t.n_topics, t.n_firms, theme.vector,
             )
-        )
+        ids_above = ids_here
+    theme_ids = ids_above  # the fine level's, by theme number
     await conn.execute(
         "CREATE TEMP TABLE topic_links (topic_id bigint, embedding vector, theme_id bigint, how text)"
         " ON COMMIT DROP"

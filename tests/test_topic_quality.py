@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.backend import CPU
-from app.clustering import attach_outliers, cluster_firm, theme_count, theme_keywords, theme_labels
+from app.clustering import attach_outliers, broader_levels, cluster_firm, theme_count, theme_keywords, theme_labels
 from app.quality import label_scores
 from app.sample import SUBJECTS, sentence_about
 from app.settings import RunSettings
@@ -171,3 +171,29 @@ async def test_the_sample_run_has_themes_by_subject_with_no_template_word(conn):
     template = {"sentences", "example", "topics", "firms", "include", "member"}
     for keywords in await conn.fetch("SELECT keywords FROM themes"):
         assert not template & set(keywords["keywords"])
+
+
+def test_broader_levels_recover_known_families():
+    """Three families of three subjects each, four topics a subject: the fine themes are the
+    subjects, the level above the families."""
+    rng = np.random.default_rng(1)
+    families = rng.normal(size=(3, 64)) * 3
+    subjects = np.repeat(families, 3, axis=0) + rng.normal(size=(9, 64))
+    subject_of_topic = np.repeat(np.arange(9), 4)
+    vectors = unit(subjects[subject_of_topic] + 0.2 * rng.normal(size=(36, 64)))
+    fine = theme_labels(vectors, 9)
+    assert label_scores(fine, subject_of_topic)["nmi"] == 1.0
+    (families_level,) = broader_levels(vectors, fine, top_size=3)
+    assert label_scores(families_level[fine], subject_of_topic // 3)["nmi"] == 1.0
+
+
+def test_a_small_fine_level_is_the_only_level():
+    vectors, _ = grouped_vectors(groups=6, per_group=4)
+    assert broader_levels(vectors, theme_labels(vectors, 6), top_size=20) == []
+
+
+def test_levels_go_up_until_the_top_is_small_enough():
+    vectors, _ = grouped_vectors(groups=200, per_group=3)
+    levels = broader_levels(vectors, theme_labels(vectors, 200), top_size=8)
+    sizes = [int(level.max()) + 1 for level in levels]
+    assert sizes == [14, 5]  # sqrt(200) = 14 > 8: a level between; then 14 / 3 = 5 at the top

@@ -1,0 +1,52 @@
+-- firmtopics schema, version 5: themes in levels.
+--
+-- The fine themes (level 1) group firm topics; each level above groups the themes of the
+-- level below into broader ones, until the top level is small enough to read
+-- (RunSettings.theme_top_level_size). A theme's parent is its theme one level up (NULL at
+-- the top). Topics are linked to level-1 themes. Themes written before this version are
+-- level 1 with no parent: a single level.
+ALTER TABLE themes ADD COLUMN level integer NOT NULL DEFAULT 1 CHECK (level >= 1);
+ALTER TABLE themes ADD COLUMN parent_theme_id bigint REFERENCES themes (theme_id) ON DELETE CASCADE;
+-- Theme numbers restart at each level.
+ALTER TABLE themes DROP CONSTRAINT themes_run_id_theme_no_key;
+ALTER TABLE themes ADD CONSTRAINT themes_run_level_no UNIQUE (run_id, level, theme_no);
+CREATE INDEX themes_parent ON themes (parent_theme_id);
+
+-- Every theme with each of its ancestors, itself included (distance 0): one row per
+-- (theme, ancestor). "A sentence up to its top theme" and "a top theme down to its firms
+-- and sentences" are then one join each (see sentence_top_themes).
+CREATE VIEW theme_lineage AS
+WITH RECURSIVE up AS (
+    SELECT theme_id, run_id, theme_id AS ancestor_id, 0 AS distance FROM themes
+    UNION ALL
+    SELECT up.theme_id, up.run_id, th.parent_theme_id, up.distance + 1
+    FROM up JOIN themes th ON th.theme_id = up.ancestor_id
+    WHERE th.parent_theme_id IS NOT NULL
+)
+SELECT up.run_id, up.theme_id, up.ancestor_id, a.level AS ancestor_level, a.name AS ancestor_name,
+       a.parent_theme_id IS NULL AS ancestor_is_top, up.distance
+FROM up JOIN themes a ON a.theme_id = up.ancestor_id;
+
+-- Every sentence in a theme of a run, with its fine theme and its top theme: read it
+-- "WHERE sentence_id = ..." (a sentence up to its top theme) or "WHERE top_theme_id = ..."
+-- (a top theme down to its firms and sentences).
+CREATE VIEW sentence_top_themes AS
+SELECT st.run_id,
+       r.name            AS run_name,
+       st.sentence_id,
+       st.firm_id,
+       f.firm_name,
+       s.doc_id,
+       s.text,
+       st.topic_id,
+       t.name            AS topic_name,
+       t.theme_id        AS fine_theme_id,
+       l.ancestor_id     AS top_theme_id,
+       l.ancestor_name   AS top_theme_name,
+       l.ancestor_level  AS top_level
+FROM sentence_topics st
+JOIN runs r          ON r.run_id = st.run_id
+JOIN sentences s     ON s.sentence_id = st.sentence_id
+JOIN firms f         ON f.firm_id = st.firm_id
+JOIN topics t        ON t.topic_id = st.topic_id
+JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top;

@@ -1,0 +1,75 @@
+"""Themes in levels, on a real run of the generated corpus: broader themes above the fine
+ones, each theme's parent one level up, names at every level, and the views that go from
+a sentence up to its top theme and from a top theme down to its sentences."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.backend import CPU
+from app.job import run_job
+from app.naming import OfflineNamer
+from app.sample import sample_rows
+from app.settings import RunSettings
+from conftest import insert_corpus
+
+
+@pytest.fixture
+async def levelled_run(pool, embedder):
+    """The sample corpus run with a top level of at most 3 themes, so there are levels."""
+    await insert_corpus(pool, list(sample_rows()))
+    outcome = await run_job(pool, RunSettings(theme_top_level_size=3), run_name="levels", embedder=embedder,
+                            backend=CPU, namer=OfflineNamer())
+    assert outcome.status == "complete"
+    return pool
+
+
+async def test_every_theme_below_the_top_has_a_parent_one_level_up(levelled_run):
+    async with levelled_run.acquire() as conn:
+        themes = await conn.fetch("SELECT theme_id, level, parent_theme_id, name, summary, n_topics FROM themes")
+    by_id = {t["theme_id"]: t for t in themes}
+    top = max(t["level"] for t in themes)
+    assert top >= 2
+    assert 2 <= sum(1 for t in themes if t["level"] == top) <= 3
+    for theme in themes:
+        assert theme["name"] and theme["summary"]  # named at every level
+        if theme["level"] == top:
+            assert theme["parent_theme_id"] is None
+        else:
+            assert by_id[theme["parent_theme_id"]]["level"] == theme["level"] + 1
+    # A broader theme holds exactly the topics of its narrower ones.
+    for theme in themes:
+        if theme["level"] > 1:
+            children = [t for t in themes if t["parent_theme_id"] == theme["theme_id"]]
+            assert children and sum(c["n_topics"] for c in children) == theme["n_topics"]
+
+
+async def test_topics_link_to_the_fine_level(levelled_run):
+    async with levelled_run.acquire() as conn:
+        levels = await conn.fetch("SELECT DISTINCT th.level FROM topics t JOIN themes th USING (theme_id)")
+        unlinked = await conn.fetchval("SELECT count(*) FROM topics WHERE theme_id IS NULL")
+    assert [r["level"] for r in levels] == [1] and unlinked == 0
+
+
+async def test_the_top_theme_view_agrees_with_the_joins(levelled_run):
+    async with levelled_run.acquire() as conn:
+        view = await conn.fetch("SELECT sentence_id, top_theme_id FROM sentence_top_themes ORDER BY sentence_id")
+        # The same by walking the parent links by hand.
+        parents = dict(await conn.fetch("SELECT theme_id, parent_theme_id FROM themes"))
+        rows = await conn.fetch("SELECT st.sentence_id, t.theme_id FROM sentence_topics st"
+                                " JOIN topics t USING (topic_id) ORDER BY st.sentence_id")
+    expected = []
+    for row in rows:
+        theme = row["theme_id"]
+        while parents[theme] is not None:
+            theme = parents[theme]
+        expected.append((row["sentence_id"], theme))
+    assert [(r["sentence_id"], r["top_theme_id"]) for r in view] == expected
+
+
+async def test_a_run_with_few_themes_has_one_level(pool, embedder):
+    await insert_corpus(pool, list(sample_rows()))
+    await run_job(pool, RunSettings(), run_name="flat", embedder=embedder, backend=CPU, namer=OfflineNamer())
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT max(level) FROM themes") == 1
+        assert await conn.fetchval("SELECT count(*) FROM themes WHERE parent_theme_id IS NOT NULL") == 0
