@@ -5,6 +5,7 @@ and, on a labelled set, how well sentences land in the right theme.
     python bench/quality.py --firms 12                  # the first 12 ECTSum firms
     python bench/quality.py --firm-ids A,AA,AAN,AAP     # named firms
     python bench/quality.py --bbc --groups 20           # BBC News, dealt into 20 "firms"
+    python bench/quality.py --firms 716 --ways now      # all firms, today's settings only
 
 Firms: both ways run the whole job in this process (``app.job.run_job``, offline names,
 the CPU backend) on one embedded PostgreSQL, one after the other, as two runs of the
@@ -101,9 +102,13 @@ async def run_ways(corpus: Path, ways: dict[str, RunSettings]) -> dict[str, dict
                                     namer=OfflineNamer())
             async with pool.acquire() as conn:
                 quality = json.loads(await conn.fetchval("SELECT quality FROM runs WHERE name = $1", name))
+                levels = [r["n"] for r in await conn.fetch(
+                    "SELECT count(*) AS n FROM themes WHERE run_id = $1 GROUP BY level ORDER BY level",
+                    outcome.run_id)]
             results[name] = {"quality": quality, "firms_s": outcome.timings.get("firms_s"),
+                             "themes_s": outcome.timings.get("themes_s", 0.0),
                              "wall_s": time.perf_counter() - started, "run_id": outcome.run_id,
-                             "themes": outcome.themes}
+                             "themes": outcome.themes, "levels": levels}
         results["_url"] = settings.database_url
     return results
 
@@ -136,6 +141,9 @@ def firm_rows(results: dict) -> list[list]:
         ["themes", *figure(("themes", "themes"), str)],
         ["largest theme's share of topics", *figure(("themes", "largest_theme_share"), pct)],
         ["topics not linked to a theme", *figure(("themes", "unlinked"), str)],
+        ["themes per level, fine first", *[str(results[n]["levels"]) for n in names]],
+        ["theme stage (s); share of the run", *[f"{results[n]['themes_s']:.1f}; {results[n]['themes_s'] / results[n]['wall_s']:.1%}"
+                                               for n in names]],
         ["firm stage (s)", *[f"{results[n]['firms_s']:.1f}" for n in names]],
     ]
     return rows
@@ -150,12 +158,14 @@ def firms_main(args) -> None:
         path, n, sentences = first_firms(ECTSUM, args.firms, folder / "firms.jsonl.gz")
         description = f"ECTSum, first {n} firms ({sentences} sentences)"
     print(f"corpus: {description}; {machine()}", flush=True)
-    results = anyio.run(run_ways, path, WAYS)
+    ways = {name: WAYS[name] for name in args.ways.split(",")}
+    results = anyio.run(run_ways, path, ways)
     names = [n for n in results if not n.startswith("_")]
     print()
     print(table(["measure", *names], firm_rows(results)))
-    ratio = results["now"]["firms_s"] / results["earlier"]["firms_s"]
-    print(f"\nfirm stage time, now / earlier: {ratio:.2f}")
+    if {"now", "earlier"} <= set(names):
+        ratio = results["now"]["firms_s"] / results["earlier"]["firms_s"]
+        print(f"\nfirm stage time, now / earlier: {ratio:.2f}")
     worst = results["now"]["quality"].get("worst_firms") or []
     print("firms to look at (now):", ", ".join(f"{w['firm_id']} {w['largest_topic_share']:.2f}" for w in worst[:5]))
 
@@ -200,7 +210,7 @@ def bbc_main(args) -> None:
     truth_by_doc = bbc_corpus(args.groups, folder / "bbc.jsonl.gz")
     print(f"corpus: BBC News, {len(truth_by_doc)} articles, 5 labels, dealt into {args.groups} groups; {machine()}",
           flush=True)
-    results = anyio.run(run_ways, folder / "bbc.jsonl.gz", {"now": RunSettings()})
+    results = anyio.run(run_ways, folder / "bbc.jsonl.gz", {"now": WAYS["now"]})
     docs, themes, embeddings, texts = anyio.run(bbc_assignments, results["_url"], results["now"]["run_id"])
     truth = [truth_by_doc[d] for d in docs]
     n_themes = results["now"]["themes"]
@@ -222,6 +232,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--firms", type=int, default=12, help="the first N ECTSum firms")
     parser.add_argument("--firm-ids", default="", help="comma-separated firm ids instead of the first N")
+    parser.add_argument("--ways", default="earlier,now", help="which settings to run: earlier, now or both")
     parser.add_argument("--bbc", action="store_true", help="the labelled BBC set instead of firms")
     parser.add_argument("--groups", type=int, default=20, help="BBC: how many groups (firms) to deal into")
     arguments = parser.parse_args()
