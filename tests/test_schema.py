@@ -103,6 +103,19 @@ async def foreign_keys(conn, table: str) -> set[tuple[str, str]]:
     return {(r["columns"], r["referenced"]) for r in rows}
 
 
+async def migrate_to(conn, last: int) -> None:
+    """Bring an empty database to schema version ``last``, as a release of that version left it."""
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for version, name, sql in migrations():
+        if version <= last:
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+
+
 async def insert_one_result(conn, firm_of_result: str) -> None:
     """A firm F with one sentence, a run, and that sentence's result filed under ``firm_of_result``."""
     await conn.execute("INSERT INTO firms (firm_id) VALUES ('F'), ('G') ON CONFLICT DO NOTHING")
@@ -126,15 +139,7 @@ async def test_a_version_3_database_with_results_migrates_to_version_4(database_
     pool = await create_pool(database_url, vector=False)
     try:
         async with pool.acquire() as conn:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            await conn.execute(
-                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version, name, sql in migrations():
-                if version <= 3:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            await migrate_to(conn, 3)
             await insert_one_result(conn, "F")
             run_id, sentence_id = await conn.fetchrow("SELECT run_id, sentence_id FROM sentence_topics")
             topic_id = await conn.fetchval(
@@ -176,15 +181,7 @@ async def test_a_version_2_database_with_data_migrates_to_version_3(database_url
     pool = await create_pool(database_url, vector=False)
     try:
         async with pool.acquire() as conn:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            await conn.execute(
-                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version, name, sql in migrations():
-                if version <= 2:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            await migrate_to(conn, 2)
             await insert_one_result(conn, "F")
             assert ("firm_id", "firms") in await foreign_keys(conn, "sentence_topics")
 
