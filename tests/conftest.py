@@ -161,8 +161,9 @@ def drop_database(server_url: str, name: str) -> None:
     anyio.run(go)
 
 
-def finished_run(server_url, corpus, tmp_path) -> tuple[str, str]:
-    """Run ``firmtopics run --input corpus`` into a new database; returns (name, URL)."""
+def finished_run(server_url, corpus, tmp_path, **env: str) -> tuple[str, str]:
+    """Run ``firmtopics run --input corpus`` into a new database, with the extra
+    environment ``env``; returns (name, URL)."""
     name = "ft_read_" + uuid.uuid4().hex[:10]
     create_database(server_url, name)
     url = with_database(server_url, name)
@@ -173,6 +174,8 @@ def finished_run(server_url, corpus, tmp_path) -> tuple[str, str]:
         mp.setenv("LOG_FORMAT", "json")
         mp.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
         mp.delenv("XAI_API_KEY", raising=False)
+        for key, value in env.items():
+            mp.setenv(key, value)
         assert main(["run", "--input", str(corpus)]) == 0
     return name, url
 
@@ -184,6 +187,26 @@ def sample_run(request, server_url, sample_corpus, tmp_path_factory) -> str:
     name, url = finished_run(server_url, sample_corpus, tmp_path_factory.mktemp("sample_run"))
     request.addfinalizer(lambda: drop_database(server_url, name))
     return url
+
+
+@pytest.fixture(scope="session")
+def levelled_run(request, server_url, sample_corpus, tmp_path_factory) -> str:
+    """URL of a database holding the finished run ``default`` of the sample corpus with a
+    top level of at most 3 themes, so its themes have two levels (fine ones, and 2-3
+    broader ones above them). Read it, never change it."""
+    name, url = finished_run(server_url, sample_corpus, tmp_path_factory.mktemp("levelled_run"),
+                             FIRMTOPICS_THEME_TOP_LEVEL_SIZE="3")
+    request.addfinalizer(lambda: drop_database(server_url, name))
+    return url
+
+
+@pytest.fixture
+async def levelled_conn(levelled_run):
+    """A vector-aware connection to the levelled run's database."""
+    connection = await asyncpg.connect(levelled_run)
+    await register_vector(connection)
+    yield connection
+    await connection.close()
 
 
 @pytest.fixture
