@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("text")
     search.add_argument("--level", choices=("theme", "topic", "sentence"), default="topic",
                         help="what to search (default: topic)")
+    search.add_argument("--theme-level", type=int, metavar="N",
+                        help="with --level theme: only themes of this level (1 = the finest; default: every level)")
     search.add_argument("--firm", metavar="ID", help="only this firm's topics or sentences")
     search.add_argument("--limit", type=int, default=10, metavar="K", help="hits to return (default: 10)")
     search.add_argument("--run", default="default", metavar="NAME")

@@ -5,7 +5,7 @@ Files written to DIR:
 | file | one row per | columns |
 | --- | --- | --- |
 | ``firms.parquet`` | firm of the run | firm_id, firm_name, status, reason, n_sentences, n_topics, n_outliers |
-| ``themes.parquet`` | theme | theme_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms, embedding |
+| ``themes.parquet`` | theme (every level) | theme_id, theme_no, level (1 = fine), parent_theme_id (null at the top), name, summary, keywords, name_source, n_topics, n_firms, embedding |
 | ``topics.parquet`` | firm topic | topic_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences, evidence_sentence_ids, theme_id, theme_assignment, embedding |
 | ``sentences.parquet`` | sentence of the run | sentence_id, firm_id, doc_id, text, topic_id (null = in no topic), topic_assignment (cluster / nearest), theme_id, embedding |
 | ``run.json`` | | the run's settings, model, package versions, timings, quality figures, and the files written |
@@ -46,9 +46,10 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
      [("firm_id", "string"), ("firm_name", "string"), ("status", "string"), ("reason", "string"),
       ("n_sentences", "int32"), ("n_topics", "int32"), ("n_outliers", "int32")]),
     ("themes",
-     "SELECT theme_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms, embedding"
-     " FROM themes WHERE run_id = $1 ORDER BY theme_id",
-     [("theme_id", "int64"), ("theme_no", "int32"), ("name", "string"), ("summary", "string"),
+     "SELECT theme_id, theme_no, level, parent_theme_id, name, summary, keywords, name_source, n_topics, n_firms,"
+     " embedding FROM themes WHERE run_id = $1 ORDER BY theme_id",
+     [("theme_id", "int64"), ("theme_no", "int32"), ("level", "int32"), ("parent_theme_id", "int64"),
+      ("name", "string"), ("summary", "string"),
       ("keywords", "list<string>"), ("name_source", "string"), ("n_topics", "int32"), ("n_firms", "int32"),
       ("embedding", "vector")]),
     ("topics",

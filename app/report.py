@@ -1,10 +1,16 @@
 """``firmtopics report --out DIR``: one self-contained HTML page about a run.
 
-The page (``DIR/report.html``) holds the run's model and settings, its counts, a table
-of the themes (name, summary, number of firms and topics, the firms that speak most
-about each) and a 2-D map of every firm topic coloured by its theme. It needs no
-network and no other file: the CSS is inline and the map is a PNG embedded as base64,
-so it can be mailed or attached to a paper's replication package as it is.
+The page (``DIR/report.html``) holds the run's model and settings, its counts, the
+themes (name, summary, number of firms and topics, the firms that speak most about
+each) and a 2-D map of every firm topic coloured by its theme. It needs no network and
+no other file: the CSS is inline and the map is a PNG embedded as base64, so it can be
+mailed or attached to a paper's replication package as it is.
+
+Themes may come in levels (``themes.level``, 1 the finest; see ``sql/005_theme_levels.sql``).
+Then the page shows the tree: each top theme (no parent) as a block that opens onto its
+children, and theirs in turn, and the map colours topics by their top theme, since a
+few broad colours read better than dozens of fine ones. A run with a single level reads
+as a flat table, as before.
 
 The map places topics by their embeddings (the ones the themes were clustered from),
 reduced to two dimensions: by UMAP (cosine) when there are enough topics for UMAP's
@@ -42,9 +48,13 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
     """Everything the page shows, read from the database.
 
     Returns a dict: ``run`` (the ``runs`` row, JSON columns decoded), ``counts``,
-    ``themes`` (largest first, each with its ``top_firms``) and ``topics`` (id, firm,
-    theme and embedding of every topic, for the map). Raises ``UsageError`` for an
-    unknown or unfinished run.
+    ``levels`` (how many levels of themes the run has; 0 without themes), ``themes``
+    and ``topics``. ``themes`` are the top-level themes, largest first; each has its
+    ``level``, ``parent_theme_id`` (None), ``top_firms`` and ``children`` (the themes one
+    level down, largest first, each shaped alike down to level 1, whose ``children`` are
+    empty). In a single-level run that is every theme, as a flat list. ``topics`` hold
+    id, firm, fine ``theme_id``, ``top_theme_id`` and embedding of every topic, for the
+    map. Raises ``UsageError`` for an unknown or unfinished run.
     """
     from app.runs import firm_counts
 
@@ -63,26 +73,51 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
         "topics": await conn.fetchval("SELECT count(*) FROM topics WHERE run_id = $1", run_id),
         "themes": await conn.fetchval("SELECT count(*) FROM themes WHERE run_id = $1", run_id),
     }
+    # Topics link to level-1 themes only, so a broader theme's sentences and firms are
+    # those of the topics below it: theme_lineage pairs each fine theme with every
+    # ancestor (itself included), which makes "everything under a theme" one join.
     themes = [dict(r) for r in await conn.fetch(
-        "SELECT theme_id, theme_name, summary, keywords, n_topics, n_firms, n_sentences"
-        " FROM theme_overview WHERE run_id = $1 ORDER BY n_topics DESC, n_sentences DESC, theme_id", run_id)]
-    # The firms that speak most about each theme (by sentences in their topics of it).
+        "SELECT th.theme_id, th.name AS theme_name, th.summary, th.keywords, th.level, th.parent_theme_id,"
+        "       th.n_topics, th.n_firms, coalesce(under.n_sentences, 0)::integer AS n_sentences"
+        " FROM themes th LEFT JOIN ("
+        "   SELECT l.ancestor_id, sum(t.n_sentences) AS n_sentences"
+        "   FROM topics t JOIN theme_lineage l ON l.theme_id = t.theme_id"
+        "   WHERE t.run_id = $1 GROUP BY l.ancestor_id) under ON under.ancestor_id = th.theme_id"
+        " WHERE th.run_id = $1 ORDER BY th.n_topics DESC, n_sentences DESC, th.theme_id", run_id)]
+    # The firms that speak most about each theme, at any level (by sentences in their topics under it).
     top = await conn.fetch(
         "SELECT theme_id, firm_id, firm_name, n_sentences FROM ("
-        "  SELECT *, row_number() OVER (PARTITION BY theme_id ORDER BY n_sentences DESC, firm_id) AS place"
-        "  FROM firm_themes WHERE run_id = $1) ranked"
+        "  SELECT l.ancestor_id AS theme_id, t.firm_id, f.firm_name, sum(t.n_sentences)::integer AS n_sentences,"
+        "         row_number() OVER (PARTITION BY l.ancestor_id ORDER BY sum(t.n_sentences) DESC, t.firm_id)"
+        "           AS place"
+        "  FROM topics t JOIN theme_lineage l ON l.theme_id = t.theme_id JOIN firms f ON f.firm_id = t.firm_id"
+        "  WHERE t.run_id = $1 GROUP BY l.ancestor_id, t.firm_id, f.firm_name) ranked"
         " WHERE place <= $2 ORDER BY theme_id, place", run_id, TOP_FIRMS)
+    levels = max((t["level"] for t in themes), default=0)
+    if levels > 1:
+        for level in range(levels, 0, -1):
+            counts[f"themes at level {level}"] = sum(1 for t in themes if t["level"] == level)
+    by_id = {t["theme_id"]: t for t in themes}
     for theme in themes:
         theme["keywords"] = list(theme["keywords"])
         theme["top_firms"] = [dict(r) for r in top if r["theme_id"] == theme["theme_id"]]
+        theme["children"] = []
+    # Hang each theme under its parent; walking the list in size order keeps every
+    # theme's children largest first, like the top level.
+    for theme in themes:
+        if theme["parent_theme_id"] is not None:
+            by_id[theme["parent_theme_id"]]["children"].append(theme)
     topics = await conn.fetch(
-        "SELECT topic_id, firm_id, theme_id, embedding FROM topics"
-        " WHERE run_id = $1 AND embedding IS NOT NULL ORDER BY topic_id", run_id)
+        "SELECT t.topic_id, t.firm_id, t.theme_id, l.ancestor_id AS top_theme_id, t.embedding FROM topics t"
+        " LEFT JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top"
+        " WHERE t.run_id = $1 AND t.embedding IS NOT NULL ORDER BY t.topic_id", run_id)
     decoded = dict(run)
     for key in ("settings", "backend", "package_versions", "timings", "llm_usage", "quality"):
         if isinstance(decoded[key], str):
             decoded[key] = json.loads(decoded[key])
-    return {"run": decoded, "counts": counts, "themes": themes, "topics": [dict(t) for t in topics]}
+    return {"run": decoded, "counts": counts, "levels": levels,
+            "themes": [t for t in themes if t["parent_theme_id"] is None],
+            "topics": [dict(t) for t in topics]}
 
 
 # --- the map ----------------------------------------------------------------------------
@@ -110,8 +145,13 @@ def project_2d(embeddings: np.ndarray, *, seed: int = 42) -> np.ndarray:
 
 
 def topic_map_png(topics: list[dict], themes: list[dict], *, seed: int = 42) -> bytes | None:
-    """The map of firm topics as PNG bytes: one dot a topic, coloured by theme, each
-    coloured theme's number at its centre. None when the run has no topic."""
+    """The map of firm topics as PNG bytes: one dot a topic, coloured by its top theme,
+    each coloured theme's number at its centre. None when the run has no topic.
+
+    ``topics`` as ``report_data`` gives them (``top_theme_id`` picks the colour);
+    ``themes`` the top-level themes, largest first. In a single-level run a topic's top
+    theme is its own theme, so the map is coloured by theme.
+    """
     if not topics:
         return None
     from matplotlib.figure import Figure  # the object API: no global pyplot state, no GUI backend
@@ -119,7 +159,8 @@ def topic_map_png(topics: list[dict], themes: list[dict], *, seed: int = 42) -> 
     from app.export import as_array
 
     coords = project_2d(np.stack([as_array(t["embedding"]) for t in topics]), seed=seed)
-    theme_ids = np.array([t["theme_id"] if t["theme_id"] is not None else -1 for t in topics])
+    theme_ids = np.array([t["top_theme_id"] if t["top_theme_id"] is not None else -1 for t in topics])
+    levelled = any(theme.get("children") for theme in themes)
     figure = Figure(figsize=(10, 6.5), dpi=110, layout="constrained")
     axes = figure.add_subplot()
     palette = _palette()
@@ -138,11 +179,12 @@ def topic_map_png(topics: list[dict], themes: list[dict], *, seed: int = 42) -> 
         axes.annotate(str(theme["theme_id"]), centre, ha="center", va="center", fontsize=9, weight="bold",
                       bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": colour, "alpha": 0.85})
     method = "UMAP" if len(topics) >= UMAP_MIN_DOCS else "PCA"
-    axes.set_title(f"{len(topics)} firm topics, placed by meaning ({method} of their embeddings), coloured by theme",
+    kind = "top-level theme" if levelled else "theme"
+    axes.set_title(f"{len(topics)} firm topics, placed by meaning ({method} of their embeddings), coloured by {kind}",
                    fontsize=10)
     axes.set_xticks([])
     axes.set_yticks([])
-    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, title="theme")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, title=kind)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -172,11 +214,20 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowra
 img { max-width: 100%; border: 1px solid #e3e3e3; }
 code { background: #f5f5f5; padding: 0 0.25em; }
 footer { color: #888; font-size: 0.85em; margin-top: 3em; }
+details.theme { border-left: 3px solid #d0d0d0; margin: 0.9em 0; padding-left: 0.9em; }
+details.theme > summary { cursor: pointer; font-size: 1.05em; }
+details.theme > p { margin: 0.35em 0; }
+.meta { color: #666; font-size: 0.9em; }
 """
 
 
 def render_html(data: dict, png: bytes | None) -> str:
-    """The whole page as one string (all text HTML-escaped)."""
+    """The whole page as one string (all text HTML-escaped).
+
+    Takes ``report_data``'s dict and the map's PNG bytes (None: no map). The Themes
+    section is a flat table for a single-level run and a tree of nested blocks, top
+    themes first, for a levelled one.
+    """
     e = html.escape
     run = data["run"]
     finished = run["finished_at"].strftime("%Y-%m-%d %H:%M %Z") if run["finished_at"] else "not finished"
@@ -188,20 +239,16 @@ def render_html(data: dict, png: bytes | None) -> str:
     quality = "".join(f"<li>{e(line.strip())}</li>" for line in format_quality(run.get("quality")))
     quality = f"<ul>{quality}</ul>" if quality else "<p>No quality figures were recorded for this run.</p>"
     versions = ", ".join(f"{e(k)} {e(str(v))}" for k, v in sorted(run["package_versions"].items()))
-    rows = []
-    for theme in data["themes"]:
-        firms = ", ".join(f"{e(f['firm_name'] or f['firm_id'])} ({f['n_sentences']:,})" for f in theme["top_firms"])
-        rows.append(
-            f"<tr><td class=n>{theme['theme_id']}</td>"
-            f"<td><b>{e(theme['theme_name'])}</b><br><span class=kw>{e(', '.join(theme['keywords']))}</span></td>"
-            f"<td>{e(theme['summary'])}</td>"
-            f"<td class=n>{theme['n_firms']:,}</td><td class=n>{theme['n_topics']:,}</td>"
-            f"<td class=n>{theme['n_sentences']:,}</td><td>{firms}</td></tr>")
-    themes = (
-        "<table><tr><th>id</th><th>theme</th><th>summary</th><th>firms</th><th>topics</th><th>sentences</th>"
-        f"<th>firms that speak most of it (sentences)</th></tr>{''.join(rows)}</table>"
-        if rows else "<p>This run made no themes (too few topics to cluster).</p>")
-    picture = (f'<img alt="map of firm topics coloured by theme" src="data:image/png;base64,'
+    if data["levels"] > 1:
+        themes = _themes_intro(data) + "".join(_theme_tree(theme) for theme in data["themes"])
+        coloured_by = "top-level theme"
+    elif data["themes"]:
+        themes = "<p>This run has a single level of themes.</p>" + _theme_table(data["themes"])
+        coloured_by = "theme"
+    else:
+        themes = "<p>This run made no themes (too few topics to cluster).</p>"
+        coloured_by = "theme"
+    picture = (f'<img alt="map of firm topics coloured by {coloured_by}" src="data:image/png;base64,'
                f'{base64.b64encode(png).decode("ascii")}">' if png else "<p>This run has no topics to map.</p>")
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -232,7 +279,8 @@ catch-all; coherence is the mean NPMI of each topic's keywords over its firm's s
 
 <h2>Map of firm topics</h2>
 <p>Each dot is one firm's topic, placed by the meaning of its name and summary; nearby dots are
-topics that are alike, whichever firm they come from. The number on a colour marks its theme's centre.</p>
+topics that are alike, whichever firm they come from. Colours are by {coloured_by}; the number on a
+colour marks that theme's centre and is its id in the Themes section.</p>
 {picture}
 
 <footer>
@@ -244,6 +292,62 @@ in SQL, the views <code>theme_sentences</code>, <code>firm_themes</code> and <co
 </body>
 </html>
 """
+
+
+def _theme_table(themes: list[dict]) -> str:
+    """A table of ``themes``, one row each: id, name and keywords, summary, counts and the
+    firms that speak most of it. The whole Themes section of a single-level run, and
+    the fine themes under a broader one in a levelled run."""
+    e = html.escape
+    rows = []
+    for theme in themes:
+        firms = ", ".join(f"{e(f['firm_name'] or f['firm_id'])} ({f['n_sentences']:,})" for f in theme["top_firms"])
+        rows.append(
+            f'<tr id="theme-{theme["theme_id"]}"><td class=n>{theme["theme_id"]}</td>'
+            f"<td><b>{e(theme['theme_name'])}</b><br><span class=kw>{e(', '.join(theme['keywords']))}</span></td>"
+            f"<td>{e(theme['summary'])}</td>"
+            f"<td class=n>{theme['n_firms']:,}</td><td class=n>{theme['n_topics']:,}</td>"
+            f"<td class=n>{theme['n_sentences']:,}</td><td>{firms}</td></tr>")
+    return ("<table><tr><th>id</th><th>theme</th><th>summary</th><th>firms</th><th>topics</th><th>sentences</th>"
+            f"<th>firms that speak most of it (sentences)</th></tr>{''.join(rows)}</table>")
+
+
+def _theme_tree(theme: dict) -> str:
+    """One broader theme as an open ``<details>`` block that encloses its children.
+
+    The block's line names the theme with its id, level and counts; inside are its
+    summary, keywords and leading firms, then its children: a table when they are the
+    finest themes, blocks like this one (nested, so indented) when they have children
+    of their own. ``<details>`` lets a reader fold a theme away without any script.
+    """
+    e = html.escape
+    firms = ", ".join(f"{e(f['firm_name'] or f['firm_id'])} ({f['n_sentences']:,})" for f in theme["top_firms"])
+    children = theme["children"]
+    narrower = f"{len(children)} narrower theme{'' if len(children) == 1 else 's'}"
+    if not children:
+        inner = ""
+    elif any(child["children"] for child in children):
+        inner = "".join(_theme_tree(child) for child in children)
+    else:
+        inner = _theme_table(children)
+    return (
+        f'<details class=theme id="theme-{theme["theme_id"]}" open>'
+        f"<summary><b>{e(theme['theme_name'])}</b> <span class=meta>theme {theme['theme_id']} · "
+        f"level {theme['level']} · {theme['n_firms']:,} firms · {theme['n_topics']:,} topics · "
+        f"{theme['n_sentences']:,} sentences · {narrower}</span></summary>"
+        f"<p>{e(theme['summary'])}</p>"
+        f"<p class=kw>{e(', '.join(theme['keywords']))}</p>"
+        f"<p class=meta>Firms that speak most of it (sentences): {firms or 'none'}</p>"
+        f"{inner}</details>")
+
+
+def _themes_intro(data: dict) -> str:
+    """The line above a levelled run's themes: how many at each level and how to read them."""
+    per_level = ", ".join(f"{data['counts'][f'themes at level {level}']:,} at level {level}"
+                          for level in range(data["levels"], 0, -1))
+    return (f"<p>This run has {data['levels']} levels of themes ({per_level}). Each top-level theme below "
+            "opens onto the narrower themes it groups, down to the fine themes (level 1) that firm topics "
+            "belong to; a broader theme's counts cover all the topics under it.</p>")
 
 
 async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path) -> Path:
@@ -261,7 +365,8 @@ async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path) -
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
     path.write_text(render_html(data, png), encoding="utf-8")
-    log.info("report_written", path=str(path), themes=len(data["themes"]), topics=len(data["topics"]))
+    log.info("report_written", path=str(path), themes=data["counts"]["themes"], levels=data["levels"],
+             topics=len(data["topics"]))
     return path
 
 

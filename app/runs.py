@@ -116,7 +116,7 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
         " ORDER BY firm_id",
         run_id,
     )
-    sizes = await conn.fetch("SELECT n_topics FROM themes WHERE run_id = $1 ORDER BY theme_id", run_id)
+    sizes = await conn.fetch("SELECT n_topics FROM themes WHERE run_id = $1 AND level = 1 ORDER BY theme_id", run_id)
     links = await conn.fetchrow(
         "SELECT count(*) AS topics,"
         " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"

@@ -6,9 +6,14 @@ model would not be comparable), and the nearest rows are found by cosine distanc
 place in the hierarchy (theme -> topic -> firm -> sentence) and its distance
 (0 = same direction; 1 = unrelated; 2 = opposite).
 
-An HNSW index is approximate, and a filter (the run, ``--firm``) is applied to what the
-index hands up, so a selective filter can leave fewer rows than asked for. Three things
-guard against that, cheapest first:
+Themes come in levels (1 = the fine themes topics belong to; each level above groups the
+one below into broader themes). ``--level theme`` searches every level at once, since a
+text may be nearest to a broad theme or to a fine one; ``--theme-level N`` keeps one.
+Each theme hit carries its level and its parent (the theme one level up).
+
+An HNSW index is approximate, and a filter (the run, ``--firm``, ``--theme-level``) is
+applied to what the index hands up, so a selective filter can leave fewer rows than asked
+for. Three things guard against that, cheapest first:
 
 1. ``hnsw.ef_search`` (the candidate list, 40 by default) is raised with the limit;
 2. on pgvector >= 0.8, ``hnsw.iterative_scan = relaxed_order`` makes the index keep
@@ -37,20 +42,23 @@ log = get_logger("search")
 LEVELS = ("theme", "topic", "sentence")
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 
-# One query per level. {distance} is the ordering expression and {firm} the optional
-# firm filter; both are filled from constants below, never from user text (the values
-# themselves are query parameters: $1 vector, $2 run id, $3 limit, $4 firm id).
+# One query per level. {distance} is the ordering expression, {firm} the optional firm
+# filter and {theme_level} the optional theme level filter; all are filled from constants
+# below, never from user text (the values themselves are query parameters: $1 vector,
+# $2 run id, $3 limit, then the firm id and the theme level, each numbered only when given).
 # The inner query only walks the index; the outer one adds the hierarchy to its hits.
 _QUERIES = {
     "theme": """
         WITH hits AS MATERIALIZED (
             SELECT th.theme_id, th.embedding <=> $1 AS distance
             FROM themes th
-            WHERE th.run_id = $2 {firm}
+            WHERE th.run_id = $2 {firm} {theme_level}
             ORDER BY {distance} LIMIT $3)
-        SELECT h.distance, th.theme_id, th.name AS theme_name, th.summary AS theme_summary,
-               th.n_topics, th.n_firms
-        FROM hits h JOIN themes th ON th.theme_id = h.theme_id
+        SELECT h.distance, th.theme_id, th.name AS theme_name, th.level, th.parent_theme_id,
+               p.name AS parent_name, th.summary AS theme_summary, th.n_topics, th.n_firms
+        FROM hits h
+        JOIN themes th ON th.theme_id = h.theme_id
+        LEFT JOIN themes p ON p.theme_id = th.parent_theme_id
         ORDER BY h.distance, th.theme_id""",
     "topic": """
         WITH hits AS MATERIALIZED (
@@ -81,20 +89,47 @@ _QUERIES = {
         ORDER BY h.distance, s.sentence_id""",
 }
 _FIRM_FILTERS = {
-    # A theme "of a firm" is one that holds at least one of the firm's topics.
-    "theme": "AND EXISTS (SELECT 1 FROM topics ft WHERE ft.theme_id = th.theme_id AND ft.firm_id = $4)",
-    "topic": "AND t.firm_id = $4",
-    "sentence": "AND st.firm_id = $4",
+    # A theme "of a firm" is one that holds at least one of the firm's topics: a fine theme
+    # directly, a broader one through the themes below it. Topics link to fine themes only,
+    # so the firm's themes are those and their ancestors, found once (the subquery does
+    # not depend on the outer row) by walking up the parents.
+    "theme": """AND th.theme_id IN (
+                WITH RECURSIVE firm_themes AS (
+                    SELECT ft.theme_id FROM topics ft WHERE ft.run_id = $2 AND ft.firm_id = ${n}
+                    UNION
+                    SELECT up.parent_theme_id FROM firm_themes f JOIN themes up ON up.theme_id = f.theme_id
+                    WHERE up.parent_theme_id IS NOT NULL)
+                SELECT theme_id FROM firm_themes)""",
+    "topic": "AND t.firm_id = ${n}",
+    "sentence": "AND st.firm_id = ${n}",
 }
+_THEME_LEVEL_FILTER = "AND th.level = ${n}"
 _EMBEDDING = {"theme": "th.embedding", "topic": "t.embedding", "sentence": "st.embedding"}
 
 
-def _query(level: str, *, firm: bool, exact: bool) -> str:
+def _query(level: str, *, firm: bool, exact: bool, theme_level: bool = False) -> str:
+    """The query of ``level``, with the firm and theme level filters where they are given
+    (their parameters follow $1-$3 in that order: $4 is the firm id if there is one)."""
     column = _EMBEDDING[level]
     # The index serves "ORDER BY column <=> $1" only; adding 0 makes the expression one
     # it does not match, so the planner scans the filtered rows and sorts them exactly.
     distance = f"({column} <=> $1) + 0" if exact else f"{column} <=> $1"
-    return _QUERIES[level].format(firm=_FIRM_FILTERS[level] if firm else "", distance=distance)
+    # A parameter that no query text mentions has no type, which PostgreSQL refuses, so
+    # the optional ones are numbered by what is given rather than fixed.
+    firm_filter = _FIRM_FILTERS[level].replace("{n}", "4") if firm else ""
+    level_filter = _THEME_LEVEL_FILTER.replace("{n}", str(5 if firm else 4)) if theme_level else ""
+    return _QUERIES[level].format(firm=firm_filter, theme_level=level_filter, distance=distance)
+
+
+def _check_theme_level(level: str, theme_level: int | None) -> None:
+    """``theme_level`` picks among themes, so it only goes with ``level="theme"``; levels
+    count from 1 (the fine themes). A level the run does not have is no error: no hits."""
+    if theme_level is None:
+        return
+    if level != "theme":
+        raise UsageError(f"--theme-level goes with --level theme only, not --level {level}")
+    if theme_level < 1:
+        raise UsageError(f"--theme-level must be at least 1 (1 = the fine themes), got {theme_level}")
 
 
 async def _iterative_scan_available(conn: asyncpg.Connection) -> bool:
@@ -116,27 +151,34 @@ async def nearest(
     level: str = "topic",
     firm_id: str | None = None,
     limit: int = 10,
+    theme_level: int | None = None,
 ) -> list[dict]:
     """The ``limit`` rows of ``level`` nearest to ``vector`` in run ``run_id``.
 
     Takes an L2-normalised query vector from the run's model; ``firm_id`` restricts the
-    hits to one firm (at theme level: to the themes holding one of its topics).
+    hits to one firm (at theme level: to the themes holding one of its topics, at any
+    level); ``theme_level`` (with ``level="theme"`` only) to the themes of one level,
+    1 = the fine ones; without it themes of every level compete.
     Returns one dict a hit, nearest first: ``rank``, ``distance`` and the hierarchy
-    fields of the level (``theme_*``, ``topic_*``, ``firm_*``, ``sentence_id``, ``text``).
+    fields of the level (``theme_*``, ``topic_*``, ``firm_*``, ``sentence_id``, ``text``;
+    a theme also its ``level``, ``parent_theme_id`` and ``parent_name``, None at the top).
     """
     if level not in LEVELS:
         raise UsageError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    args = [vector, run_id, limit] + ([firm_id] if firm_id is not None else [])
+    _check_theme_level(level, theme_level)
+    args = ([vector, run_id, limit] + ([firm_id] if firm_id is not None else [])
+            + ([theme_level] if theme_level is not None else []))
+    filters = {"firm": firm_id is not None, "theme_level": theme_level is not None}
     async with conn.transaction():  # SET LOCAL lasts until the end of this transaction
         await conn.execute(f"SET LOCAL hnsw.ef_search = {min(MAX_EF_SEARCH, max(40, limit * 4))}")
         if await _iterative_scan_available(conn):
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        rows = await conn.fetch(_query(level, firm=firm_id is not None, exact=False), *args)
+        rows = await conn.fetch(_query(level, exact=False, **filters), *args)
         if len(rows) < limit:
-            exact = await conn.fetch(_query(level, firm=firm_id is not None, exact=True), *args)
+            exact = await conn.fetch(_query(level, exact=True, **filters), *args)
             if len(exact) > len(rows):
-                log.info("search_exact_fallback", level=level, firm=firm_id, index_rows=len(rows),
-                         exact_rows=len(exact))
+                log.info("search_exact_fallback", level=level, firm=firm_id, theme_level=theme_level,
+                         index_rows=len(rows), exact_rows=len(exact))
                 rows = exact
     return [{"rank": i, **dict(row)} for i, row in enumerate(rows, start=1)]
 
@@ -150,13 +192,15 @@ async def search(
     firm_id: str | None = None,
     limit: int = 10,
     embedder=None,
+    theme_level: int | None = None,
 ) -> list[dict]:
     """Search run ``run_name`` for ``text``: checks the arguments and the run, embeds the
     text with the run's model and returns ``nearest``'s hits.
 
     ``embedder`` may be given to reuse a loaded model (it must be the run's model);
-    otherwise the run's model is loaded. Raises ``UsageError`` for an unknown or
-    unfinished run, an unknown firm, a bad level or limit, or an empty text.
+    otherwise the run's model is loaded. ``theme_level`` keeps the themes of one level
+    (see ``nearest``). Raises ``UsageError`` for an unknown or unfinished run, an unknown
+    firm, a bad level, theme level or limit, or an empty text.
     """
     if not text.strip():
         raise UsageError("search for what? the text is empty")
@@ -164,6 +208,8 @@ async def search(
         raise UsageError(f"--limit must be at least 1, got {limit}")
     if level not in LEVELS:
         raise UsageError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    # Before the run and the model are loaded: a wrong combination needs neither.
+    _check_theme_level(level, theme_level)
     run = await load_run(conn, run_name)
     if firm_id is not None and not await conn.fetchval("SELECT 1 FROM firms WHERE firm_id = $1", firm_id):
         raise UsageError(f"no firm {firm_id!r} in the database")
@@ -175,23 +221,27 @@ async def search(
     if vector.shape[0] != run["embedding_dim"]:
         raise UsageError(f"the model gives {vector.shape[0]}-dimensional vectors, the run holds "
                          f"{run['embedding_dim']}-dimensional ones")
-    return await nearest(conn, vector, run_id=run["run_id"], level=level, firm_id=firm_id, limit=limit)
+    return await nearest(conn, vector, run_id=run["run_id"], level=level, firm_id=firm_id, limit=limit,
+                         theme_level=theme_level)
 
 
 # --- output -----------------------------------------------------------------------------
 
 
-def format_hits(hits: list[dict], *, level: str, text: str, run_name: str, width: int | None = None) -> str:
+def format_hits(hits: list[dict], *, level: str, text: str, run_name: str, width: int | None = None,
+                theme_level: int | None = None) -> str:
     """A readable table of ``hits``: one line a hit, its hierarchy in columns
-    (theme, topic, firm, then the sentence or summary). Long names are clipped; the last
-    column is clipped to ``width`` when one is given (a terminal's), else printed whole."""
+    (theme, topic, firm, then the sentence or summary; a theme its level and parent).
+    Long names are clipped; the last column is clipped to ``width`` when one is given
+    (a terminal's), else printed whole. ``theme_level`` is the level searched, if one was."""
+    what = level if theme_level is None else f"level-{theme_level} {level}"
     if not hits:
-        return f"no {level} found in run {run_name!r}"
+        return f"no {what} found in run {run_name!r}"
     # (title, key, widest it may get); 0 = the last column, which takes the width left.
     columns: list[tuple[str, str, int]] = [("#", "rank", 3), ("distance", "distance", 8)]
     if level == "theme":
-        columns += [("theme", "theme", 48), ("topics", "n_topics", 6), ("firms", "n_firms", 5),
-                    ("summary", "theme_summary", 0)]
+        columns += [("level", "level", 5), ("theme", "theme", 48), ("parent", "parent", 32),
+                    ("topics", "n_topics", 6), ("firms", "n_firms", 5), ("summary", "theme_summary", 0)]
     elif level == "topic":
         columns += [("theme", "theme", 40), ("topic", "topic", 40), ("firm", "firm_id", 12),
                     ("sentences", "n_sentences", 9)]
@@ -205,6 +255,7 @@ def format_hits(hits: list[dict], *, level: str, text: str, run_name: str, width
             "distance": f"{hit['distance']:.3f}",
             "theme": _label(hit.get("theme_id"), hit.get("theme_name")),
             "topic": _label(hit.get("topic_id"), hit.get("topic_name")),
+            "parent": _label(hit.get("parent_theme_id"), hit.get("parent_name")),
         }
         rows.append({key: "" if cells.get(key) is None else " ".join(str(cells[key]).split())
                      for _, key, _ in columns})
@@ -214,9 +265,9 @@ def format_hits(hits: list[dict], *, level: str, text: str, run_name: str, width
     used = sum(w + 2 for _, _, w in sized if w)
     last = max(30, width - used) if width else max(len(r[sized[-1][1]]) for r in rows)
     sized = [(title, key, w or last) for title, key, w in sized]
-    numeric = ("rank", "n_topics", "n_firms", "n_sentences")
+    numeric = ("rank", "level", "n_topics", "n_firms", "n_sentences")
     lines = [
-        f"{len(hits)} {level}{'s' if len(hits) != 1 else ''} nearest to {text!r} in run {run_name!r}"
+        f"{len(hits)} {what}{'s' if len(hits) != 1 else ''} nearest to {text!r} in run {run_name!r}"
         " (cosine distance: 0 = same meaning, 1 = unrelated)",
         "  ".join(_fit(title, w, right=key in numeric) for title, key, w in sized).rstrip(),
     ]
@@ -241,13 +292,15 @@ def _fit(text: str, width: int, *, right: bool = False) -> str:
 
 
 async def command(settings, args) -> int:
-    """``firmtopics search TEXT [--level L] [--firm ID] [--limit K] [--run NAME] [--json]``."""
+    """``firmtopics search TEXT [--level L] [--theme-level N] [--firm ID] [--limit K] [--run NAME]
+    [--json]``."""
     from app.database import open_database
 
     async with open_database(settings) as pool, pool.acquire() as conn:
         hits = await search(conn, args.text, run_name=args.run, level=args.level, firm_id=args.firm,
-                            limit=args.limit)
+                            limit=args.limit, theme_level=args.theme_level)
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     print(format_json_lines(hits) if args.json else
-          format_hits(hits, level=args.level, text=args.text, run_name=args.run, width=width))
+          format_hits(hits, level=args.level, text=args.text, run_name=args.run, width=width,
+                      theme_level=args.theme_level))
     return 0

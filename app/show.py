@@ -1,8 +1,10 @@
 """``firmtopics show theme|topic|firm ID``: walk the hierarchy up and down.
 
-* a **theme**: its summary, its topics grouped by firm, and a few evidence sentences
-  (the sentences that were shown to the namer of its topics);
-* a **topic**: its firm, its theme, and its sentences (a sample when there are many);
+* a **theme**: its summary, its level and parent theme, its topics grouped by firm (a
+  fine theme) or the themes one level below it and its firms (a broader theme), and a
+  few evidence sentences (the sentences that were shown to the namer of its topics);
+* a **topic**: its firm, its theme (with the broader themes above it), and its sentences
+  (a sample when there are many);
 * a **firm**: its state in the run and its topics, each with its theme.
 
 Each view is built in two steps: a ``*_detail`` function reads the rows into a plain
@@ -65,22 +67,38 @@ async def _run_of(conn: asyncpg.Connection, kind: str, item_id: int, run_id: int
 
 
 async def theme_detail(conn: asyncpg.Connection, theme_id: int, run_name: str | None = None) -> dict:
-    """A theme with its topics (ordered by firm, then size) and evidence sentences.
+    """A theme with its place in the theme levels, its topics (ordered by firm, then
+    size) and evidence sentences.
 
     Takes the theme's id and, optionally, the run it must belong to. Returns a dict:
-    ``run``, ``theme`` (the theme's columns), ``topics`` (each with its firm) and
-    ``evidence`` (a few sentences, one from each of the largest topics first).
-    Raises ``UsageError`` for an unknown id.
+    ``run``, ``theme`` (the theme's columns), ``level`` (1 = fine), ``n_levels`` (the
+    run's number of theme levels), ``parent`` (``theme_id`` and ``name`` of the theme one
+    level up, None at the top), ``children`` (the themes one level down, largest first,
+    each with ``theme_id``, ``name``, ``n_topics``, ``n_firms``; empty for a fine theme),
+    ``topics`` (every topic under the theme, at any depth, each with its firm and its
+    fine ``theme_id``) and ``evidence`` (a few sentences, one from each of the largest
+    topics first). Raises ``UsageError`` for an unknown id.
     """
     theme = await conn.fetchrow(
-        "SELECT theme_id, run_id, name, summary, keywords, name_source, n_topics, n_firms"
+        "SELECT theme_id, run_id, name, summary, keywords, name_source, n_topics, n_firms, level"
         " FROM themes WHERE theme_id = $1", theme_id)
     run = await _run_of(conn, "theme", theme_id, theme and theme["run_id"], run_name)
+    parent = await conn.fetchrow(
+        "SELECT p.theme_id, p.name FROM themes th JOIN themes p ON p.theme_id = th.parent_theme_id"
+        " WHERE th.theme_id = $1", theme_id)
+    children = await conn.fetch(
+        "SELECT theme_id, name, n_topics, n_firms FROM themes WHERE parent_theme_id = $1"
+        " ORDER BY n_topics DESC, theme_id", theme_id)
+    n_levels = await conn.fetchval("SELECT max(level) FROM themes WHERE run_id = $1", run["run_id"])
+    # Topics link to fine themes only; theme_lineage brings a broader theme every topic
+    # under it (for a fine theme it is the theme itself, at distance 0), so n_topics,
+    # n_sentences and the evidence mean the same thing at every level.
     topics = await conn.fetch(
-        "SELECT t.topic_id, t.firm_id, f.firm_name, t.name, t.n_sentences, t.theme_assignment,"
+        "SELECT t.topic_id, t.firm_id, f.firm_name, t.name, t.n_sentences, t.theme_id, t.theme_assignment,"
         "       t.evidence_sentence_ids"
-        " FROM topics t JOIN firms f ON f.firm_id = t.firm_id"
-        " WHERE t.theme_id = $1 ORDER BY t.firm_id, t.n_sentences DESC, t.topic_id", theme_id)
+        " FROM theme_lineage l JOIN topics t ON t.theme_id = l.theme_id"
+        " JOIN firms f ON f.firm_id = t.firm_id"
+        " WHERE l.ancestor_id = $1 ORDER BY t.firm_id, t.n_sentences DESC, t.topic_id", theme_id)
     # One evidence sentence from each topic, largest topics first, then a second round,
     # and so on: the sample shows as many firms as it can.
     by_size = sorted(topics, key=lambda t: (-t["n_sentences"], t["topic_id"]))
@@ -106,8 +124,13 @@ async def theme_detail(conn: asyncpg.Connection, theme_id: int, run_name: str | 
     return {
         "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]},
         "theme": {**dict(theme), "keywords": list(theme["keywords"]), "n_sentences": n_sentences},
+        "level": theme["level"],
+        "n_levels": n_levels,
+        "parent": dict(parent) if parent else None,
+        "children": [dict(c) for c in children],
         "topics": [
-            {k: t[k] for k in ("topic_id", "firm_id", "firm_name", "name", "n_sentences", "theme_assignment")}
+            {k: t[k] for k in ("topic_id", "firm_id", "firm_name", "name", "n_sentences", "theme_id",
+                               "theme_assignment")}
             for t in topics
         ],
         "evidence": evidence,
@@ -115,31 +138,68 @@ async def theme_detail(conn: asyncpg.Connection, theme_id: int, run_name: str | 
 
 
 def format_theme(detail: dict) -> str:
-    """The text of ``show theme``: header, summary, topics grouped by firm, evidence."""
+    """The text of ``show theme``: header, level and parent, summary, then the topics
+    grouped by firm (a fine theme) or the themes below and the firms (a broader one),
+    then evidence."""
     theme = detail["theme"]
     lines = [
         f"theme {theme['theme_id']}: {theme['name']}   ({_run_label(detail['run'])})",
         f"  {theme['n_topics']} topics from {theme['n_firms']} firms, {theme['n_sentences']} sentences;"
         f" named from {_source(theme['name_source'])}",
+        _level_line(detail),
         f"  summary: {theme['summary']}",
         f"  keywords: {', '.join(theme['keywords'])}",
         "",
-        "topics, by firm:",
     ]
-    firm = None
-    for topic in detail["topics"]:
-        if topic["firm_id"] != firm:
-            firm = topic["firm_id"]
-            lines.append(f"  {_firm_label(topic['firm_id'], topic['firm_name'])}")
-        nearest = "  (an outlier of the theme clustering, given the nearest theme)" \
-            if topic["theme_assignment"] == "nearest" else ""
-        lines.append(f"    topic {topic['topic_id']}: {topic['name']}  ({topic['n_sentences']} sentences){nearest}")
+    if detail["level"] > 1:
+        lines += _broader_theme_lines(detail)
+    else:
+        lines.append("topics, by firm:")
+        firm = None
+        for topic in detail["topics"]:
+            if topic["firm_id"] != firm:
+                firm = topic["firm_id"]
+                lines.append(f"  {_firm_label(topic['firm_id'], topic['firm_name'])}")
+            nearest = "  (an outlier of the theme clustering, given the nearest theme)" \
+                if topic["theme_assignment"] == "nearest" else ""
+            lines.append(f"    topic {topic['topic_id']}: {topic['name']}  ({topic['n_sentences']} sentences){nearest}")
     if detail["evidence"]:
         lines += ["", "evidence (sentences shown to the namer of each topic):"]
         for s in detail["evidence"]:
             lines.append(f"  {s['firm_id']}, topic {s['topic_id']}: {_clip(s['text'], 160)}")
-    lines += ["", f"next: firmtopics show topic {detail['topics'][0]['topic_id']}" if detail["topics"] else ""]
+    if detail["level"] > 1 and detail["children"]:
+        lines += ["", f"next: firmtopics show theme {detail['children'][0]['theme_id']}"]
+    else:
+        lines += ["", f"next: firmtopics show topic {detail['topics'][0]['topic_id']}" if detail["topics"] else ""]
     return "\n".join(lines).rstrip()
+
+
+def _level_line(detail: dict) -> str:
+    """``level L of N``, then the parent theme, or that the theme is at the top."""
+    level = f"  level {detail['level']} of {detail['n_levels']}"
+    if detail["parent"]:
+        return f"{level}; parent: theme {detail['parent']['theme_id']}: {detail['parent']['name']}"
+    if detail["n_levels"] == 1:
+        return f"{level}: top level (this run's themes have a single level)"
+    return f"{level}: top level"
+
+
+def _broader_theme_lines(detail: dict) -> list[str]:
+    """A broader theme's themes one level below, then its firms with their topics under
+    it: listing every topic of a broad theme would be too long to read, and each child's
+    own ``show theme`` lists them."""
+    lines = [f"themes below it (level {detail['level'] - 1}), largest first:"]
+    for child in detail["children"]:
+        lines.append(f"  theme {child['theme_id']}: {child['name']}"
+                     f"  ({child['n_topics']} topics, {child['n_firms']} firms)")
+    firms: dict[str, list[dict]] = {}  # topics come ordered by firm
+    for topic in detail["topics"]:
+        firms.setdefault(topic["firm_id"], []).append(topic)
+    lines += ["", "firms (topics and sentences under this theme):"]
+    for topics in firms.values():
+        lines.append(f"  {_firm_label(topics[0]['firm_id'], topics[0]['firm_name'])}: {len(topics)} topics,"
+                     f" {sum(t['n_sentences'] for t in topics)} sentences")
+    return lines
 
 
 # --- topic ------------------------------------------------------------------------------
@@ -151,7 +211,9 @@ async def topic_detail(conn: asyncpg.Connection, topic_id: int, run_name: str | 
 
     The evidence sentences come first (they are the most typical ones: the namer saw
     them), then the others in id order. Returns a dict: ``run``, ``topic``, ``firm``,
-    ``theme`` (None when the run made no themes), ``sentences`` and ``n_sentences``.
+    ``theme`` (None when the run made no themes), ``theme_path`` (the topic's theme and
+    each theme above it up to the top, each with ``theme_id``, ``name``, ``level``; empty
+    when the run made no themes), ``sentences`` and ``n_sentences``.
     Raises ``UsageError`` for an unknown id.
     """
     topic = await conn.fetchrow(
@@ -160,10 +222,13 @@ async def topic_detail(conn: asyncpg.Connection, topic_id: int, run_name: str | 
         " FROM topics WHERE topic_id = $1", topic_id)
     run = await _run_of(conn, "topic", topic_id, topic and topic["run_id"], run_name)
     firm = await conn.fetchrow("SELECT firm_id, firm_name FROM firms WHERE firm_id = $1", topic["firm_id"])
-    theme = None
+    theme, path = None, []
     if topic["theme_id"] is not None:
         theme = await conn.fetchrow("SELECT theme_id, name, summary FROM themes WHERE theme_id = $1",
                                     topic["theme_id"])
+        path = await conn.fetch(
+            "SELECT ancestor_id AS theme_id, ancestor_name AS name, ancestor_level AS level"
+            " FROM theme_lineage WHERE theme_id = $1 ORDER BY distance", topic["theme_id"])
     sentences = await conn.fetch(
         "SELECT s.sentence_id, s.doc_id, s.text, s.sentence_id = ANY($2::bigint[]) AS evidence"
         " FROM sentence_topics st JOIN sentences s ON s.sentence_id = st.sentence_id"
@@ -180,6 +245,7 @@ async def topic_detail(conn: asyncpg.Connection, topic_id: int, run_name: str | 
         "topic": record,
         "firm": dict(firm),
         "theme": dict(theme) if theme else None,
+        "theme_path": [dict(p) for p in path],
         "sentences": [dict(s) for s in sentences],
         "n_sentences": n_sentences,
     }
@@ -191,7 +257,13 @@ def format_topic(detail: dict) -> str:
     if theme:
         how = " (the nearest theme: the theme clustering left this topic out)" \
             if topic["theme_assignment"] == "nearest" else ""
-        theme_line = f"  theme: {theme['theme_id']}: {theme['name']}{how}"
+        path = detail["theme_path"]
+        if len(path) > 1:
+            # Fine theme first, then each broader one: "12: Supply chains (level 1) < 40: ..."
+            steps = " < ".join(f"{t['theme_id']}: {t['name']} (level {t['level']})" for t in path)
+            theme_line = f"  theme: {steps}{how}"
+        else:  # a single level of themes: the line as it always was
+            theme_line = f"  theme: {theme['theme_id']}: {theme['name']}{how}"
     else:
         theme_line = "  theme: none (the run made no themes)"
     lines = [

@@ -33,6 +33,7 @@ from app.clustering import broader_levels, centres, most_central, theme_count, t
 from app.embedding import Embedder
 from app.logs import get_logger
 from app.naming import Label, MemberTopic, Namer, ThemeToName
+from app.pipeline import first_error
 from app.settings import RunSettings
 from app.writer import with_connection_retry
 
@@ -193,9 +194,12 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
         names[i] = await namer.name_theme(to_name[i])
 
     started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for i in range(len(to_name)):
-            tg.start_soon(name_one, i)
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(to_name)):
+                tg.start_soon(name_one, i)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None  # the run reports the error itself, not a group of copies
     log.info("themes_named", themes=len(to_name), seconds=round(time.perf_counter() - started, 1))
 
     # A theme's vector, like a topic's: the LLM's words where it named it, else the centre

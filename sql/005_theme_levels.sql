@@ -50,3 +50,23 @@ JOIN sentences s     ON s.sentence_id = st.sentence_id
 JOIN firms f         ON f.firm_id = st.firm_id
 JOIN topics t        ON t.topic_id = st.topic_id
 JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top;
+
+-- Every theme with its size; a broader theme counts the sentences of all the topics under
+-- it. Its level and parent go last (CREATE OR REPLACE keeps the columns before them).
+CREATE OR REPLACE VIEW theme_overview AS
+SELECT th.run_id,
+       r.name        AS run_name,
+       th.theme_id,
+       th.name       AS theme_name,
+       th.summary,
+       th.keywords,
+       th.name_source,
+       th.n_topics,
+       th.n_firms,
+       coalesce((SELECT sum(t.n_sentences) FROM theme_lineage l JOIN topics t ON t.theme_id = l.theme_id
+                 WHERE l.ancestor_id = th.theme_id), 0)::integer
+                     AS n_sentences,
+       th.level,
+       th.parent_theme_id
+FROM themes th
+JOIN runs r ON r.run_id = th.run_id;

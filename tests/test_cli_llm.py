@@ -42,8 +42,10 @@ def env(database_url, monkeypatch, tmp_path, llm_server):
 
 def test_topics_and_themes_are_named_by_the_llm(env, monkeypatch, sample_corpus, capsys):
     monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
+    monkeypatch.setenv("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", "3")  # so that there are broader themes too
     assert main(["run", "--input", str(sample_corpus)]) == 0
     out, err = capsys.readouterr()
+    assert fetch(env, "SELECT max(level) AS top FROM themes")[0]["top"] >= 2
     sources = {r["name_source"] for r in fetch(env, "SELECT name_source FROM topics")}
     assert sources == {"llm"}
     assert {r["name_source"] for r in fetch(env, "SELECT name_source FROM themes")} == {"llm"}

@@ -104,3 +104,17 @@ async def test_a_run_that_is_not_complete_is_not_exported(pool, tmp_path):
             " VALUES ('default', '{}', 'all-MiniLM-L6-v2', 384, '{}', 'running')")
         with pytest.raises(UsageError, match="not complete"):
             await export_run(connection, "default", tmp_path)
+
+
+async def test_themes_of_every_level_export_with_their_parent(levelled_conn, tmp_path):
+    await export_run(levelled_conn, "default", tmp_path / "levels")
+    themes = pq.read_table(tmp_path / "levels" / "themes.parquet").to_pandas()
+    stored = await levelled_conn.fetch("SELECT theme_id, level, parent_theme_id FROM themes")
+    assert sorted(themes["level"].unique()) == [1, 2]
+    exported = {(int(r.theme_id), int(r.level), None if np.isnan(r.parent_theme_id) else int(r.parent_theme_id))
+                for r in themes.itertuples()}
+    assert exported == {(r["theme_id"], r["level"], r["parent_theme_id"]) for r in stored}
+    # Every parent is a theme of the file, one level up.
+    level_of = dict(zip(themes["theme_id"], themes["level"]))
+    for row in themes.dropna(subset=["parent_theme_id"]).itertuples():
+        assert level_of[int(row.parent_theme_id)] == row.level + 1

@@ -275,7 +275,7 @@ def duplicates(url: str) -> int:
         "SELECT count(*) - count(DISTINCT (firm_id, doc_id, md5(text))) FROM sentences",
         "SELECT count(*) - count(DISTINCT (run_id, firm_id)) FROM run_firms",
         "SELECT count(*) - count(DISTINCT (run_id, firm_id, topic_no)) FROM topics",
-        "SELECT count(*) - count(DISTINCT (run_id, theme_no)) FROM themes",
+        "SELECT count(*) - count(DISTINCT (run_id, level, theme_no)) FROM themes",
         "SELECT count(*) - count(DISTINCT (run_id, sentence_id)) FROM sentence_topics",
     ]
     return sum(value(url, sql) for sql in checks)

@@ -1,5 +1,7 @@
 """``firmtopics report`` on the finished sample run: one self-contained HTML file that
-parses, names every theme, and embeds the topic map as a PNG (no network needed)."""
+parses, names every theme, and embeds the topic map as a PNG (no network needed). On a
+run with two levels of themes the page shows the tree (each top theme enclosing its
+children) and the map is coloured by top theme."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from html.parser import HTMLParser
 import numpy as np
 
 from app.cli import main
-from app.report import project_2d, write_report
+from app.report import project_2d, report_data, write_report
 from conftest import one_line_error
 
 
@@ -30,6 +32,51 @@ class Page(HTMLParser):
                 self.outside.append(value)
             if tag == "img" and name == "src":
                 self.images.append(value)
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class ThemeNesting(HTMLParser):
+    """Which theme element (``id="theme-N"``) encloses which, and in what order they open.
+
+    Keeps the stack of open elements, so the page must close every non-void element
+    it opens; ``close()`` checks that nothing is left open.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[tuple[str, int | None]] = []
+        self.order: list[int] = []  # theme ids as their elements open
+        self.enclosing: dict[int, int | None] = {}  # theme id -> nearest enclosing theme id
+
+    def handle_starttag(self, tag, attrs):
+        if tag in VOID:
+            return
+        value = dict(attrs).get("id") or ""
+        theme = int(value.removeprefix("theme-")) if value.startswith("theme-") else None
+        if theme is not None:
+            outer = [t for _, t in self.stack if t is not None]
+            self.enclosing[theme] = outer[-1] if outer else None
+            self.order.append(theme)
+        self.stack.append((tag, theme))
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        opened, _ = self.stack.pop()
+        assert opened == tag, f"</{tag}> closes <{opened}>"
+
+    def close(self):
+        super().close()
+        assert self.stack == [], f"left open: {self.stack}"
+
+
+def every_theme(themes: list[dict]):
+    """The themes of report_data's tree, each once, parents before children."""
+    for theme in themes:
+        yield theme
+        yield from every_theme(theme["children"])
 
 
 async def test_report_is_self_contained_and_names_every_theme(conn, tmp_path):
@@ -53,6 +100,75 @@ async def test_report_is_self_contained_and_names_every_theme(conn, tmp_path):
     assert "all-MiniLM-L6-v2" in text and "1,120" in text  # model and sentence count
     # The run's quality figures, as status prints them.
     assert "<h2>Quality</h2>" in text and "catch-all topic" in text and "coherence (NPMI)" in text
+    assert "a single level of themes" in text
+
+
+async def test_report_data_of_a_single_level_run_is_flat(conn):
+    data = await report_data(conn, "default")
+    assert data["levels"] == 1
+    ids = {r["theme_id"] for r in await conn.fetch("SELECT theme_id FROM themes")}
+    assert {t["theme_id"] for t in data["themes"]} == ids
+    assert all(t["level"] == 1 and t["parent_theme_id"] is None and t["children"] == [] for t in data["themes"])
+    # Every topic's top theme is its own theme.
+    assert data["topics"] and all(t["top_theme_id"] == t["theme_id"] for t in data["topics"])
+
+
+async def test_report_data_of_a_levelled_run_is_a_tree_down_from_the_top(levelled_conn):
+    data = await report_data(levelled_conn, "default")
+    rows = await levelled_conn.fetch("SELECT theme_id, level, parent_theme_id, n_topics FROM themes")
+    parents = {r["theme_id"]: r["parent_theme_id"] for r in rows}
+    tops = {r["theme_id"] for r in rows if r["parent_theme_id"] is None}
+    assert data["levels"] == max(r["level"] for r in rows) >= 2
+    assert [t["theme_id"] for t in data["themes"]] and {t["theme_id"] for t in data["themes"]} == tops
+    assert [t["n_topics"] for t in data["themes"]] == sorted((t["n_topics"] for t in data["themes"]), reverse=True)
+    # The tree holds every theme exactly once, each under its parent, one level down.
+    seen = [t["theme_id"] for t in every_theme(data["themes"])]
+    assert sorted(seen) == sorted(parents)
+    for theme in every_theme(data["themes"]):
+        assert theme["level"] >= 1 and theme["top_firms"]
+        for child in theme["children"]:
+            assert child["parent_theme_id"] == theme["theme_id"] and child["level"] == theme["level"] - 1
+        if theme["children"]:
+            # A broader theme's sentences are those of the topics under it.
+            assert theme["n_sentences"] == sum(c["n_sentences"] for c in theme["children"]) > 0
+        else:
+            assert theme["level"] == 1
+    # Each topic's top theme, as walking the parent links by hand finds it.
+    assert data["topics"]
+    for topic in data["topics"]:
+        theme = topic["theme_id"]
+        while parents[theme] is not None:
+            theme = parents[theme]
+        assert topic["top_theme_id"] == theme and theme in tops
+    assert data["counts"][f"themes at level {data['levels']}"] == len(tops)
+
+
+async def test_report_of_a_levelled_run_shows_the_tree(levelled_conn, tmp_path):
+    text = (await write_report(levelled_conn, "default", tmp_path)).read_text(encoding="utf-8")
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.outside == []  # still self-contained: <details> folds without script
+    assert "script" not in page.tags and "details" in page.tags
+    themes = await levelled_conn.fetch("SELECT theme_id, name, summary, level, parent_theme_id FROM themes")
+    assert {t["level"] for t in themes} >= {1, 2}
+    for theme in themes:  # every theme of every level is named
+        assert html.escape(theme["name"]) in text
+        assert html.escape(theme["summary"]) in text
+    nesting = ThemeNesting()
+    nesting.feed(text)
+    nesting.close()
+    assert sorted(nesting.order) == sorted(t["theme_id"] for t in themes)
+    for theme in themes:
+        # Each theme sits inside its parent's element (top themes inside none), so the
+        # parent comes first in the page.
+        assert nesting.enclosing[theme["theme_id"]] == theme["parent_theme_id"]
+        if theme["parent_theme_id"] is not None:
+            assert nesting.order.index(theme["parent_theme_id"]) < nesting.order.index(theme["theme_id"])
+    assert "a single level of themes" not in text and "coloured by top-level theme" in text
+    (image,) = page.images
+    png = base64.b64decode(image.split(",", 1)[1])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
 def test_project_2d_uses_pca_for_few_topics_and_umap_for_many():

@@ -122,6 +122,138 @@ async def test_a_run_that_is_not_complete_is_refused(pool):
             await search(connection, "costs", run_name="half")
 
 
+# --- theme levels: the levelled run (fine themes, and 2-3 broader ones above them) -----
+
+
+@pytest.fixture
+def levelled_cli_env(cli_env, levelled_run, monkeypatch):
+    """``cli_env``, pointed at the levelled run's database."""
+    monkeypatch.setenv("DATABASE_URL", levelled_run)
+    return levelled_run
+
+
+async def themes_by_level(conn) -> dict[int, dict[int, asyncpg.Record]]:
+    rows = await conn.fetch("SELECT theme_id, level, parent_theme_id, name FROM themes"
+                            " WHERE run_id = (SELECT run_id FROM runs WHERE name = 'default')")
+    levels: dict[int, dict[int, asyncpg.Record]] = {}
+    for row in rows:
+        levels.setdefault(row["level"], {})[row["theme_id"]] = row
+    return levels
+
+
+async def test_the_levelled_run_has_two_theme_levels(levelled_conn):
+    """What the tests below rely on: otherwise they would pass for want of a second level."""
+    levels = await themes_by_level(levelled_conn)
+    assert sorted(levels) == [1, 2]
+    assert 2 <= len(levels[2]) <= 3 < len(levels[1])
+
+
+async def test_theme_level_2_gives_only_the_top_themes_without_parent(levelled_conn, embedder):
+    top = (await themes_by_level(levelled_conn))[2]
+    hits = await search(levelled_conn, "share buybacks and dividends", level="theme", theme_level=2,
+                        limit=10, embedder=embedder)
+    assert {h["theme_id"] for h in hits} == set(top)  # all of them: the limit is above their number
+    for hit in hits:
+        assert hit["level"] == 2
+        assert hit["parent_theme_id"] is None and hit["parent_name"] is None
+        assert hit["theme_name"] == top[hit["theme_id"]]["name"]
+    assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+
+
+async def test_theme_level_1_hits_have_their_parent_at_level_2(levelled_conn, embedder):
+    levels = await themes_by_level(levelled_conn)
+    hits = await search(levelled_conn, "freight costs and supplier delays", level="theme", theme_level=1,
+                        limit=5, embedder=embedder)
+    assert len(hits) == 5
+    for hit in hits:
+        assert hit["level"] == 1 and hit["theme_id"] in levels[1]
+        assert hit["parent_theme_id"] == levels[1][hit["theme_id"]]["parent_theme_id"]
+        parent = levels[2][hit["parent_theme_id"]]  # KeyError: no such level-2 theme
+        assert hit["parent_name"] == parent["name"]
+
+
+async def test_without_a_theme_level_every_level_competes_by_distance(levelled_conn, embedder):
+    """All themes of both levels, in the order of a brute-force scan."""
+    vector = embedder.encode(["share buybacks and dividends"])[0]
+    rid = await run_id(levelled_conn)
+    rows = await levelled_conn.fetch("SELECT theme_id, level, embedding FROM themes WHERE run_id = $1", rid)
+    distances = 1 - np.stack([r["embedding"].to_numpy() for r in rows]) @ vector
+    best = sorted(zip(distances, [r["theme_id"] for r in rows]))
+    hits = await nearest(levelled_conn, vector, run_id=rid, level="theme", limit=len(rows))
+    assert [h["theme_id"] for h in hits] == [k for _, k in best]
+    assert [h["distance"] for h in hits] == pytest.approx([d for d, _ in best], abs=1e-5)
+    assert {h["level"] for h in hits} == {1, 2}
+    # A small limit takes the nearest of either level, not one level first.
+    assert [h["theme_id"] for h in await nearest(levelled_conn, vector, run_id=rid, level="theme", limit=4)] \
+        == [k for _, k in best[:4]]
+
+
+async def test_a_theme_level_the_run_lacks_gives_no_hits(levelled_conn, conn, embedder):
+    assert await search(levelled_conn, "costs", level="theme", theme_level=3, embedder=embedder) == []
+    # The sample run has one level: its themes are level 1, with no parent.
+    assert await search(conn, "costs", level="theme", theme_level=2, embedder=embedder) == []
+    hits = await search(conn, "costs", level="theme", theme_level=1, limit=3, embedder=embedder)
+    assert len(hits) == 3
+    assert all(h["level"] == 1 and h["parent_theme_id"] is None and h["parent_name"] is None for h in hits)
+
+
+async def test_a_firm_s_themes_are_its_fine_themes_and_those_above_them(levelled_conn, embedder):
+    mine = {r["ancestor_id"]: r["ancestor_level"] for r in await levelled_conn.fetch(
+        "SELECT DISTINCT l.ancestor_id, l.ancestor_level FROM topics t"
+        " JOIN theme_lineage l ON l.theme_id = t.theme_id WHERE t.firm_id = 'NWL'")}
+    assert set(mine.values()) == {1, 2}
+    hits = await search(levelled_conn, "cloud software", level="theme", firm_id="NWL", limit=100, embedder=embedder)
+    assert {h["theme_id"] for h in hits} == set(mine)
+    top = await search(levelled_conn, "cloud software", level="theme", firm_id="NWL", theme_level=2, limit=100,
+                       embedder=embedder)
+    assert {h["theme_id"] for h in top} == {k for k, level in mine.items() if level == 2}
+
+
+def test_cli_search_shows_theme_levels(levelled_cli_env, capsys):
+    assert main(["search", "supply chain disruptions", "--level", "theme", "--theme-level", "2", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert hits and all(h["level"] == 2 and h["parent_theme_id"] is None and h["parent_name"] is None
+                        for h in hits)
+    assert {"level", "parent_theme_id", "parent_name"} <= set(hits[0])
+
+    assert main(["search", "supply chain disruptions", "--level", "theme", "--theme-level", "1", "--limit", "3",
+                 "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(hits) == 3 and all(h["level"] == 1 and h["parent_theme_id"] is not None for h in hits)
+
+    assert main(["search", "supply chain disruptions", "--level", "theme", "--limit", "50", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert {h["level"] for h in hits} == {1, 2}
+
+    assert main(["search", "supply chain disruptions", "--level", "theme", "--theme-level", "1", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 level-1 themes nearest to 'supply chain disruptions'" in out
+    header = out.splitlines()[1].split()
+    assert header[:5] == ["#", "distance", "level", "theme", "parent"]
+    assert all(line.split()[2] == "1" for line in out.splitlines()[2:])
+
+    assert main(["search", "costs", "--level", "theme", "--theme-level", "7"]) == 0
+    assert "no level-7 theme found in run 'default'" in capsys.readouterr().out
+
+
+def test_cli_theme_level_goes_with_theme_searches_only(levelled_cli_env, capsys):
+    line = one_line_error(capsys, ["search", "costs", "--level", "topic", "--theme-level", "1"])
+    assert "--theme-level" in line and "--level theme" in line
+    assert "--theme-level" in one_line_error(capsys, ["search", "costs", "--level", "sentence", "--theme-level", "2"])
+    assert "--theme-level" in one_line_error(capsys, ["search", "costs", "--theme-level", "1"])  # topic by default
+    assert "at least 1" in one_line_error(capsys, ["search", "costs", "--level", "theme", "--theme-level", "0"])
+
+
+async def test_theme_level_with_another_level_is_refused_by_the_functions(levelled_conn, embedder):
+    from app.cli import UsageError
+
+    with pytest.raises(UsageError, match="--theme-level"):
+        await search(levelled_conn, "costs", level="topic", theme_level=1, embedder=embedder)
+    with pytest.raises(UsageError, match="--theme-level"):
+        await nearest(levelled_conn, embedder.encode(["costs"])[0], run_id=await run_id(levelled_conn),
+                      level="sentence", theme_level=1)
+
+
 # --- real earnings calls ----------------------------------------------------------------
 
 

@@ -3,10 +3,12 @@ the hierarchy agrees with the tables, and unknown ids are one clear error (exit 
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from app.cli import UsageError, main
-from app.show import SENTENCE_SAMPLE, firm_detail, show, theme_detail, topic_detail
+from app.show import (SENTENCE_SAMPLE, firm_detail, format_theme, format_topic, show, theme_detail,
+                      topic_detail)
 from conftest import one_line_error
 
 
@@ -100,3 +102,122 @@ def test_cli_show_unknown_ids_exit_2_with_one_line(cli_env, capsys):
     assert "no firm 'NOPE'" in one_line_error(capsys, ["show", "firm", "NOPE"])
     assert "no run named 'nope'" in one_line_error(capsys, ["show", "firm", "NWL", "--run", "nope"])
     assert main(["show", "sentence", "1"]) == 2
+
+
+# --- theme levels: a run whose themes have two levels ----------------------------------
+
+
+@pytest.fixture
+def levelled_cli_env(levelled_run, monkeypatch, tmp_path):
+    """The environment for ``main([...])`` against the levelled run's database."""
+    monkeypatch.setenv("DATABASE_URL", levelled_run)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("XAI_API_KEY", raising=False)
+    return levelled_run
+
+
+async def test_a_fine_theme_names_its_parent_and_the_parent_lists_it(levelled_conn):
+    fine = await levelled_conn.fetch(
+        "SELECT theme_id, name, parent_theme_id FROM themes WHERE level = 1 ORDER BY theme_id")
+    assert fine and all(t["parent_theme_id"] is not None for t in fine)  # the fixture has two levels
+    for theme in fine:
+        detail = await theme_detail(levelled_conn, theme["theme_id"])
+        assert detail["level"] == 1 and detail["n_levels"] == 2
+        assert detail["children"] == []
+        parent_name = await levelled_conn.fetchval("SELECT name FROM themes WHERE theme_id = $1",
+                                                   theme["parent_theme_id"])
+        assert detail["parent"] == {"theme_id": theme["parent_theme_id"], "name": parent_name}
+        # a fine theme still lists its own topics, as on a single-level run
+        assert {t["topic_id"] for t in detail["topics"]} == {r["topic_id"] for r in await levelled_conn.fetch(
+            "SELECT topic_id FROM topics WHERE theme_id = $1", theme["theme_id"])}
+        text = format_theme(detail)
+        assert f"level 1 of 2; parent: theme {theme['parent_theme_id']}: {parent_name}" in text
+        assert "topics, by firm:" in text and "themes below it" not in text
+        # and back down: the parent lists it among its children
+        parent = await theme_detail(levelled_conn, theme["parent_theme_id"])
+        assert theme["theme_id"] in [c["theme_id"] for c in parent["children"]]
+
+
+async def test_a_top_theme_says_it_is_at_the_top(levelled_conn):
+    tops = await levelled_conn.fetch("SELECT theme_id FROM themes WHERE parent_theme_id IS NULL")
+    assert 2 <= len(tops) <= 3
+    for top in tops:
+        detail = await theme_detail(levelled_conn, top["theme_id"])
+        assert detail["level"] == 2 and detail["parent"] is None
+        text = format_theme(detail)
+        assert "level 2 of 2: top level" in text and "parent:" not in text
+        assert "topics, by firm:" not in text  # a broader theme lists its children instead
+        for child in detail["children"]:
+            assert f"theme {child['theme_id']}: {child['name']}  ({child['n_topics']} topics, " \
+                   f"{child['n_firms']} firms)" in text
+        for firm_id in {t["firm_id"] for t in detail["topics"]}:
+            assert f"\n  {firm_id}" in text
+
+
+async def test_the_children_of_a_theme_add_up_to_it(levelled_conn):
+    for top in await levelled_conn.fetch("SELECT theme_id, n_topics FROM themes WHERE level = 2"):
+        detail = await theme_detail(levelled_conn, top["theme_id"])
+        expected = {r["theme_id"] for r in await levelled_conn.fetch(
+            "SELECT theme_id FROM themes WHERE parent_theme_id = $1", top["theme_id"])}
+        assert {c["theme_id"] for c in detail["children"]} == expected and expected
+        assert sum(c["n_topics"] for c in detail["children"]) == top["n_topics"] == detail["theme"]["n_topics"]
+        # its topics are exactly its children's topics, and its sentences theirs
+        assert len(detail["topics"]) == top["n_topics"]
+        assert {t["theme_id"] for t in detail["topics"]} == expected
+        children = [await theme_detail(levelled_conn, c) for c in expected]
+        assert detail["theme"]["n_sentences"] == sum(c["theme"]["n_sentences"] for c in children)
+        assert len({t["firm_id"] for t in detail["topics"]}) == detail["theme"]["n_firms"]
+        assert detail["evidence"]
+
+
+async def test_a_topics_theme_path_goes_up_to_the_top(levelled_conn):
+    for topic in await levelled_conn.fetch("SELECT topic_id, theme_id FROM topics ORDER BY topic_id"):
+        detail = await topic_detail(levelled_conn, topic["topic_id"])
+        path = detail["theme_path"]
+        assert [t["level"] for t in path] == [1, 2]
+        assert path[0]["theme_id"] == topic["theme_id"]
+        assert path[1]["theme_id"] == await levelled_conn.fetchval(
+            "SELECT parent_theme_id FROM themes WHERE theme_id = $1", topic["theme_id"])
+        assert (f"  theme: {path[0]['theme_id']}: {path[0]['name']} (level 1) < "
+                f"{path[1]['theme_id']}: {path[1]['name']} (level 2)") in format_topic(detail)
+
+
+async def test_a_single_level_run_is_at_the_top_with_no_path(conn):
+    theme_id = await conn.fetchval("SELECT min(theme_id) FROM themes")
+    detail = await theme_detail(conn, theme_id)
+    assert (detail["level"], detail["n_levels"], detail["parent"], detail["children"]) == (1, 1, None, [])
+    assert "level 1 of 1: top level" in format_theme(detail)
+    topic_id = await conn.fetchval("SELECT min(topic_id) FROM topics WHERE theme_id = $1", theme_id)
+    topic = await topic_detail(conn, topic_id)
+    assert [t["theme_id"] for t in topic["theme_path"]] == [theme_id]
+    assert f"  theme: {theme_id}: {detail['theme']['name']}\n" in format_topic(topic)  # as before levels
+
+
+def test_cli_show_walks_the_theme_levels(levelled_cli_env, capsys):
+    import asyncpg
+
+    async def read():
+        c = await asyncpg.connect(levelled_cli_env)
+        try:
+            return await c.fetchrow("SELECT theme_id, name FROM themes WHERE level = 2 ORDER BY n_topics DESC,"
+                                    " theme_id LIMIT 1")
+        finally:
+            await c.close()
+
+    top = anyio.run(read)
+    assert main(["show", "theme", str(top["theme_id"])]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"theme {top['theme_id']}: ") and "level 2 of 2: top level" in out
+    assert "themes below it (level 1), largest first:" in out and "firms (topics and sentences" in out
+    child_id = out.split("next: firmtopics show theme ")[1].split()[0]
+    assert f"\n  theme {child_id}: " in out
+
+    assert main(["show", "theme", child_id]) == 0
+    out = capsys.readouterr().out
+    assert f"level 1 of 2; parent: theme {top['theme_id']}: {top['name']}" in out
+    topic_id = out.split("next: firmtopics show topic ")[1].split()[0]
+
+    assert main(["show", "topic", topic_id]) == 0
+    out = capsys.readouterr().out
+    assert f"  theme: {child_id}: " in out and f"(level 1) < {top['theme_id']}: {top['name']} (level 2)" in out

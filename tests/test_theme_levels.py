@@ -73,3 +73,60 @@ async def test_a_run_with_few_themes_has_one_level(pool, embedder):
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT max(level) FROM themes") == 1
         assert await conn.fetchval("SELECT count(*) FROM themes WHERE parent_theme_id IS NOT NULL") == 0
+    from app.status import run_status
+
+    assert "theme levels: one" in await run_status(pool, "flat")
+
+
+async def test_a_broader_theme_counts_the_sentences_under_it(levelled_run):
+    async with levelled_run.acquire() as conn:
+        rows = await conn.fetch("SELECT theme_id, level, parent_theme_id, n_sentences FROM theme_overview")
+        assert all(r["n_sentences"] > 0 for r in rows)
+        for row in rows:
+            if row["level"] == 2:
+                children = sum(c["n_sentences"] for c in rows if c["parent_theme_id"] == row["theme_id"])
+                assert row["n_sentences"] == children
+
+
+async def test_status_says_how_many_levels(levelled_run):
+    from app.status import run_status
+
+    text = await run_status(levelled_run, "levels")
+    fine, top = [line for line in text.splitlines() if "theme levels" in line][0].split(": ")[-1].split(" -> ")
+    async with levelled_run.acquire() as conn:
+        assert int(fine) == await conn.fetchval("SELECT count(*) FROM themes WHERE level = 1")
+        assert int(top) == await conn.fetchval("SELECT count(*) FROM themes WHERE parent_theme_id IS NULL")
+    assert f"themes: {fine}" in text
+
+
+class FailsOnABroaderTheme(OfflineNamer):
+    """Offline names, except that naming the first broader theme fails: the process dies
+    inside the level stage, after the fine themes were named."""
+
+    async def name_theme(self, theme):
+        if theme.topics and theme.topics[0].firm_id == "":  # a broader theme is shown its narrower ones
+            raise RuntimeError("died while naming a broader theme")
+        return await super().name_theme(theme)
+
+
+async def test_a_run_that_dies_in_the_level_stage_resumes_to_the_same_tree(pool, embedder):
+    await insert_corpus(pool, list(sample_rows()))
+    settings = RunSettings(theme_top_level_size=3)
+    with pytest.raises(RuntimeError, match="broader theme"):
+        await run_job(pool, settings, run_name="dies", embedder=embedder, backend=CPU, namer=FailsOnABroaderTheme())
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM runs WHERE name = 'dies'") == "failed"
+        assert await conn.fetchval("SELECT count(*) FROM themes") == 0  # nothing half-stored
+    resumed = await run_job(pool, settings, run_name="dies", embedder=embedder, backend=CPU, namer=OfflineNamer())
+    assert resumed.status == "complete"
+    await run_job(pool, settings, run_name="clean", embedder=embedder, backend=CPU, namer=OfflineNamer())
+
+    async def tree(name):
+        async with pool.acquire() as conn:
+            return sorted(tuple(r) for r in await conn.fetch(
+                "SELECT th.level, th.theme_no, th.name, th.n_topics, p.theme_no AS parent_no"
+                " FROM themes th JOIN runs r USING (run_id) LEFT JOIN themes p ON p.theme_id = th.parent_theme_id"
+                " WHERE r.name = $1", name))
+
+    assert await tree("dies") == await tree("clean")
+    assert max(level for level, *_ in await tree("dies")) == 2
