@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from structlog.testing import capture_logs
 
-from app.ingest import IngestError, IngestReport, Row, read_chunks
+from app.corpus import IngestError, IngestReport, Row, read_chunks
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
