@@ -83,10 +83,9 @@ _MODEL_MISSING = re.compile(
 _KEY_WORDS = re.compile(r"api[ _-]?key|authenticat|unauthori[sz]ed|credentials", re.I)
 
 
-def _log():
-    # Fetched per call, not at import: a logger bound at import time would keep the
-    # structlog configuration of that moment and miss the one the CLI sets up later.
-    return get_logger("llm")
+# Made at import like every module's logger: structlog's loggers are lazy and pick up the
+# configuration in force when they first log (see app/logs.py).
+log = get_logger("llm")
 
 
 class LLMConfigError(Exception):
@@ -295,7 +294,7 @@ class LLMNamer:
             except _Failure as failure:
                 problem = failure
             else:
-                _log().info("llm_ready", model=self._settings.xai_model, base_url=self._clean(self._settings.xai_base_url))
+                log.info("llm_ready", model=self._settings.xai_model, base_url=self._clean(self._settings.xai_base_url))
                 return
             if problem.kind != RETRY or attempt == self._max_attempts:
                 break
@@ -361,7 +360,7 @@ class LLMNamer:
             except Exception as error:  # a surprise must cost one label, not the run
                 problem = _Failure(REJECTED, f"unexpected {type(error).__name__}: {self._clean(str(error))}")
             else:
-                _log().debug("llm_named", subject=subject, attempt=attempt)
+                log.debug("llm_named", subject=subject, attempt=attempt)
                 return label
             if problem.kind != RETRY or attempt == self._max_attempts:
                 break
@@ -369,7 +368,7 @@ class LLMNamer:
         if problem is not None:
             self._counts["failures"] += 1
             if problem.kind not in (QUOTA, AUTH):  # those were logged loudly once already
-                _log().warning("llm_naming_failed", subject=subject, attempts=attempt, reason=problem.detail)
+                log.warning("llm_naming_failed", subject=subject, attempts=attempt, reason=problem.detail)
         self._counts["fallbacks"] += 1
         return fallback
 
@@ -381,7 +380,7 @@ class LLMNamer:
     async def _wait_before_retry(self, attempt: int, problem: _Failure, subject: str) -> None:
         wait_s = retry_wait(attempt, problem.retry_after, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)
         self._counts["retries"] += 1
-        _log().warning(
+        log.warning(
             "llm_retry",
             subject=subject,
             attempt=attempt,
@@ -478,7 +477,7 @@ class LLMNamer:
         else:
             self._stopped_reason = f"API key rejected ({failure.detail})"
             event = "llm_key_rejected"
-        _log().error(
+        log.error(
             event,
             reason=failure.detail,
             consequence="no more LLM requests this run; remaining topics and themes are named from keywords",
@@ -535,7 +534,7 @@ async def make_namer(
     (names from keywords), with one log line saying so.
     """
     if not settings.xai_api_key:
-        _log().info("llm_off", reason="XAI_API_KEY is not set; topics and themes are named from keywords")
+        log.info("llm_off", reason="XAI_API_KEY is not set; topics and themes are named from keywords")
         yield OfflineNamer()
         return
     async with LLMNamer(settings, semaphore) as namer:

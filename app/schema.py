@@ -1,9 +1,12 @@
 """The schema: numbered SQL migrations in ``sql/``, applied in order, each once.
 
-``sql/NNN_name.sql`` files are migrations. The table ``schema_migrations`` records which
-have been applied, so starting the program against a database that is already up to date
-does nothing, and a later release adds ``002_...sql`` to migrate an existing database.
-An advisory lock serialises concurrent starts.
+``sql/NNN_name.sql`` files are migrations: ``001_schema`` (the tables), ``002_views`` (the
+analysts' views), ``003_sentence_firm_key`` (one key from a sentence result to its
+sentence and firm), ``004_quality`` (quality figures; sentences attached by nearness
+marked), ``005_theme_levels`` (themes in levels). The table ``schema_migrations`` records
+which have been applied, so starting the program against a database that is already up
+to date does nothing, and a database made by an earlier release is brought up to date by
+starting the program. An advisory lock serialises concurrent starts.
 
 ``sql/indexes.sql`` is not a migration: it holds the HNSW index DDL, applied by
 ``build_vector_indexes`` after a run's theme stage (see the bulk-loading rule in the
