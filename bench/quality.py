@@ -24,13 +24,16 @@ groups taken as firms, go through the whole job; each article's theme is compare
 its label (NMI, ARI, harmonic purity: ``app.quality.label_scores``; an article in no
 theme counts as a cluster of its own). Side by side, one plain BERTopic model fitted on
 all articles with the same embeddings (BERTopic's defaults: UMAP 15 neighbours, 5
-components; HDBSCAN min_cluster_size 10, excess of mass), as it comes and reduced to
-the run's number of themes (``nr_topics``).
+components; HDBSCAN min_cluster_size 10, excess of mass), reduced to the run's number of
+themes (``nr_topics``) and as it comes. Both depend on UMAP's random state, and one seed
+can move a score by a few hundredths either way, so each is run with several seeds (the
+same for both) and compared by the mean.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import random
@@ -190,14 +193,15 @@ async def bbc_assignments(url: str, run_id: int) -> tuple[list[str], list[int], 
             np.stack([r["embedding"].to_numpy() for r in rows]).astype(np.float32), [r["text"] for r in rows])
 
 
-def plain_bertopic(texts: list[str], embeddings: np.ndarray, nr_topics=None) -> list[int]:
+def plain_bertopic(texts: list[str], embeddings: np.ndarray, nr_topics=None, seed: int = 42) -> list[int]:
     """One BERTopic model on all documents, its defaults, the same embeddings."""
     from bertopic import BERTopic
     from hdbscan import HDBSCAN
     from sklearn.feature_extraction.text import CountVectorizer
     from umap import UMAP
 
-    model = BERTopic(umap_model=UMAP(n_neighbors=15, n_components=5, min_dist=0.0, metric="cosine", random_state=42),
+    model = BERTopic(umap_model=UMAP(n_neighbors=15, n_components=5, min_dist=0.0, metric="cosine",
+                                     random_state=seed),
                      hdbscan_model=HDBSCAN(min_cluster_size=10, metric="euclidean", cluster_selection_method="eom",
                                            prediction_data=True),
                      vectorizer_model=CountVectorizer(stop_words="english"), nr_topics=nr_topics, verbose=False)
@@ -208,24 +212,33 @@ def plain_bertopic(texts: list[str], embeddings: np.ndarray, nr_topics=None) -> 
 def bbc_main(args) -> None:
     folder = Path(tempfile.mkdtemp(prefix="firmtopics-bbc-"))
     truth_by_doc = bbc_corpus(args.groups, folder / "bbc.jsonl.gz")
-    print(f"corpus: BBC News, {len(truth_by_doc)} articles, 5 labels, dealt into {args.groups} groups; {machine()}",
-          flush=True)
-    results = anyio.run(run_ways, folder / "bbc.jsonl.gz", {"now": WAYS["now"]})
-    docs, themes, embeddings, texts = anyio.run(bbc_assignments, results["_url"], results["now"]["run_id"])
-    truth = [truth_by_doc[d] for d in docs]
-    n_themes = results["now"]["themes"]
-    rows = []
-    for name, predicted in (
-        (f"firmtopics: sentence -> theme ({n_themes} themes)", themes),
-        ("plain BERTopic, its defaults", plain_bertopic(texts, embeddings)),
-        (f"plain BERTopic, reduced to {n_themes} topics", plain_bertopic(texts, embeddings, n_themes)),
-    ):
-        scores = label_scores(predicted, truth)
-        clusters = len(set(predicted) - {-1})
-        unassigned = sum(1 for p in predicted if p == -1) / len(predicted)
-        rows.append([name, clusters, f"{unassigned:.1%}", scores["nmi"], scores["ari"], scores["harmonic_purity"]])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"corpus: BBC News, {len(truth_by_doc)} articles, 5 labels, dealt into {args.groups} groups; "
+          f"seeds {seeds}; {machine()}", flush=True)
+    # One run per seed (UMAP's random state of every firm); plain BERTopic with the same seed.
+    ways = {f"seed {seed}": dataclasses.replace(WAYS["now"], seed=seed) for seed in seeds}
+    results = anyio.run(run_ways, folder / "bbc.jsonl.gz", ways)
+    rows, totals = [], {}
+    for seed, way in zip(seeds, ways):
+        docs, themes, embeddings, texts = anyio.run(bbc_assignments, results["_url"], results[way]["run_id"])
+        truth = [truth_by_doc[d] for d in docs]
+        n_themes = results[way]["themes"]
+        for name, predicted in (
+            ("firmtopics: sentence -> theme", themes),
+            ("plain BERTopic, reduced to the run's number of themes",
+             plain_bertopic(texts, embeddings, n_themes, seed)),
+            ("plain BERTopic, its defaults", plain_bertopic(texts, embeddings, None, seed)),
+        ):
+            scores = label_scores(predicted, truth)
+            clusters = len(set(predicted) - {-1})
+            unassigned = sum(1 for p in predicted if p == -1) / len(predicted)
+            rows.append([name, seed, clusters, f"{unassigned:.1%}", scores["nmi"], scores["ari"],
+                         scores["harmonic_purity"]])
+            totals.setdefault(name, []).append([scores["nmi"], scores["ari"], scores["harmonic_purity"]])
+    rows += [[f"**{name}, mean**", "", "", "", *[round(float(v), 4) for v in np.mean(values, axis=0)]]
+             for name, values in totals.items()]
     print()
-    print(table(["clustering", "clusters", "unassigned", "NMI", "ARI", "harmonic purity"], rows))
+    print(table(["clustering", "seed", "clusters", "unassigned", "NMI", "ARI", "harmonic purity"], rows))
 
 
 if __name__ == "__main__":
@@ -235,5 +248,6 @@ if __name__ == "__main__":
     parser.add_argument("--ways", default="earlier,now", help="which settings to run: earlier, now or both")
     parser.add_argument("--bbc", action="store_true", help="the labelled BBC set instead of firms")
     parser.add_argument("--groups", type=int, default=20, help="BBC: how many groups (firms) to deal into")
+    parser.add_argument("--seeds", default="42,1,2", help="BBC: the seeds to run both ways with")
     arguments = parser.parse_args()
     bbc_main(arguments) if arguments.bbc else firms_main(arguments)
