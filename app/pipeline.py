@@ -37,15 +37,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from app.backend import ClusteringBackend
 from app.clustering import TooFewToCluster, attach_outliers, cluster_firm
+from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.logs import get_logger
 from app.memory import release_free_memory
 from app.naming import Namer, TopicToName
 from app.progress import Progress
 from app.quality import firm_quality
-from app.runs import FirmToDo
+from app.runs import FirmToDo, firm_sentences
 from app.settings import RunSettings
-from app.writer import FirmResult, TopicResult, with_connection_retry, write_firm_with_retry
+from app.writer import FirmResult, TopicResult, write_firm_with_retry
 
 log = get_logger("pipeline")
 
@@ -244,11 +245,7 @@ async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
     firm that cannot be processed comes back with status ``failed`` and the error."""
     started = time.perf_counter()
     rows = await with_connection_retry(
-        stage.pool,
-        lambda conn: conn.fetch(
-            "SELECT sentence_id, text FROM sentences WHERE firm_id = $1 ORDER BY sentence_id", firm.firm_id
-        ),
-        what=f"load firm {firm.firm_id}",
+        stage.pool, lambda conn: firm_sentences(conn, firm.firm_id), what=f"load firm {firm.firm_id}"
     )
     sentence_ids = np.fromiter((r["sentence_id"] for r in rows), dtype=np.int64, count=len(rows))
     texts = [r["text"] for r in rows]

@@ -31,9 +31,10 @@ import asyncpg
 import numpy as np
 
 from app.clustering import UMAP_MIN_DOCS
+from app.database import as_array, open_database
 from app.logs import get_logger
 from app.quality import format_quality
-from app.show import load_run
+from app.runs import load_run
 
 log = get_logger("report")
 
@@ -155,8 +156,6 @@ def topic_map_png(topics: list[dict], themes: list[dict], *, seed: int = 42) -> 
     if not topics:
         return None
     from matplotlib.figure import Figure  # the object API: no global pyplot state, no GUI backend
-
-    from app.export import as_array
 
     coords = project_2d(np.stack([as_array(t["embedding"]) for t in topics]), seed=seed)
     theme_ids = np.array([t["top_theme_id"] if t["top_theme_id"] is not None else -1 for t in topics])
@@ -372,8 +371,6 @@ async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path) -
 
 async def command(settings, args) -> int:
     """``firmtopics report --out DIR [--run NAME]``."""
-    from app.database import open_database
-
     async with open_database(settings) as pool, pool.acquire() as conn:
         path = await write_report(conn, args.run, args.out)
     print(f"report of run {args.run!r}: {path}  (one self-contained HTML file; open it in a browser)")

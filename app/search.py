@@ -33,9 +33,9 @@ import anyio
 import asyncpg
 import numpy as np
 
-from app.cli import UsageError
+from app.errors import UsageError
 from app.logs import get_logger
-from app.show import load_run
+from app.runs import load_run
 
 log = get_logger("search")
 

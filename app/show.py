@@ -9,39 +9,19 @@
 
 Each view is built in two steps: a ``*_detail`` function reads the rows into a plain
 dict (easy to test, and JSON-ready), and a ``format_*`` function turns that dict into
-the text printed. ``load_run`` is also here: the read commands (search, show, export,
-report) all start by finding the run they read.
+the text printed.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-from app.cli import UsageError
+from app.errors import UsageError
+from app.runs import load_run
 
 KINDS = ("theme", "topic", "firm")
 SENTENCE_SAMPLE = 20  # sentences printed for a topic; the rest are counted
 EVIDENCE_SAMPLE = 8  # evidence sentences printed for a theme
-
-
-async def load_run(conn: asyncpg.Connection, name: str, *, complete: bool = True) -> asyncpg.Record:
-    """The ``runs`` row of run ``name``.
-
-    Raises ``UsageError`` (exit 2) when there is no such run, or, with ``complete``,
-    when the run has not finished: its themes and vector indexes exist only then, so
-    searching, exporting or reporting a half-done run would give a misleading answer.
-    """
-    run = await conn.fetchrow("SELECT * FROM runs WHERE name = $1", name)
-    if run is None:
-        names = [r["name"] for r in await conn.fetch("SELECT name FROM runs ORDER BY run_id")]
-        known = f"runs in this database: {', '.join(names)}" if names else "this database has no run yet"
-        raise UsageError(f"no run named {name!r} ({known})")
-    if complete and run["status"] != "complete":
-        raise UsageError(
-            f"run {name!r} is not complete (status: {run['status']}); "
-            f"finish it first with: firmtopics run --run {name}"
-        )
-    return run
 
 
 def _parse_id(kind: str, raw: str) -> int:

@@ -30,12 +30,12 @@ import numpy as np
 
 from app.backend import ClusteringBackend
 from app.clustering import broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
+from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.logs import get_logger
 from app.naming import Label, MemberTopic, Namer, ThemeToName
 from app.pipeline import first_error
 from app.settings import RunSettings
-from app.writer import with_connection_retry
 
 log = get_logger("themes")
 
@@ -118,7 +118,6 @@ async def run_theme_stage(
     rows = await with_connection_retry(pool, lambda conn: conn.fetch(_TOPICS_FOR_THEMES, run_id),
                                        what="load topics for themes")
     topic_ids = [r["topic_id"] for r in rows]
-    firm_ids = [r["firm_id"] for r in rows]
     log.info("theme_stage_started", topics=len(rows))
     embeddings, texts = await topic_vectors(rows, embedder, limiter)
 
@@ -159,6 +158,21 @@ async def run_theme_stage(
     log.info("themes_formed", themes=len(fine), topics=len(rows), levels=[len(level) for level in levels],
              largest=int(max(t.to_name.n_topics for t in fine)))
     return ThemeOutcome(len(rows), len(fine), len(assignment), 0, levels=[len(level) for level in levels])
+
+
+async def stored_themes(conn: asyncpg.Connection, run_id: int) -> ThemeOutcome:
+    """The counts of a theme stage already stored for the run: its fine themes, its topics and
+    how they were linked. The job reports these when it resumes after the theme stage
+    and does not run it again."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM themes WHERE run_id = $1 AND level = 1) AS themes,"
+        " count(*) AS topics,"
+        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
+        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
+        " FROM topics WHERE run_id = $1",
+        run_id,
+    )
+    return ThemeOutcome(row["topics"], row["themes"], row["by_cluster"], row["by_nearest"])
 
 
 @dataclass

@@ -10,36 +10,14 @@ without vector indexes (they are built once at the end of the run).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from dataclasses import dataclass, field
 
 import asyncpg
 import numpy as np
 
-from app.logs import get_logger
+from app.database import with_connection_retry
 from app.naming import Label
-
-log = get_logger("writer")
-
-# Connection-level failures worth retrying with a fresh connection: a dropped
-# connection, a server restarting (failover, crash recovery) or refusing connections
-# for a moment. A constraint violation or bad data is not among them: retrying would
-# fail the same way. (asyncpg raises InternalClientError, "cannot switch to state ...",
-# for a statement sent on a connection whose backend has just been terminated, when it
-# has read the server's goodbye but not yet the end of the stream.)
-RETRYABLE = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
 
 
 class AlreadyWritten(RuntimeError):
@@ -103,13 +81,15 @@ async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) 
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyWritten(f"firm {result.firm_id!r} is already recorded for run {run_id}") from None
-        topic_ids = await _insert_topics(conn, run_id, result)
+        topic_ids = await insert_topics(conn, run_id, result)
         if result.embeddings is not None and result.n_sentences:
             await _copy_sentence_topics(conn, run_id, result, topic_ids)
 
 
-async def _insert_topics(conn: asyncpg.Connection, run_id: int, result: FirmResult) -> dict[int, int]:
-    """Insert the firm's topics in one statement; returns {BERTopic number: topic_id}."""
+async def insert_topics(conn: asyncpg.Connection, run_id: int, result: FirmResult) -> dict[int, int]:
+    """Insert the firm's topics of run ``run_id`` in one statement; returns {BERTopic
+    number: topic_id}. ``write_firm`` calls it inside the firm's transaction; the writer
+    benchmark (``bench/writer.py``) calls it alone, to give its COPYs topics to point at."""
     if not result.topics:
         return {}
     rows = await conn.fetch(
@@ -159,30 +139,6 @@ async def _copy_sentence_topics(
         records=records,
         columns=["run_id", "sentence_id", "firm_id", "topic_id", "embedding", "topic_assignment"],
     )
-
-
-async def with_connection_retry(
-    pool: asyncpg.Pool, action, *, what: str, attempts: int = 5, base_delay: float = 0.5
-):
-    """``await action(conn)`` on a pooled connection, retried on connection failures.
-
-    Returns what ``action`` returns. Each attempt takes a fresh connection from the pool
-    (the pool replaces a dropped one), so ``action`` must be safe to repeat: a read, one
-    transaction (a dropped connection rolls it back), or an idempotent statement. Waits
-    grow exponentially with jitter (``base_delay`` x 1, 2, 4, ...: about 7 s over the five
-    default attempts), which rides out a dropped connection or a short failover; after
-    ``attempts`` failures the last error is raised and the run ends, resumable.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            async with pool.acquire() as conn:
-                return await action(conn)
-        except RETRYABLE as exc:
-            if attempt == attempts:
-                raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__, wait_s=round(delay, 2))
-            await asyncio.sleep(delay)
 
 
 async def write_firm_with_retry(

@@ -78,7 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ECTSUM, SHARED_DATA, machine, table  # noqa: E402
 
 from app import clustering  # noqa: E402
-from app.backend import CPU, ClusteringBackend, _cpu_hdbscan  # noqa: E402
+from app.backend import CPU, ClusteringBackend  # noqa: E402
 from app.quality import CATCH_ALL_SHARE, firm_quality, run_quality  # noqa: E402
 from app.settings import RunSettings  # noqa: E402
 
@@ -156,9 +156,9 @@ def umap_as_before(*, n_neighbors, n_components, min_dist, random_state, n_epoch
 
 # cluster_documents hands umap-learn exact neighbours only for the backend named "cpu".
 WAYS = {
-    "before": ClusteringBackend("cpu, as before", umap_as_before, _cpu_hdbscan),
-    "exact neighbours": ClusteringBackend("cpu", umap_as_before, _cpu_hdbscan),
-    "+ 200 epochs": ClusteringBackend("cpu", functools.partial(umap_as_before, n_epochs=200), _cpu_hdbscan),
+    "before": ClusteringBackend("cpu, as before", umap_as_before, CPU.make_hdbscan),
+    "exact neighbours": ClusteringBackend("cpu", umap_as_before, CPU.make_hdbscan),
+    "+ 200 epochs": ClusteringBackend("cpu", functools.partial(umap_as_before, n_epochs=200), CPU.make_hdbscan),
 }
 
 

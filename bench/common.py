@@ -26,8 +26,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def embedded_database() -> str:
-    """Start an embedded PostgreSQL in a temporary folder (deleted at exit); return its URL."""
-    from app.database import embedded_url_for_tests
+    """Start an embedded PostgreSQL in a temporary folder (deleted at exit); return its URL.
+
+    The server is started as the tests start theirs (``tests/support.py``)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.append(str(ROOT / "tests"))
+    from support import embedded_url_for_tests
 
     return embedded_url_for_tests(Path(tempfile.mkdtemp(prefix="firmtopics-bench-", dir="/tmp")))
 

@@ -54,7 +54,7 @@ from app.naming import Label  # noqa: E402
 from app.runs import open_run  # noqa: E402
 from app.schema import fix_embedding_dimension  # noqa: E402
 from app.settings import RunSettings, Settings  # noqa: E402
-from app.writer import FirmResult, TopicResult, _insert_topics, write_firm  # noqa: E402
+from app.writer import FirmResult, TopicResult, insert_topics, write_firm  # noqa: E402
 
 DIM = 384
 TOPICS_PER_FIRM = 12
@@ -195,7 +195,7 @@ async def main(args) -> None:
                                 await conn.execute("INSERT INTO bare_copy VALUES ($1, $2, $3, $4, $5)", *row)
 
                     # The same-table COPY needs the firm's topics to point at (not timed).
-                    ids = await _insert_topics(conn, table_run, result)
+                    ids = await insert_topics(conn, table_run, result)
                     methods = {"bare COPY": bare_copy, "COPY, keys no FKs": copy_no_fk}
                     methods |= {key_method(key): copy_one_fk(key) for key in FOREIGN_KEYS}
                     methods |= {"COPY, same table": copy_same_table, "write_firm": writer}

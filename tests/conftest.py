@@ -18,8 +18,7 @@ import anyio
 import asyncpg
 import pytest
 from pgvector.asyncpg import register_vector
-
-from app.database import embedded_url_for_tests
+from support import embedded_url_for_tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

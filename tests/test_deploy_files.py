@@ -3,14 +3,16 @@
 These tests read the files; they do not need Docker. They check the structure that the
 deployment relies on (docs/deploy.md): the database with pgvector and enough shared
 memory for the HNSW build, the app waiting for a healthy database, the GPU reservation,
-secrets only ever taken from the environment, a pinned RAPIDS base, the constraints that
-keep RAPIDS' own builds, a non-root user. Building and running the images needs Docker
-and a GPU; docs/deploy.md lists one command for each such check.
+secrets only ever taken from the environment, every setting passed to the container, a
+pinned RAPIDS base, the constraints that keep RAPIDS' own builds, a non-root user.
+Building and running the images needs Docker and a GPU; docs/deploy.md lists one command
+for each such check.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import re
 import shutil
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
@@ -120,6 +124,82 @@ def test_no_secret_is_written_in_compose(compose):
                 # Either passed through from the shell (no value) or interpolated.
                 assert value is None or INTERPOLATION.fullmatch(str(value)), f"{name}: {key} has a literal value"
     assert "XAI_API_KEY" in environment(compose["services"]["app"])
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable ``Settings.from_env`` reads.
+
+    Two ways, joined: the names it asks an empty environment for (it asks for every
+    setting to find the defaults), and every quoted NAME in its source (a variable read
+    only when another is set would escape the first).
+    """
+
+    class Recording(dict):
+        def __init__(self):
+            super().__init__()
+            self.asked: set[str] = set()
+
+        def get(self, key, default=None):
+            self.asked.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key):
+            self.asked.add(key)
+            return super().__getitem__(key)
+
+    env = Recording()
+    Settings.from_env(env)
+    quoted = set(re.findall(r"""["']([A-Z][A-Z0-9_]*)["']""", inspect.getsource(Settings.from_env)))
+    return env.asked | quoted
+
+
+def readme_settings() -> set[str]:
+    """The variables in README.md's settings table (its "Configuration" section)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row.split(" | ")[0])}
+
+
+def test_the_settings_are_found():
+    found = settings_variables()
+    assert {"DATABASE_URL", "XAI_API_KEY", "LLM_TIMEOUT_S", "FIRMTOPICS_MIN_CLUSTER_SIZE",
+            "FIRMTOPICS_UMAP_N_EPOCHS", "FIRMTOPICS_THEME_TOP_LEVEL_SIZE"} <= found
+    assert len(found) >= 20, sorted(found)
+
+
+def test_readme_documents_every_setting_the_program_reads():
+    assert readme_settings() == settings_variables()
+
+
+@pytest.mark.parametrize("name", ["app", "app-cpu"])
+def test_every_setting_reaches_the_container(compose, name):
+    env = environment(compose["services"][name])
+    missing = sorted(settings_variables() - set(env))
+    assert not missing, f"{name}: compose.yaml drops {missing}; list each with no value to pass it from the shell"
+
+
+@pytest.mark.parametrize("name", ["app", "app-cpu"])
+def test_settings_come_from_the_shell_except_the_ones_compose_sets(compose, name):
+    """What docs/deploy.md says: every setting is passed from the shell, except those that
+    the page names as set by the file, and those are exactly the ones with a value."""
+    env = environment(compose["services"][name])
+    set_by_compose = {key for key in settings_variables() if env.get(key) is not None}
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    paragraph = next(p for p in text.split("\n\n") if "read from your shell" in p)
+    claims = " ".join(paragraph.split())
+    assert "every setting" in claims.lower()
+    exceptions = next(s for s in claims.split(". ") if "set by the file" in s)
+    assert set(re.findall(r"`([A-Z][A-Z0-9_]*)`", exceptions)) == set_by_compose == {"DATABASE_URL", "LOG_FORMAT"}
+    assert env["LOG_FORMAT"] == "json"
+
+
+def test_passed_through_settings_left_empty_mean_the_defaults(compose):
+    """A variable passed through may arrive empty (set to "" in the shell or an .env
+    file): the program then takes its default, as if it were unset."""
+    env = environment(compose["services"]["app"])
+    passed = {key: "" for key in settings_variables() if key in env and env[key] is None}
+    assert Settings.from_env({**passed, "LOG_FORMAT": "json"}) == Settings.from_env({"LOG_FORMAT": "json"})
 
 
 def test_app_reserves_one_nvidia_gpu(compose):

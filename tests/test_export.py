@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.cli import UsageError, main
+from app.cli import main
+from app.errors import UsageError
 from app.export import export_run
 from conftest import one_line_error
 

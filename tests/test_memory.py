@@ -5,9 +5,9 @@ import gc
 import psutil
 import pytest
 
-from app.memory import _MALLOC_TRIM, release_free_memory
+from app.memory import CAN_RELEASE, release_free_memory
 
-pytestmark = pytest.mark.skipif(_MALLOC_TRIM is None, reason="this C library has no malloc_trim (not glibc)")
+pytestmark = pytest.mark.skipif(not CAN_RELEASE, reason="this C library has no malloc_trim (not glibc)")
 
 
 def resident_mb() -> float:

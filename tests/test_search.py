@@ -112,7 +112,7 @@ def test_cli_search_usage_errors_exit_2(cli_env, capsys):
 
 
 async def test_a_run_that_is_not_complete_is_refused(pool):
-    from app.cli import UsageError
+    from app.errors import UsageError
 
     async with pool.acquire() as connection:
         await connection.execute(
@@ -245,7 +245,7 @@ def test_cli_theme_level_goes_with_theme_searches_only(levelled_cli_env, capsys)
 
 
 async def test_theme_level_with_another_level_is_refused_by_the_functions(levelled_conn, embedder):
-    from app.cli import UsageError
+    from app.errors import UsageError
 
     with pytest.raises(UsageError, match="--theme-level"):
         await search(levelled_conn, "costs", level="topic", theme_level=1, embedder=embedder)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from app.cli import UsageError, main
+from app.cli import main
+from app.errors import UsageError
 from app.show import (SENTENCE_SAMPLE, firm_detail, format_theme, format_topic, show, theme_detail,
                       topic_detail)
 from conftest import one_line_error

@@ -89,17 +89,17 @@ async def test_a_dropped_connection_is_retried_and_the_firm_written_once(pool):
 
     import app.writer as writer
 
-    original = writer._insert_topics
+    original = writer.insert_topics
 
     async def insert_then_maybe_die(conn, run_id_, result):
         topic_ids = await original(conn, run_id_, result)
         await kill_writer_once(conn)
         return topic_ids
 
-    writer._insert_topics = insert_then_maybe_die
+    writer.insert_topics = insert_then_maybe_die
     try:
         await write_firm_with_retry(pool, run_id, firm_result(ids), base_delay=0.01)
     finally:
-        writer._insert_topics = original
+        writer.insert_topics = original
     assert killed
     assert await counts(pool) == {"run_firms": 1, "topics": 2, "sentence_topics": 6}
