@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -108,6 +109,8 @@ async def open_database(settings: Settings, *, max_size: int = 4) -> AsyncIterat
     """
     from app.schema import apply_migrations
 
+    global retry_window_s
+    retry_window_s = settings.db_retry_window_s
     url = await asyncio.to_thread(resolve_url, settings)
     bootstrap = await create_pool(url, min_size=1, max_size=1, vector=False)
     try:
@@ -129,28 +132,42 @@ def as_array(vector) -> np.ndarray:
     return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
 
+# How long an operation keeps retrying a lost connection before the run ends (resumable).
+# Set from DB_RETRY_WINDOW_S by open_database; the default outlasts a managed database's
+# failover (RDS: one to two minutes), so a failover does not end a run of many hours.
+DEFAULT_RETRY_WINDOW_S = 120.0
+retry_window_s = DEFAULT_RETRY_WINDOW_S
+MAX_RETRY_DELAY_S = 10.0  # waits double from base_delay up to this, then stay there
+
+
 async def with_connection_retry(
-    pool: asyncpg.Pool, action, *, what: str, attempts: int = 5, base_delay: float = 0.5
+    pool: asyncpg.Pool, action, *, what: str, window_s: float | None = None, base_delay: float = 0.5
 ):
     """``await action(conn)`` on a pooled connection, retried on connection failures.
 
     Returns what ``action`` returns. Each attempt takes a fresh connection from the pool
     (the pool replaces a dropped one), so ``action`` must be safe to repeat: a read, one
     transaction (a dropped connection rolls it back), or an idempotent statement. Waits
-    grow exponentially with jitter (``base_delay`` x 1, 2, 4, ...: about 7 s over the five
-    default attempts), which rides out a dropped connection or a short failover; after
-    ``attempts`` failures the last error is raised and the run ends, resumable.
+    grow exponentially with jitter (``base_delay`` x 1, 2, 4, ..., at most
+    ``MAX_RETRY_DELAY_S``) for as long as ``window_s`` allows (``retry_window_s``, the
+    ``DB_RETRY_WINDOW_S`` setting, when not given): a dropped connection, a restart or a
+    failover is ridden out; an outage longer than the window raises the last error, and
+    the run ends, resumable.
     """
-    for attempt in range(1, attempts + 1):
+    window = retry_window_s if window_s is None else window_s
+    started = time.monotonic()
+    attempt = 0
+    while True:
         try:
             async with pool.acquire() as conn:
                 return await action(conn)
         except RETRYABLE as exc:
-            if attempt == attempts:
+            attempt += 1
+            delay = min(MAX_RETRY_DELAY_S, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            if time.monotonic() - started + delay > window:
                 raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
             retry_log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__,
-                              wait_s=round(delay, 2))
+                              wait_s=round(delay, 2), window_s=window)
             await asyncio.sleep(delay)
 
 

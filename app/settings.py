@@ -117,6 +117,8 @@ class Settings:
     llm_max_attempts: int = 5
     log_format: str = "console"
     embedding_batch_size: int = 64
+    # How long a lost database connection is retried before the run ends (resumably).
+    db_retry_window_s: float = 120.0
     run: RunSettings = field(default_factory=RunSettings)
 
     @classmethod
@@ -188,6 +190,7 @@ class Settings:
             llm_max_attempts=integer("LLM_MAX_ATTEMPTS", 5),
             log_format=log_format,
             embedding_batch_size=integer("EMBEDDING_BATCH_SIZE", 64),
+            db_retry_window_s=number("DB_RETRY_WINDOW_S", 120.0),
             run=run,
         )
 

@@ -142,13 +142,13 @@ async def _copy_sentence_topics(
 
 
 async def write_firm_with_retry(
-    pool: asyncpg.Pool, run_id: int, result: FirmResult, *, attempts: int = 5, base_delay: float = 0.5
+    pool: asyncpg.Pool, run_id: int, result: FirmResult, *, window_s: float | None = None, base_delay: float = 0.5
 ) -> None:
     """``write_firm`` on a pooled connection, retried on connection failures.
 
     A dropped connection rolls the firm's transaction back, so retrying writes it whole
-    exactly once. After ``attempts`` failures the last error is raised (the run then
-    ends, resumable). ``AlreadyWritten`` on a retry means the commit did reach the
+    exactly once. When the retry window (``DB_RETRY_WINDOW_S``) runs out the last error
+    is raised (the run then ends, resumable). ``AlreadyWritten`` on a retry means the commit did reach the
     database before the connection broke: the firm is stored, so that counts as success.
     """
     tries = 0
@@ -162,5 +162,5 @@ async def write_firm_with_retry(
             if tries == 1:
                 raise
 
-    await with_connection_retry(pool, write, what=f"write firm {result.firm_id}", attempts=attempts,
+    await with_connection_retry(pool, write, what=f"write firm {result.firm_id}", window_s=window_s,
                                 base_delay=base_delay)

@@ -12,25 +12,20 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
 import pytest
 from pgvector.asyncpg import register_vector
-from support import embedded_url_for_tests
+from support import (
+    create_database, drop_database, embedded_url_for_tests, finished_run, offline_env, with_database,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ECTSUM = SHARED_DATA / "firm_sentences_ectsum.jsonl.gz"
-
-
-def with_database(url: str, database: str) -> str:
-    """``url`` pointing at another database name (keeps host, socket and credentials)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
@@ -48,17 +43,9 @@ def server_url() -> str:
 async def database_url(server_url: str) -> str:
     """URL of a fresh, empty database for one test; dropped after it."""
     name = "ft_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    await anyio.to_thread.run_sync(create_database, server_url, name)
     yield with_database(server_url, name)
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await anyio.to_thread.run_sync(drop_database, server_url, name)
 
 
 @pytest.fixture
@@ -120,63 +107,8 @@ def ectsum_subset(tmp_path_factory) -> Path:
     return target
 
 
-async def insert_corpus(pool, rows) -> None:
-    """Put rows (dicts with firm_id, firm_name, doc_id, sentence) straight into the tables."""
-    rows = list(rows)
-    async with pool.acquire() as conn:
-        await conn.executemany(
-            "INSERT INTO firms (firm_id, firm_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            list({r["firm_id"]: (r["firm_id"], r.get("firm_name")) for r in rows}.values()),
-        )
-        await conn.executemany(
-            "INSERT INTO sentences (firm_id, doc_id, text) VALUES ($1, $2, $3)"
-            " ON CONFLICT ON CONSTRAINT sentences_identity DO NOTHING",
-            [(r["firm_id"], r.get("doc_id"), r["sentence"]) for r in rows],
-        )
-
 
 # --- a finished run, shared by the tests of the commands that read results -------------
-
-
-def create_database(server_url: str, name: str) -> None:
-    async def go():
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    anyio.run(go)
-
-
-def drop_database(server_url: str, name: str) -> None:
-    async def go():
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    anyio.run(go)
-
-
-def finished_run(server_url, corpus, tmp_path, **env: str) -> tuple[str, str]:
-    """Run ``firmtopics run --input corpus`` into a new database, with the extra
-    environment ``env``; returns (name, URL)."""
-    name = "ft_read_" + uuid.uuid4().hex[:10]
-    create_database(server_url, name)
-    url = with_database(server_url, name)
-    from app.cli import main
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATABASE_URL", url)
-        mp.setenv("LOG_FORMAT", "json")
-        mp.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
-        mp.delenv("XAI_API_KEY", raising=False)
-        for key, value in env.items():
-            mp.setenv(key, value)
-        assert main(["run", "--input", str(corpus)]) == 0
-    return name, url
 
 
 @pytest.fixture(scope="session")
@@ -220,18 +152,4 @@ async def conn(sample_run):
 @pytest.fixture
 def cli_env(sample_run, monkeypatch, tmp_path):
     """The environment for ``main([...])`` against the sample run's database."""
-    monkeypatch.setenv("DATABASE_URL", sample_run)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("XAI_API_KEY", raising=False)
-    return sample_run
-
-
-def one_line_error(capsys, argv) -> str:
-    """Run ``argv``, expect exit 2 and exactly one error line; return that line."""
-    from app.cli import main
-
-    assert main(argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("firmtopics: error:")]
-    assert len(errors) == 1, errors
-    return errors[0]
+    return offline_env(monkeypatch, sample_run, tmp_path)

@@ -7,37 +7,19 @@ import os
 import subprocess
 import sys
 
-import asyncpg
 import pytest
 
 from app.cli import main
+from support import TABLES, fetch, offline_env
 
 
 @pytest.fixture
 def env(database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("XAI_API_KEY", raising=False)
-    return database_url
-
-
-def fetch(url, sql):
-    import anyio
-
-    async def go():
-        conn = await asyncpg.connect(url)
-        try:
-            return await conn.fetch(sql)
-        finally:
-            await conn.close()
-
-    return anyio.run(go)
+    return offline_env(monkeypatch, database_url, tmp_path)
 
 
 def table_counts(url):
-    tables = ("firms", "sentences", "runs", "run_firms", "topics", "themes", "sentence_topics")
-    return {t: fetch(url, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in tables}
+    return {t: fetch(url, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in TABLES}
 
 
 def check_finished_run(url, n_firms):

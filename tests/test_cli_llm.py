@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from test_cli import fetch
+from support import fetch
 
 GOOD_KEY = "xai-test-good-key-0123456789"
 SERVER = Path(__file__).resolve().parent / "fake_llm_server.py"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from test_cli import fetch
+from support import fetch
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from app.cli import main
 from app.errors import UsageError
 from app.export import export_run
-from conftest import one_line_error
+from support import one_line_error
 
 
 @pytest.fixture

@@ -27,18 +27,14 @@ from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import sample_rows, write_sample_corpus
 from app.settings import RunSettings
-from conftest import insert_corpus, with_database
+from support import insert_corpus, offline_env, with_database
 
 
 @pytest.fixture
 def env(database_url, monkeypatch, tmp_path):
     """The environment of an in-process ``firmtopics`` command: the test's database,
     JSON logs, no LLM key."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("XAI_API_KEY", raising=False)
-    return database_url
+    return offline_env(monkeypatch, database_url, tmp_path)
 
 
 def error_lines(text: str) -> list[str]:
@@ -194,7 +190,9 @@ def test_a_blip_is_ridden_out_and_an_outage_ends_the_run_resumably(own_server, m
     fetch(admin_url, "CREATE DATABASE outage")
     url = with_database(admin_url, "outage")
     corpus = write_sample_corpus(tmp_path / "corpus.jsonl.gz", **CORPUS)
-    env = {"DATABASE_URL": url, "LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "data")}
+    # A short retry window, so that the outage below outlasts it.
+    env = {"DATABASE_URL": url, "LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "data"),
+           "DB_RETRY_WINDOW_S": "15"}
     seen = {}
 
     def firms_recorded() -> int:
@@ -251,6 +249,47 @@ def test_a_blip_is_ridden_out_and_an_outage_ends_the_run_resumably(own_server, m
     check_whole(url, "after the resume")
     assert duplicates(url) == 0
     assert value(url, "SELECT status FROM runs") == "complete"
+
+
+def test_an_outage_shorter_than_the_retry_window_is_ridden_out(own_server, monkeypatch, tmp_path, capfd):
+    """The server goes away for 12 s (longer than the old fixed retries, about 7 s, and
+    than a restart; shorter than the default window) and comes back: the run waits and
+    completes, with nothing lost or written twice."""
+    admin_url = own_server.get_uri()
+    fetch(admin_url, "CREATE DATABASE failover")
+    url = with_database(admin_url, "failover")
+    corpus = write_sample_corpus(tmp_path / "corpus.jsonl.gz", **CORPUS)
+    env = {"DATABASE_URL": url, "LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "data")}
+    seen = {}
+
+    def outage() -> None:
+        while True:
+            try:
+                if value(url, "SELECT count(*) FROM run_firms") >= 1:
+                    break
+            except (OSError, asyncpg.PostgresError):  # the schema may not exist yet
+                pass
+            time.sleep(0.05)
+        own_server.stop()
+        seen["stopped_at"] = time.monotonic()
+        time.sleep(12)
+        with own_server._lock:  # start the same server again (the package's start() would re-register)
+            own_server.ensure_postgres_running()
+        seen["back_after_s"] = time.monotonic() - seen["stopped_at"]
+
+    injector = threading.Thread(target=outage, daemon=True)
+    injector.start()
+    code = run_in_process(monkeypatch, env, "run", "--input", str(corpus))
+    injector.join(30)
+    captured = capfd.readouterr()
+
+    assert seen["back_after_s"] >= 12
+    assert code == 0, captured.err[-2000:]
+    assert "complete: 5 done, 1 skipped, 0 failed, 0 left" in captured.out
+    retries = [json.loads(x) for x in captured.err.splitlines() if '"db_retry"' in x]
+    assert retries and max(r["attempt"] for r in retries) >= 4  # it waited through the outage
+    check_whole(url, "after the outage")
+    assert duplicates(url) == 0
 
 
 def test_run_with_the_database_unreachable_at_start_exits_1_without_a_traceback(env, monkeypatch, tmp_path,

@@ -15,7 +15,6 @@ The helpers here (``Job``, ``FakeLLM``, ``Database``, ``snapshot``, ...) are sha
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -34,6 +33,7 @@ import pytest
 
 from app.cli import main
 from app.sample import write_sample_corpus
+from support import TABLES, create_database, drop_database, fetch, with_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,19 +44,6 @@ CORPUS = {"firms": 5, "sentences_per_subject": 24}
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def fetch(url: str, sql: str, *args) -> list:
-    """Rows of one query, on a connection of its own."""
-
-    async def go():
-        conn = await asyncpg.connect(url)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def value(url: str, sql: str, *args):
@@ -259,14 +246,13 @@ def run_in_process(monkeypatch, env: dict, *argv: str) -> int:
     for key in ("DATABASE_URL", "XAI_API_KEY", "XAI_BASE_URL", "XAI_MODEL"):
         monkeypatch.delenv(key, raising=False)
     for key, val in env.items():
-        if key in ("DATABASE_URL", "LOG_FORMAT", "FIRMTOPICS_DATA_DIR") or key.startswith(("XAI_", "FIRMTOPICS_")):
+        if key in ("DATABASE_URL", "LOG_FORMAT", "FIRMTOPICS_DATA_DIR") or key.startswith(("XAI_", "FIRMTOPICS_", "DB_")):
             monkeypatch.setenv(key, val)
     return main(list(argv))
 
 
 # --- what a database holds after a run, for comparisons and invariants -------------------
 
-TABLES = ("firms", "sentences", "runs", "run_firms", "topics", "themes", "sentence_topics")
 
 
 def duplicates(url: str) -> int:
@@ -326,14 +312,12 @@ def check_whole(url: str, where: str) -> None:
 @contextmanager
 def fresh_database(server_url: str):
     """The URL of a new, empty database on the test server; dropped afterwards."""
-    from conftest import with_database
-
     name = "ft_" + uuid.uuid4().hex[:12]
-    fetch(server_url, f'CREATE DATABASE "{name}"')
+    create_database(server_url, name)
     try:
         yield with_database(server_url, name)
     finally:
-        fetch(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(server_url, name)
 
 
 @pytest.fixture(scope="module")
@@ -523,7 +507,7 @@ async def test_a_stop_after_the_last_firm_was_taken_starts_no_further_stage(pool
     from app.sample import sample_rows
     from app.schema import vector_indexes_present
     from app.settings import RunSettings
-    from conftest import insert_corpus
+    from support import insert_corpus
 
     from app.runs import firms_to_do
 

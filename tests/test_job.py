@@ -11,7 +11,7 @@ from app.runs import SettingsChanged
 from app.sample import sample_rows
 from app.schema import DimensionMismatch, vector_indexes_present
 from app.settings import RunSettings
-from conftest import insert_corpus
+from support import insert_corpus
 
 SETTINGS = RunSettings()
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from app.cli import main
 from app.report import project_2d, report_data, write_report
-from conftest import one_line_error
+from support import one_line_error
 
 
 class Page(HTMLParser):

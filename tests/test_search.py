@@ -13,7 +13,7 @@ import pytest
 
 from app.cli import main
 from app.search import nearest, search
-from conftest import drop_database, finished_run, one_line_error
+from support import drop_database, finished_run, one_line_error
 
 async def run_id(conn) -> int:
     return await conn.fetchval("SELECT run_id FROM runs WHERE name = 'default'")

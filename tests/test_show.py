@@ -10,7 +10,7 @@ from app.cli import main
 from app.errors import UsageError
 from app.show import (SENTENCE_SAMPLE, firm_detail, format_theme, format_topic, show, theme_detail,
                       topic_detail)
-from conftest import one_line_error
+from support import offline_env, one_line_error
 
 
 async def test_a_topics_theme_lists_that_topic(conn):
@@ -111,11 +111,7 @@ def test_cli_show_unknown_ids_exit_2_with_one_line(cli_env, capsys):
 @pytest.fixture
 def levelled_cli_env(levelled_run, monkeypatch, tmp_path):
     """The environment for ``main([...])`` against the levelled run's database."""
-    monkeypatch.setenv("DATABASE_URL", levelled_run)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("XAI_API_KEY", raising=False)
-    return levelled_run
+    return offline_env(monkeypatch, levelled_run, tmp_path)
 
 
 async def test_a_fine_theme_names_its_parent_and_the_parent_lists_it(levelled_conn):

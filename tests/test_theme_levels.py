@@ -11,7 +11,7 @@ from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import sample_rows
 from app.settings import RunSettings
-from conftest import insert_corpus
+from support import insert_corpus
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from app.runs import open_run
 from app.schema import fix_embedding_dimension
 from app.settings import RunSettings
 from app.writer import AlreadyWritten, FirmResult, TopicResult, write_firm, write_firm_with_retry
-from conftest import insert_corpus
+from support import insert_corpus
 
 DIM = 4
 
