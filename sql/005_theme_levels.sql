@@ -27,29 +27,26 @@ SELECT up.run_id, up.theme_id, up.ancestor_id, a.level AS ancestor_level, a.name
        a.parent_theme_id IS NULL AS ancestor_is_top, up.distance
 FROM up JOIN themes a ON a.theme_id = up.ancestor_id;
 
--- Every sentence in a theme of a run, with its fine theme and its top theme: read it
+-- Every sentence in a theme of a run (sentence_assignments, 004), with its fine theme and
+-- its top theme: read it
 -- "WHERE sentence_id = ..." (a sentence up to its top theme) or "WHERE top_theme_id = ..."
 -- (a top theme down to its firms and sentences).
 CREATE VIEW sentence_top_themes AS
-SELECT st.run_id,
-       r.name            AS run_name,
-       st.sentence_id,
-       st.firm_id,
-       f.firm_name,
-       s.doc_id,
-       s.text,
-       st.topic_id,
-       t.name            AS topic_name,
-       t.theme_id        AS fine_theme_id,
+SELECT sa.run_id,
+       sa.run_name,
+       sa.sentence_id,
+       sa.firm_id,
+       sa.firm_name,
+       sa.doc_id,
+       sa.text,
+       sa.topic_id,
+       sa.topic_name,
+       sa.theme_id       AS fine_theme_id,
        l.ancestor_id     AS top_theme_id,
        l.ancestor_name   AS top_theme_name,
        l.ancestor_level  AS top_level
-FROM sentence_topics st
-JOIN runs r          ON r.run_id = st.run_id
-JOIN sentences s     ON s.sentence_id = st.sentence_id
-JOIN firms f         ON f.firm_id = st.firm_id
-JOIN topics t        ON t.topic_id = st.topic_id
-JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top;
+FROM sentence_assignments sa
+JOIN theme_lineage l ON l.theme_id = sa.theme_id AND l.ancestor_is_top;
 
 -- Every theme with its size; a broader theme counts the sentences of all the topics under
 -- it. Its level and parent go last (CREATE OR REPLACE keeps the columns before them).
