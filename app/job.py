@@ -229,7 +229,8 @@ async def run_job(
 
         stage_started = time.perf_counter()
         log.info("stage_started", stage="index")
-        await with_connection_retry(pool, _build_indexes, what="build vector indexes")
+        await with_connection_retry(pool, lambda conn: _build_indexes(conn, run.run_id),
+                                    what="build vector indexes")
         outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
         log.info("stage_finished", stage="index", seconds=outcome.timings["index_s"])
 
@@ -254,19 +255,19 @@ async def run_job(
     return outcome
 
 
-async def _build_indexes(conn: asyncpg.Connection) -> None:
+async def _build_indexes(conn: asyncpg.Connection, run_id: int) -> None:
     """The HNSW indexes, on one connection. The server is told to check that this client
     is still there while it builds: otherwise a build whose process was killed goes on
     alone for as long as it takes, commits, and collides with the resumed run's build."""
     await abandon_if_client_gone(conn)
-    await build_vector_indexes(conn)
+    await build_vector_indexes(conn, run_id)
 
 
 async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, stop, outcome) -> bool:
     """Warm up, drop the vector indexes, process the firms; returns False if stopped early."""
     async with pool.acquire() as conn:
         # Bulk-loading rule: no vector index while loading; rebuilt once at the end.
-        await drop_vector_indexes(conn)
+        await drop_vector_indexes(conn, run_id)
     outcome.timings["warm_up_s"] = round(
         await anyio.to_thread.run_sync(
             lambda: warm_up(backend, settings, largest_firm=max(f.n_sentences for f in todo))

@@ -8,9 +8,9 @@ which have been applied, so starting the program against a database that is alre
 to date does nothing, and a database made by an earlier release is brought up to date by
 starting the program. An advisory lock serialises concurrent starts.
 
-``sql/indexes.sql`` is not a migration: it holds the HNSW index DDL, applied by
-``build_vector_indexes`` after a run's theme stage (see the bulk-loading rule in the
-README).
+``sql/indexes.sql`` is not a migration: it holds the HNSW index DDL of one run (partial
+indexes on the run's rows), applied by ``build_vector_indexes`` after that run's theme
+stage (see the bulk-loading rule in the README).
 """
 
 from __future__ import annotations
@@ -111,14 +111,16 @@ async def fix_embedding_dimension(conn: asyncpg.Connection, dim: int) -> None:
         await conn.execute("INSERT INTO database_meta (key, value) VALUES ('embedding_dim', $1)", str(dim))
 
 
-async def drop_vector_indexes(conn: asyncpg.Connection) -> None:
-    """Drop the HNSW indexes before a bulk load (they are rebuilt at the end of the run)."""
-    for name in _index_names():
+async def drop_vector_indexes(conn: asyncpg.Connection, run_id: int) -> None:
+    """Drop run ``run_id``'s HNSW indexes before its bulk load (they are rebuilt at the end
+    of the run); other runs' indexes stay, so their searches are not slowed."""
+    for name in _index_names(run_id):
         await conn.execute(f'DROP INDEX IF EXISTS "{name}"')
 
 
-async def build_vector_indexes(conn: asyncpg.Connection, maintenance_work_mem: str = "1GB") -> None:
-    """Build the HNSW (cosine) indexes once the heaps are loaded.
+async def build_vector_indexes(conn: asyncpg.Connection, run_id: int, maintenance_work_mem: str = "1GB") -> None:
+    """Build run ``run_id``'s HNSW (cosine) indexes, partial on its rows, once the heaps
+    are loaded.
 
     ``maintenance_work_mem`` is raised for this session only: the HNSW build is much
     faster when the graph fits in memory.
@@ -126,19 +128,24 @@ async def build_vector_indexes(conn: asyncpg.Connection, maintenance_work_mem: s
     if not re.fullmatch(r"\d+\s*(kB|MB|GB)", maintenance_work_mem):
         raise ValueError(f"maintenance_work_mem must look like '1GB', got {maintenance_work_mem!r}")
     await conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
-    await conn.execute(sql_file("indexes.sql"))
+    await conn.execute(_index_sql(run_id))
     # Fresh statistics after the bulk load, so the planner picks good plans (and the
     # HNSW indexes) for the first queries, not only after autovacuum gets round to it.
     await conn.execute("ANALYZE sentence_topics, topics, themes, sentences, run_firms")
 
 
-async def vector_indexes_present(conn: asyncpg.Connection) -> list[str]:
-    """Names of the HNSW indexes that exist now."""
+async def vector_indexes_present(conn: asyncpg.Connection, run_id: int) -> list[str]:
+    """Names of run ``run_id``'s HNSW indexes that exist now."""
     rows = await conn.fetch(
-        "SELECT indexname FROM pg_indexes WHERE indexname = ANY($1::text[])", list(_index_names())
+        "SELECT indexname FROM pg_indexes WHERE indexname = ANY($1::text[])", list(_index_names(run_id))
     )
     return sorted(r["indexname"] for r in rows)
 
 
-def _index_names() -> list[str]:
-    return re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", sql_file("indexes.sql"))
+def _index_sql(run_id: int) -> str:
+    """``sql/indexes.sql`` for one run (the id is an integer from the database, never user text)."""
+    return sql_file("indexes.sql").replace("{run_id}", str(int(run_id)))
+
+
+def _index_names(run_id: int) -> list[str]:
+    return re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", _index_sql(run_id))

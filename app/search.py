@@ -52,7 +52,7 @@ _QUERIES = {
         WITH hits AS MATERIALIZED (
             SELECT th.theme_id, th.embedding <=> $1 AS distance
             FROM themes th
-            WHERE th.run_id = $2 {firm} {theme_level}
+            WHERE th.run_id = $2 AND th.run_id = {run_id} {firm} {theme_level}
             ORDER BY {distance} LIMIT $3)
         SELECT h.distance, th.theme_id, th.name AS theme_name, th.level, th.parent_theme_id,
                p.name AS parent_name, th.summary AS theme_summary, th.n_topics, th.n_firms
@@ -64,7 +64,7 @@ _QUERIES = {
         WITH hits AS MATERIALIZED (
             SELECT t.topic_id, t.embedding <=> $1 AS distance
             FROM topics t
-            WHERE t.run_id = $2 {firm}
+            WHERE t.run_id = $2 AND t.run_id = {run_id} {firm}
             ORDER BY {distance} LIMIT $3)
         SELECT h.distance, t.theme_id, th.name AS theme_name, t.topic_id, t.name AS topic_name,
                t.summary AS topic_summary, t.n_sentences, t.firm_id, f.firm_name
@@ -77,7 +77,7 @@ _QUERIES = {
         WITH hits AS MATERIALIZED (
             SELECT st.sentence_id, st.topic_id, st.embedding <=> $1 AS distance
             FROM sentence_topics st
-            WHERE st.run_id = $2 {firm}
+            WHERE st.run_id = $2 AND st.run_id = {run_id} {firm}
             ORDER BY {distance} LIMIT $3)
         SELECT h.distance, t.theme_id, th.name AS theme_name, h.topic_id, t.name AS topic_name,
                s.firm_id, f.firm_name, s.sentence_id, s.doc_id, s.text
@@ -107,7 +107,7 @@ _THEME_LEVEL_FILTER = "AND th.level = ${n}"
 _EMBEDDING = {"theme": "th.embedding", "topic": "t.embedding", "sentence": "st.embedding"}
 
 
-def _query(level: str, *, firm: bool, exact: bool, theme_level: bool = False) -> str:
+def _query(level: str, *, run_id: int, firm: bool, exact: bool, theme_level: bool = False) -> str:
     """The query of ``level``, with the firm and theme level filters where they are given
     (their parameters follow $1-$3 in that order: $4 is the firm id if there is one)."""
     column = _EMBEDDING[level]
@@ -118,7 +118,12 @@ def _query(level: str, *, firm: bool, exact: bool, theme_level: bool = False) ->
     # the optional ones are numbered by what is given rather than fixed.
     firm_filter = _FIRM_FILTERS[level].replace("{n}", "4") if firm else ""
     level_filter = _THEME_LEVEL_FILTER.replace("{n}", str(5 if firm else 4)) if theme_level else ""
-    return _QUERIES[level].format(firm=firm_filter, theme_level=level_filter, distance=distance)
+    # The run's id also as a literal: each run's HNSW indexes are partial (WHERE run_id = N),
+    # and the planner uses a partial index only where it can see the query is inside it,
+    # which a parameter does not show in a cached generic plan. It is an integer from the
+    # runs table, never user text.
+    return _QUERIES[level].format(firm=firm_filter, theme_level=level_filter, distance=distance,
+                                  run_id=int(run_id))
 
 
 def _check_theme_level(level: str, theme_level: int | None) -> None:
@@ -168,7 +173,7 @@ async def nearest(
     _check_theme_level(level, theme_level)
     args = ([vector, run_id, limit] + ([firm_id] if firm_id is not None else [])
             + ([theme_level] if theme_level is not None else []))
-    filters = {"firm": firm_id is not None, "theme_level": theme_level is not None}
+    filters = {"run_id": run_id, "firm": firm_id is not None, "theme_level": theme_level is not None}
     async with conn.transaction():  # SET LOCAL lasts until the end of this transaction
         await conn.execute(f"SET LOCAL hnsw.ef_search = {min(MAX_EF_SEARCH, max(40, limit * 4))}")
         if await _iterative_scan_available(conn):

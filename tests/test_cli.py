@@ -51,8 +51,9 @@ def check_finished_run(url, n_firms):
     # A sentence in a topic says how it got there; a sentence in none says nothing.
     assert fetch(url, "SELECT count(*) AS n FROM sentence_topics"
                       " WHERE (topic_id IS NULL) <> (topic_assignment IS NULL)")[0]["n"] == 0
-    indexes = {r["indexname"] for r in fetch(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw'")}
-    assert indexes == {"sentence_topics_embedding_hnsw", "topics_embedding_hnsw", "themes_embedding_hnsw"}
+    indexes = {r["indexname"] for r in fetch(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'")}
+    run_id = fetch(url, "SELECT run_id FROM runs")[0]["run_id"]
+    assert indexes == {f"{table}_embedding_hnsw_run_{run_id}" for table in ("sentence_topics", "topics", "themes")}
     assert fetch(url, "SELECT status FROM runs")[0]["status"] == "complete"
 
 

@@ -298,7 +298,7 @@ def snapshot(url: str) -> dict:
         "assignments": {(r["firm_id"], r["doc_id"], r["text"]): r["topic_no"] for r in assignments},
         "topics": {(r["firm_id"], r["topic_no"]): tuple(r)[2:] for r in topics},
         "themes": sorted(tuple(r) for r in fetch(url, "SELECT theme_no, name, n_topics, n_firms FROM themes")),
-        "indexes": sorted(r[0] for r in fetch(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw'")),
+        "indexes": sorted(r[0] for r in fetch(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'")),
         "status": [r[0] for r in fetch(url, "SELECT status FROM runs")],
     }
 
@@ -443,7 +443,7 @@ def test_interrupted_at_every_stage_then_resumed_gives_the_uninterrupted_result(
             db.call("execute", "ROLLBACK")
         kills.append(("index", 0))
         assert value(database_url, "SELECT status FROM runs") == "themes_done"
-        assert fetch(database_url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw'") == []
+        assert fetch(database_url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'") == []
         check_whole(database_url, "killed inside the index build")
 
         # 5. The last resume finishes; the themes stored before the index stage stand.
@@ -528,4 +528,4 @@ async def test_a_stop_after_the_last_firm_was_taken_starts_no_further_stage(pool
         assert await conn.fetchval("SELECT count(*) FROM run_firms") == 2  # both drained, none dropped
         themes = await conn.fetchval("SELECT count(*) FROM themes")
         assert (themes == 0) if stop_in == "last firm" else (themes > 0)
-        assert await vector_indexes_present(conn) == []
+        assert await vector_indexes_present(conn, await conn.fetchval("SELECT run_id FROM runs")) == []

@@ -1,6 +1,8 @@
 """The job on a real PostgreSQL with the real model and BERTopic: resume, refusal,
 edge cases, failure isolation, and errors that end the run instead of hanging it."""
 
+import dataclasses
+
 import anyio
 import pytest
 
@@ -49,7 +51,8 @@ async def test_resume_skips_done_firms_and_a_finished_run_does_nothing(pool, emb
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM run_firms") == 9
         assert await conn.fetchval("SELECT count(*) FROM topics WHERE theme_id IS NULL") == 0
-        assert len(await vector_indexes_present(conn)) == 3
+        run_id = await conn.fetchval("SELECT run_id FROM runs")
+        assert len(await vector_indexes_present(conn, run_id)) == 3
 
 
 async def test_firms_are_taken_largest_first_with_ties_in_id_order(pool):
@@ -145,3 +148,17 @@ async def test_an_error_in_any_stage_ends_the_run_with_that_error(pool, embedder
         await job(pool, embedder, namer=namer)
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT status FROM runs") == "failed"
+
+
+async def test_starting_a_run_leaves_the_indexes_of_another_run(pool, embedder):
+    """Each run builds HNSW indexes on its own rows; a later run drops and rebuilds only
+    its own, so searches of a finished run are never slowed by a run being loaded."""
+    await insert_corpus(pool, list(sample_rows(firms=2)))
+    first = await job(pool, embedder, run="first")
+    async with pool.acquire() as conn:
+        before = await vector_indexes_present(conn, first.run_id)
+    assert len(before) == 3
+    second = await job(pool, embedder, run="second", settings=dataclasses.replace(SETTINGS, seed=7))
+    async with pool.acquire() as conn:
+        assert await vector_indexes_present(conn, first.run_id) == before
+        assert len(await vector_indexes_present(conn, second.run_id)) == 3

@@ -44,12 +44,19 @@ async def test_migrations_applied_twice_is_a_no_op(database_url):
 
 async def test_schema_has_no_vector_index_until_built(pool):
     async with pool.acquire() as conn:
-        assert await vector_indexes_present(conn) == []
+        assert await vector_indexes_present(conn, 1) == []
         await fix_embedding_dimension(conn, 4)
-        await build_vector_indexes(conn)
-        assert len(await vector_indexes_present(conn)) == 3
-        await drop_vector_indexes(conn)
-        assert await vector_indexes_present(conn) == []
+        await build_vector_indexes(conn, 1)
+        await build_vector_indexes(conn, 2)
+        assert len(await vector_indexes_present(conn, 1)) == len(await vector_indexes_present(conn, 2)) == 3
+        # Partial, each on its run's rows.
+        definitions = [r["indexdef"] for r in await conn.fetch(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = ANY($1::text[])", await vector_indexes_present(conn, 2))]
+        assert all("hnsw" in d and d.endswith("WHERE (run_id = 2)") for d in definitions), definitions
+        # Dropping one run's indexes leaves the other's.
+        await drop_vector_indexes(conn, 1)
+        assert await vector_indexes_present(conn, 1) == []
+        assert len(await vector_indexes_present(conn, 2)) == 3
 
 
 async def test_first_run_fixes_the_dimension_and_another_is_refused(pool):
