@@ -134,8 +134,7 @@ async def run_theme_stage(
     )
     assignment = [(int(label), "cluster") for label in labels]
 
-    fine = await _name_level(namer, embedder, limiter, rows, embeddings, labels, keywords,
-                             members_of=lambda number: np.flatnonzero(labels == number))
+    fine = await _name_level(namer, embedder, limiter, rows, embeddings, labels, keywords)
     levels = [fine]
     # Broader levels above the fine themes, until the top is small enough to read.
     topic_theme = labels
@@ -148,7 +147,6 @@ async def run_theme_stage(
             partial(theme_keywords, texts, embeddings, topic_theme, settings.top_n_keywords), limiter=limiter
         )
         level = await _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, words,
-                                  members_of=lambda number, t=topic_theme: np.flatnonzero(t == number),
                                   children=[[b for b in below if parents[b.to_name.theme_no] == number]
                                             for number in range(int(parents.max()) + 1)])
         for child in below:
@@ -185,7 +183,7 @@ class FormedTheme:
     parent_no: int | None = None  # its theme one level up, where there is one
 
 
-async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, keywords, *, members_of,
+async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, keywords, *,
                       children=None) -> list[FormedTheme]:
     """Name every theme of one level and give each its vector.
 
@@ -194,7 +192,7 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
     """
     to_name = []
     for number, words in enumerate(keywords):
-        members = members_of(number)
+        members = np.flatnonzero(topic_theme == number)
         if children is None:
             sample = most_central(embeddings, members, MEMBER_SAMPLE)
             shown = [MemberTopic(rows[i]["firm_id"], rows[i]["name"], rows[i]["summary"]) for i in sample]
