@@ -7,7 +7,7 @@ Files written to DIR:
 | ``firms.parquet`` | firm of the run | firm_id, firm_name, status, reason, n_sentences, n_topics, n_outliers |
 | ``themes.parquet`` | theme (every level) | theme_id, theme_no, level (1 = fine), parent_theme_id (null at the top), name, summary, keywords, name_source, n_topics, n_firms, embedding |
 | ``topics.parquet`` | firm topic | topic_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences, evidence_sentence_ids, theme_id, theme_assignment, embedding |
-| ``sentences.parquet`` | sentence of the run | sentence_id, firm_id, doc_id, text, topic_id (null = in no topic), topic_assignment (cluster / nearest), theme_id, embedding |
+| ``sentences.parquet`` | sentence of the run | sentence_id, firm_id, doc_id, text, topic_id (null = in no topic), topic_assignment (cluster / nearest), theme_id (its topic's, or the nearest theme's for a sentence in no topic), theme_via (topic / nearest), embedding |
 | ``run.json`` | | the run's settings, model, package versions, timings, quality figures, and the files written |
 
 Embeddings are fixed-size lists of float32 (``numpy.stack(df.embedding)`` gives the
@@ -62,14 +62,17 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
       ("evidence_sentence_ids", "list<int64>"), ("theme_id", "int64"), ("theme_assignment", "string"),
       ("embedding", "vector")]),
     ("sentences",
-     "SELECT st.sentence_id, st.firm_id, s.doc_id, s.text, st.topic_id, st.topic_assignment, t.theme_id,"
+     "SELECT st.sentence_id, st.firm_id, s.doc_id, s.text, st.topic_id, st.topic_assignment,"
+     " coalesce(t.theme_id, st.theme_id) AS theme_id,"
+     " CASE WHEN t.theme_id IS NOT NULL THEN 'topic' WHEN st.theme_id IS NOT NULL THEN 'nearest' END AS theme_via,"
      " st.embedding"
      " FROM sentence_topics st"
      " JOIN sentences s ON s.sentence_id = st.sentence_id"
      " LEFT JOIN topics t ON t.topic_id = st.topic_id"
      " WHERE st.run_id = $1 ORDER BY st.sentence_id",
      [("sentence_id", "int64"), ("firm_id", "string"), ("doc_id", "string"), ("text", "string"),
-      ("topic_id", "int64"), ("topic_assignment", "string"), ("theme_id", "int64"), ("embedding", "vector")]),
+      ("topic_id", "int64"), ("topic_assignment", "string"), ("theme_id", "int64"), ("theme_via", "string"),
+      ("embedding", "vector")]),
 ]
 
 

@@ -150,6 +150,7 @@ def run_quality(
     linked_by_cluster: int,
     linked_by_nearest: int,
     n_topics: int,
+    sentences_by_theme: dict[str, int] | None = None,
 ) -> dict:
     """Quality figures for a whole run, from its firms' ``firm_quality`` dicts.
 
@@ -159,6 +160,10 @@ def run_quality(
     (means over firms; sentence shares weighted by each firm's sentences, so a small firm
     does not count as much as a large one), ``"themes"`` and ``"worst_firms"`` (the firms
     whose largest topic is largest, so a researcher knows where to look first).
+
+    ``sentences_by_theme`` counts the run's sentences by how they reach a theme:
+    ``{"sentences": all, "topic": through their topic, "nearest": attached to the nearest
+    theme}``; the themes' figures then carry the shares attached and in no theme.
     """
     n_firms = len(firms)
     sentences = sum(firm.get("sentences", 0) for firm in firms)
@@ -198,6 +203,12 @@ def run_quality(
         "linked_by_nearest": int(linked_by_nearest),
         "unlinked": int(n_topics - linked_by_cluster - linked_by_nearest),
     }
+    if sentences_by_theme and sentences_by_theme.get("sentences"):
+        total = sentences_by_theme["sentences"]
+        attached = sentences_by_theme.get("nearest", 0)
+        theme_figures["sentences_attached_share"] = _round(attached / total)
+        theme_figures["sentences_in_no_theme_share"] = _round(
+            (total - sentences_by_theme.get("topic", 0) - attached) / total)
 
     # sorted() is stable: firms with equal shares keep the order they were given in.
     named = [firm for firm in firms if firm.get("firm_id") is not None]
@@ -296,6 +307,11 @@ def format_quality(quality: dict | None) -> list[str]:
             f"of {themes.get('topics', 0)} topics; linked {themes.get('linked_by_cluster', 0)} by cluster, "
             f"{themes.get('linked_by_nearest', 0)} by nearest, {themes.get('unlinked', 0)} unlinked"
         )
+        if themes.get("sentences_in_no_theme_share") is not None:
+            lines.append(
+                f"  sentences in no theme: {_pct(themes.get('sentences_in_no_theme_share'))} "
+                f"({_pct(themes.get('sentences_attached_share'))} in no topic attached to their nearest theme)"
+            )
     if worst:
         shown = ", ".join(f"{firm.get('firm_id')} ({_num(firm.get('largest_topic_share'), 2)})" for firm in worst[:5])
         lines.append(f"  firms to look at: {shown}")

@@ -71,6 +71,8 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
             "SELECT count(*) FROM sentence_topics WHERE run_id = $1 AND topic_id IS NULL", run_id),
         "sentences attached to a topic by nearness": await conn.fetchval(
             "SELECT count(*) FROM sentence_topics WHERE run_id = $1 AND topic_assignment = 'nearest'", run_id),
+        "sentences in no topic attached to a theme by nearness": await conn.fetchval(
+            "SELECT count(*) FROM sentence_topics WHERE run_id = $1 AND theme_id IS NOT NULL", run_id),
         "topics": await conn.fetchval("SELECT count(*) FROM topics WHERE run_id = $1", run_id),
         "themes": await conn.fetchval("SELECT count(*) FROM themes WHERE run_id = $1", run_id),
     }

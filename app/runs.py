@@ -153,12 +153,20 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
         " FROM topics WHERE run_id = $1",
         run_id,
     )
+    by_theme = await conn.fetchrow(
+        "SELECT count(*) AS sentences,"
+        " count(*) FILTER (WHERE t.theme_id IS NOT NULL) AS topic,"
+        " count(*) FILTER (WHERE st.theme_id IS NOT NULL) AS nearest"
+        " FROM sentence_topics st LEFT JOIN topics t ON t.topic_id = st.topic_id WHERE st.run_id = $1",
+        run_id,
+    )
     quality = run_quality(
         [{"firm_id": r["firm_id"], **json.loads(r["quality"])} for r in firms],
         [r["n_topics"] for r in sizes],
         links["by_cluster"],
         links["by_nearest"],
         links["topics"],
+        sentences_by_theme=dict(by_theme),
     )
     await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, json.dumps(quality))
     return quality

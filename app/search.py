@@ -75,17 +75,17 @@ _QUERIES = {
         ORDER BY h.distance, t.topic_id""",
     "sentence": """
         WITH hits AS MATERIALIZED (
-            SELECT st.sentence_id, st.topic_id, st.embedding <=> $1 AS distance
+            SELECT st.sentence_id, st.topic_id, st.theme_id, st.embedding <=> $1 AS distance
             FROM sentence_topics st
             WHERE st.run_id = $2 AND st.run_id = {run_id} {firm}
             ORDER BY {distance} LIMIT $3)
-        SELECT h.distance, t.theme_id, th.name AS theme_name, h.topic_id, t.name AS topic_name,
+        SELECT h.distance, th.theme_id, th.name AS theme_name, h.topic_id, t.name AS topic_name,
                s.firm_id, f.firm_name, s.sentence_id, s.doc_id, s.text
         FROM hits h
         JOIN sentences s ON s.sentence_id = h.sentence_id
         JOIN firms f ON f.firm_id = s.firm_id
         LEFT JOIN topics t ON t.topic_id = h.topic_id
-        LEFT JOIN themes th ON th.theme_id = t.theme_id
+        LEFT JOIN themes th ON th.theme_id = coalesce(t.theme_id, h.theme_id)
         ORDER BY h.distance, s.sentence_id""",
 }
 _FIRM_FILTERS = {

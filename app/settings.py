@@ -78,6 +78,11 @@ class RunSettings:
     # A sentence HDBSCAN left out joins the topic whose centre is nearest when its cosine
     # similarity to that centre is at least this (marked 'nearest'); above 1, none does.
     outlier_threshold: float = 0.4
+    # A sentence in no topic of its firm joins the nearest fine theme (by the centre of
+    # the theme's sentences) when its cosine similarity to it is at least this (marked
+    # 'nearest'): a firm mentions something too rarely for a topic of its own that other
+    # firms talk about. Above 1, none does (docs/quality.md, "Sentences in no topic").
+    theme_outlier_threshold: float = 0.3
     # How many cross-firm themes: None gives the square root of the number of topics
     # (about as many themes as topics a theme), so the granularity follows the corpus.
     theme_count: int | None = None
@@ -175,6 +180,7 @@ class Settings:
             hdbscan_min_samples=integer("FIRMTOPICS_MIN_SAMPLES", RunSettings.hdbscan_min_samples),
             cluster_selection=choice("FIRMTOPICS_CLUSTER_SELECTION", RunSettings.cluster_selection, ("leaf", "eom")),
             outlier_threshold=number("FIRMTOPICS_OUTLIER_THRESHOLD", RunSettings.outlier_threshold),
+            theme_outlier_threshold=number("FIRMTOPICS_THEME_OUTLIER_THRESHOLD", RunSettings.theme_outlier_threshold),
             theme_count=integer("FIRMTOPICS_THEMES", None, minimum=1),  # unset: the square-root rule
             theme_top_level_size=integer("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", RunSettings.theme_top_level_size,
                                          minimum=2),

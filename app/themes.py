@@ -14,6 +14,11 @@ The topics are grouped by Ward's clustering into about as many themes as topics 
 themes follows the size of the corpus smoothly, from a few firms to thousands. Each theme
 is named by the same namer as the topics (from a sample of its most central topics).
 
+A sentence in no topic of its firm (an outlier left over, or a sentence of a firm too
+small to cluster) then joins the nearest fine theme, by the centre of the theme's
+sentences, when it is close enough (``RunSettings.theme_outlier_threshold``): a firm may
+say something too rarely for a topic of its own that other firms discuss at length.
+
 The stage is redone from scratch when a run resumes after dying in it: the run's themes
 are deleted first, in the same transaction that writes the new ones.
 """
@@ -124,7 +129,7 @@ async def run_theme_stage(
     if len(rows) < MIN_TOPICS:
         reason = f"only {len(rows)} topics; at least {MIN_TOPICS} needed to form themes"
         log.warning("no_themes", reason=reason)
-        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[])
+        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], attach_threshold=None)
         return ThemeOutcome(len(rows), 0, 0, 0, reason)
 
     n_themes = theme_count(len(rows), settings)
@@ -152,9 +157,10 @@ async def run_theme_stage(
         for child in below:
             child.parent_no = int(parents[child.to_name.theme_no])
         levels.append(level)
-    await _store(pool, run_id, topic_ids, embeddings, levels=levels, assignment=assignment)
+    attached = await _store(pool, run_id, topic_ids, embeddings, levels=levels, assignment=assignment,
+                            attach_threshold=settings.theme_outlier_threshold)
     log.info("themes_formed", themes=len(fine), topics=len(rows), levels=[len(level) for level in levels],
-             largest=int(max(t.to_name.n_topics for t in fine)))
+             largest=int(max(t.to_name.n_topics for t in fine)), sentences_attached=attached)
     return ThemeOutcome(len(rows), len(fine), len(assignment), 0, levels=[len(level) for level in levels])
 
 
@@ -226,15 +232,54 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
     return [FormedTheme(t, label, vector) for t, label, vector in zip(to_name, names, vectors)]
 
 
-async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment) -> None:
-    """Replace the run's themes and topic links in one transaction (retried whole on a
-    dropped connection: the transaction rolled back, so a retry starts clean)."""
+async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, attach_threshold) -> int:
+    """Replace the run's themes and topic links, and attach the sentences in no topic, in
+    one transaction (retried whole on a dropped connection: the transaction rolled back,
+    so a retry starts clean). Returns how many sentences were attached to a theme."""
 
-    async def store(conn: asyncpg.Connection) -> None:
+    async def store(conn: asyncpg.Connection) -> int:
         async with conn.transaction():
             await _replace_themes(conn, run_id, topic_ids, embeddings, levels=levels, assignment=assignment)
+            if attach_threshold is None:
+                return 0
+            return await attach_sentences_to_themes(conn, run_id, attach_threshold)
 
-    await with_connection_retry(pool, store, what="store themes")
+    return await with_connection_retry(pool, store, what="store themes")
+
+
+# The centre of each fine theme is the mean of its topics' sentences (pgvector's avg; the
+# cosine distance ignores its length). MATERIALIZED: computed once, not per sentence.
+# Ties in distance go to the lower theme id, so the same input gives the same themes.
+_ATTACH = """
+WITH centre AS MATERIALIZED (
+    SELECT t.theme_id, avg(st.embedding) AS v
+    FROM sentence_topics st JOIN topics t ON t.topic_id = st.topic_id
+    WHERE st.run_id = $1 AND t.theme_id IS NOT NULL
+    GROUP BY t.theme_id),
+nearest AS (
+    SELECT st.sentence_id, c.theme_id, c.distance
+    FROM sentence_topics st
+    CROSS JOIN LATERAL (SELECT theme_id, st.embedding <=> v AS distance FROM centre
+                        ORDER BY 2, theme_id LIMIT 1) c
+    WHERE st.run_id = $1 AND st.topic_id IS NULL)
+UPDATE sentence_topics st SET theme_id = n.theme_id
+FROM nearest n
+WHERE st.run_id = $1 AND st.sentence_id = n.sentence_id AND 1 - n.distance >= $2
+"""
+
+
+async def attach_sentences_to_themes(conn: asyncpg.Connection, run_id: int, threshold: float) -> int:
+    """Give each sentence of the run that is in no topic the nearest fine theme, when its
+    cosine similarity to the centre of the theme's sentences is at least ``threshold``.
+
+    Takes a connection (inside the theme stage's transaction, after the topics are linked
+    to their themes), the run and the threshold; returns how many sentences were
+    attached. Sentences in a topic keep their theme through it (the table refuses both).
+    """
+    await conn.execute("UPDATE sentence_topics SET theme_id = NULL WHERE run_id = $1 AND theme_id IS NOT NULL",
+                       run_id)
+    status = await conn.execute(_ATTACH, run_id, float(threshold))
+    return int(status.split()[-1])
 
 
 async def _replace_themes(conn, run_id, topic_ids, embeddings, *, levels, assignment) -> None:

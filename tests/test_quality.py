@@ -201,6 +201,17 @@ def test_run_quality_weights_shares_by_sentences_and_counts_catch_alls():
     json.dumps(quality, allow_nan=False)
 
 
+def test_run_quality_counts_sentences_attached_to_a_theme_and_in_none():
+    quality = run_quality([], [4], 4, 0, 4, sentences_by_theme={"sentences": 200, "topic": 180, "nearest": 15})
+    assert quality["themes"]["sentences_attached_share"] == 0.075
+    assert quality["themes"]["sentences_in_no_theme_share"] == 0.025  # 5 of 200
+    lines = "\n".join(format_quality(quality))
+    assert "sentences in no theme: 2.5% (7.5% in no topic attached to their nearest theme)" in lines
+    # Without the counts (or with no sentence) the figures are absent, not invented.
+    for counts in (None, {"sentences": 0, "topic": 0, "nearest": 0}):
+        assert "sentences_in_no_theme_share" not in run_quality([], [4], 4, 0, 4, sentences_by_theme=counts)["themes"]
+
+
 def test_run_quality_worst_firms_highest_first_and_at_most_ten():
     firms = [_firm(f"F{i}", 10, share) for i, share in enumerate([0.2, 0.9, 0.1, 0.7] + [0.05] * 10)]
     firms.append({"sentences": 5, "largest_topic_share": 1.0})  # no firm_id: not listed

@@ -96,6 +96,8 @@ async def test_same_sentence_twice_in_a_document_is_stored_once(pool):
 
 # sentence_topics' foreign keys from version 3 on: (columns, referenced table).
 VERSION_3_KEYS = {("run_id", "runs"), ("firm_id,sentence_id", "sentences"), ("topic_id", "topics")}
+# Version 6 adds the theme a sentence in no topic was attached to.
+LATEST_KEYS = VERSION_3_KEYS | {("theme_id", "themes")}
 
 
 async def foreign_keys(conn, table: str) -> set[tuple[str, str]]:
@@ -158,7 +160,7 @@ async def test_a_version_3_database_with_results_migrates_to_version_4(database_
                 "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding)"
                 " VALUES ($1, $2, 'F', $3, '[0,1]')", run_id, second, topic_id)
 
-            assert await apply_migrations(conn) == [4, 5]
+            assert await apply_migrations(conn) == [4, 5, 6]
 
             marks = dict(await conn.fetch("SELECT sentence_id, topic_assignment FROM sentence_topics"))
             assert marks == {sentence_id: None, second: "cluster"}
@@ -169,9 +171,33 @@ async def test_a_version_3_database_with_results_migrates_to_version_4(database_
         await pool.close()
 
 
+async def test_a_theme_is_attached_only_to_a_sentence_in_no_topic_and_goes_with_its_theme(pool):
+    """Version 6: sentence_topics.theme_id holds the theme a sentence in no topic joined;
+    a sentence in a topic is refused one (its theme is its topic's), and deleting the
+    themes (the theme stage redone) clears it."""
+    import asyncpg
+
+    async with pool.acquire() as conn:
+        await insert_one_result(conn, "F")
+        run_id, sentence_id = await conn.fetchrow("SELECT run_id, sentence_id FROM sentence_topics")
+        theme_id = await conn.fetchval(
+            "INSERT INTO themes (run_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms)"
+            " VALUES ($1, 0, 'n', 's', '{}', 'keywords', 1, 1) RETURNING theme_id", run_id)
+        await conn.execute("UPDATE sentence_topics SET theme_id = $1", theme_id)
+        assert await conn.fetchval("SELECT theme_via FROM sentence_assignments") == "nearest"
+        topic_id = await conn.fetchval(
+            "INSERT INTO topics (run_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences)"
+            " VALUES ($1, 'F', 0, 'n', 's', '{}', 'keywords', 1) RETURNING topic_id", run_id)
+        with pytest.raises(asyncpg.CheckViolationError, match="theme_only_without_topic"):
+            await conn.execute("UPDATE sentence_topics SET topic_id = $1, topic_assignment = 'cluster'"
+                               " WHERE sentence_id = $2", topic_id, sentence_id)
+        await conn.execute("DELETE FROM themes WHERE run_id = $1", run_id)
+        assert await conn.fetchval("SELECT theme_id FROM sentence_topics") is None
+
+
 async def test_a_sentence_result_has_one_key_to_its_sentence_and_firm(pool):
     async with pool.acquire() as conn:
-        assert await foreign_keys(conn, "sentence_topics") == VERSION_3_KEYS
+        assert await foreign_keys(conn, "sentence_topics") == LATEST_KEYS
         await insert_one_result(conn, "F")
         assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
 
@@ -192,10 +218,10 @@ async def test_a_version_2_database_with_data_migrates_to_version_3(database_url
             await insert_one_result(conn, "F")
             assert ("firm_id", "firms") in await foreign_keys(conn, "sentence_topics")
 
-            assert await apply_migrations(conn) == [3, 4, 5]
+            assert await apply_migrations(conn) == [3, 4, 5, 6]
 
             assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
-            assert await foreign_keys(conn, "sentence_topics") == VERSION_3_KEYS
+            assert await foreign_keys(conn, "sentence_topics") == LATEST_KEYS
             indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'sentences'")}
             assert "sentences_firm_sentence" in indexes and "sentences_firm" not in indexes
     finally:

@@ -56,8 +56,10 @@ async def test_the_top_theme_view_agrees_with_the_joins(levelled_run):
         view = await conn.fetch("SELECT sentence_id, top_theme_id FROM sentence_top_themes ORDER BY sentence_id")
         # The same by walking the parent links by hand.
         parents = dict(await conn.fetch("SELECT theme_id, parent_theme_id FROM themes"))
-        rows = await conn.fetch("SELECT st.sentence_id, t.theme_id FROM sentence_topics st"
-                                " JOIN topics t USING (topic_id) ORDER BY st.sentence_id")
+        # A sentence's fine theme: its topic's, or the one it was attached to (schema 6).
+        rows = await conn.fetch("SELECT st.sentence_id, coalesce(t.theme_id, st.theme_id) AS theme_id"
+                                " FROM sentence_topics st LEFT JOIN topics t USING (topic_id)"
+                                " WHERE coalesce(t.theme_id, st.theme_id) IS NOT NULL ORDER BY st.sentence_id")
     expected = []
     for row in rows:
         theme = row["theme_id"]
@@ -128,5 +130,12 @@ async def test_a_run_that_dies_in_the_level_stage_resumes_to_the_same_tree(pool,
                 " FROM themes th JOIN runs r USING (run_id) LEFT JOIN themes p ON p.theme_id = th.parent_theme_id"
                 " WHERE r.name = $1", name))
 
+    async def attached(name):  # the sentences in no topic attached to a theme, and to which
+        async with pool.acquire() as conn:
+            return sorted(tuple(r) for r in await conn.fetch(
+                "SELECT st.sentence_id, th.theme_no FROM sentence_topics st JOIN themes th USING (theme_id)"
+                " JOIN runs r ON r.run_id = st.run_id WHERE r.name = $1", name))
+
     assert await tree("dies") == await tree("clean")
     assert max(level for level, *_ in await tree("dies")) == 2
+    assert await attached("dies") == await attached("clean") != []

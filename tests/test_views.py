@@ -21,24 +21,34 @@ async def test_views_are_created_by_the_migrations(conn):
 
 async def test_theme_sentences_is_the_join_from_themes_to_sentences(conn):
     view = await rows(conn, "SELECT run_id, run_name, theme_id, theme_name, topic_id, topic_name, firm_id,"
-                            " firm_name, sentence_id, doc_id, text FROM theme_sentences")
+                            " firm_name, sentence_id, doc_id, text, theme_via FROM theme_sentences")
+    # Through its topics, and the sentences in no topic attached to it (schema 6).
     join = await rows(conn, """
         SELECT th.run_id, r.name, th.theme_id, th.name, t.topic_id, t.name, f.firm_id, f.firm_name,
-               s.sentence_id, s.doc_id, s.text
+               s.sentence_id, s.doc_id, s.text, 'topic'
         FROM themes th JOIN runs r USING (run_id) JOIN topics t USING (theme_id)
         JOIN sentence_topics st USING (topic_id) JOIN sentences s USING (sentence_id)
-        JOIN firms f ON f.firm_id = s.firm_id""")
+        JOIN firms f ON f.firm_id = s.firm_id
+        UNION ALL
+        SELECT th.run_id, r.name, th.theme_id, th.name, NULL, NULL, f.firm_id, f.firm_name,
+               s.sentence_id, s.doc_id, s.text, 'nearest'
+        FROM themes th JOIN runs r USING (run_id) JOIN sentence_topics st ON st.theme_id = th.theme_id
+        JOIN sentences s USING (sentence_id) JOIN firms f ON f.firm_id = s.firm_id""")
     assert view == join
-    assert len(view) == await conn.fetchval("SELECT count(*) FROM sentence_topics WHERE topic_id IS NOT NULL")
+    assert len(view) == await conn.fetchval(
+        "SELECT count(*) FROM sentence_topics WHERE topic_id IS NOT NULL OR theme_id IS NOT NULL")
 
 
 async def test_sentence_assignments_keeps_every_sentence_including_outliers(conn):
     view = await rows(conn, "SELECT run_id, sentence_id, firm_id, doc_id, text, topic_id, topic_name, theme_id,"
-                            " theme_name FROM sentence_assignments")
+                            " theme_name, theme_via FROM sentence_assignments")
+    # A sentence's theme: its topic's, else the one it was attached to (schema 6).
     join = await rows(conn, """
-        SELECT st.run_id, s.sentence_id, s.firm_id, s.doc_id, s.text, t.topic_id, t.name, th.theme_id, th.name
+        SELECT st.run_id, s.sentence_id, s.firm_id, s.doc_id, s.text, t.topic_id, t.name, th.theme_id, th.name,
+               CASE WHEN t.theme_id IS NOT NULL THEN 'topic' WHEN st.theme_id IS NOT NULL THEN 'nearest' END
         FROM sentence_topics st JOIN sentences s USING (sentence_id)
-        LEFT JOIN topics t ON t.topic_id = st.topic_id LEFT JOIN themes th ON th.theme_id = t.theme_id""")
+        LEFT JOIN topics t ON t.topic_id = st.topic_id
+        LEFT JOIN themes th ON th.theme_id = coalesce(t.theme_id, st.theme_id)""")
     assert view == join
     assert len(view) == await conn.fetchval("SELECT count(*) FROM sentence_topics")
 
@@ -53,7 +63,8 @@ async def test_firm_themes_counts_each_firms_topics_and_sentences_per_theme(conn
     assert view == join
     assert sum(r[5] for r in view) == await conn.fetchval("SELECT count(*) FROM topics WHERE theme_id IS NOT NULL")
     # n_sentences agrees with the sentences behind it
-    assert sum(r[6] for r in view) == await conn.fetchval("SELECT count(*) FROM theme_sentences")
+    assert sum(r[6] for r in view) == await conn.fetchval(
+        "SELECT count(*) FROM theme_sentences WHERE theme_via = 'topic'")
 
 
 async def test_topic_and_theme_overviews_have_one_row_each(conn):
@@ -65,7 +76,7 @@ async def test_topic_and_theme_overviews_have_one_row_each(conn):
     assert len(themes) == await conn.fetchval("SELECT count(*) FROM themes")
     for theme in themes:
         assert theme["n_sentences"] == await conn.fetchval(
-            "SELECT count(*) FROM theme_sentences WHERE theme_id = $1", theme["theme_id"])
+            "SELECT count(*) FROM theme_sentences WHERE theme_id = $1 AND theme_via = 'topic'", theme["theme_id"])
 
 
 async def test_the_views_do_not_block_fixing_the_embedding_dimension(pool):
