@@ -8,9 +8,16 @@ How it behaves, in short (``docs/naming.md`` has the long version):
 * **One semaphore** (``LLM_CONCURRENCY``) covers every request of the run, topics and
   themes alike, so the API's rate limits are respected however many firms are in flight.
   A request holds it only while on the wire, not while waiting to retry.
-* **Fail fast at start**: ``check()`` sends one tiny request before any GPU work; a bad
-  key, an unknown model or an unreachable server raises ``LLMConfigError`` then, rather
-  than as a fallback on every topic an hour later.
+* **Fail fast at start, but not on a busy server**: ``check()`` sends one tiny request
+  before any GPU work; a bad key, an unknown model or an address nothing listens on
+  raises ``LLMConfigError`` then, rather than as a fallback on every topic an hour later.
+  A busy answer (429, 5xx, a timeout) is waited out for ``LLM_START_BUDGET_S``; after
+  that the run starts anyway, and each topic's own retries and keyword fallback apply.
+* **Any OpenAI-compatible server**: the token limit goes as ``max_completion_tokens``
+  (newer OpenAI models refuse ``max_tokens``) and JSON is asked for with
+  ``response_format``; a server that refuses either with a 400 naming it gets
+  ``max_tokens`` / no ``response_format`` from then on, for the rest of the run. No key
+  is needed for a server on this machine or a private network.
 * **Retries like a good client**: connection errors, timeouts, 408, 409, 429 and 5xx are
   retried with exponential backoff and jitter, honouring ``Retry-After`` and
   ``retry-after-ms``; an unusable reply (no JSON label) is retried too. Attempts are
@@ -100,14 +107,19 @@ class _Stopped(Exception):
 
 
 class _Failure(Exception):
-    """One request that did not produce a usable reply, and what to do about it."""
+    """One request that did not produce a usable reply, and what to do about it.
 
-    def __init__(self, kind: str, detail: str, status: int | None = None, retry_after: float | None = None):
+    ``unreachable``: nothing answered at the address (connection refused, unknown host),
+    which at start means a wrong ``XAI_BASE_URL`` rather than a busy server."""
+
+    def __init__(self, kind: str, detail: str, status: int | None = None, retry_after: float | None = None,
+                 unreachable: bool = False):
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 # --- the retry policy, as plain functions ----------------------------------------------
@@ -235,8 +247,9 @@ class LLMNamer:
         backoff_cap_s: float = 30.0,
         max_retry_after_s: float = 300.0,
     ) -> None:
-        if not settings.xai_api_key:
-            raise ValueError("LLMNamer needs XAI_API_KEY; use make_namer to fall back to offline naming")
+        if not settings.llm_wanted:
+            raise ValueError("LLMNamer needs XAI_API_KEY (or a local XAI_BASE_URL); use make_namer to fall back"
+                             " to offline naming")
         self._settings = settings
         self._url = settings.xai_base_url.rstrip("/") + "/chat/completions"
         self._semaphore = semaphore or asyncio.Semaphore(settings.llm_concurrency)
@@ -249,6 +262,10 @@ class LLMNamer:
         self._stopped_reason: str | None = None
         self._quota_exhausted = False
         self._in_flight = 0
+        # What this server accepts, learnt from its refusals and kept for the run.
+        self._token_parameter = "max_completion_tokens"
+        self._json_format = True
+        self._started_busy = False
         self._counts = dict.fromkeys(
             ("requests", "retries", "failures", "fallbacks", "prompt_tokens", "completion_tokens", "total_tokens",
              "peak_in_flight", "topics_named", "themes_named"),
@@ -264,7 +281,8 @@ class LLMNamer:
         timeout_s = self._settings.llm_timeout_s
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
-            headers={"Authorization": f"Bearer {self._settings.xai_api_key}"},
+            # No key, no header: a local server takes none.
+            headers={"Authorization": f"Bearer {self._settings.xai_api_key}"} if self._settings.xai_api_key else {},
             # The semaphore limits concurrency; a second limit here would only queue
             # requests inside the timeout.
             connector=aiohttp.TCPConnector(limit=0),
@@ -281,14 +299,20 @@ class LLMNamer:
     async def check(self) -> None:
         """Prove the key, the model and the server work, before any expensive work starts.
 
-        Sends one tiny completion (``max_tokens`` of ``CHECK_MAX_TOKENS``). Transient
-        errors are retried like any request; anything else, or running out of attempts,
-        raises ``LLMConfigError`` with one line naming the setting to fix. Returns None.
+        Sends one tiny completion (a limit of ``CHECK_MAX_TOKENS`` tokens). A refused key,
+        an unknown model, an exhausted quota or an address where nothing answers raises
+        ``LLMConfigError`` with one line naming the setting to fix. A busy server (429,
+        5xx, a timeout, an unusable reply) is retried with the usual backoff, honouring
+        ``Retry-After``, each wait logged, for up to ``LLM_START_BUDGET_S``; when that runs
+        out the check returns anyway (the run starts, ``usage()`` says so). Returns None.
         """
-        problem: _Failure | None = None
-        for attempt in range(1, self._max_attempts + 1):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.llm_start_budget_s
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                await self._post(prompts.check_messages(), CHECK_MAX_TOKENS)
+                await self._post(prompts.check_messages(), CHECK_MAX_TOKENS, json_reply=False)
             except _Stopped:
                 raise LLMConfigError(f"LLM calls were stopped earlier in this run: {self._stopped_reason}") from None
             except _Failure as failure:
@@ -296,11 +320,16 @@ class LLMNamer:
             else:
                 log.info("llm_ready", model=self._settings.xai_model, base_url=self._clean(self._settings.xai_base_url))
                 return
-            if problem.kind != RETRY or attempt == self._max_attempts:
-                break
-            await self._wait_before_retry(attempt, problem, "start-up check")
-        assert problem is not None
-        raise LLMConfigError(self._config_message(problem, attempts=attempt)) from None
+            if problem.kind != RETRY or problem.unreachable:
+                raise LLMConfigError(self._config_message(problem, attempts=attempt)) from None
+            wait_s = retry_wait(attempt, problem.retry_after, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)
+            if loop.time() + wait_s > deadline:
+                self._started_busy = True
+                log.warning("llm_busy_at_start", attempts=attempt, reason=problem.detail,
+                            budget_s=self._settings.llm_start_budget_s,
+                            consequence="starting anyway: each topic retries, then falls back to its keywords")
+                return
+            await self._wait_before_retry(attempt, problem, "start-up check", wait_s=wait_s)
 
     async def name_topic(self, topic: TopicToName) -> Label:
         """Name one firm topic; never raises for this topic's trouble.
@@ -332,7 +361,9 @@ class LLMNamer:
         ``fallbacks``: topics/themes that got the keyword label (failures plus those
         skipped after LLM calls stopped); tokens as the server reported them;
         ``quota_exhausted``; ``stopped_reason`` (why LLM calls stopped, or None);
-        ``peak_in_flight``: most requests on the wire at once.
+        ``peak_in_flight``: most requests on the wire at once; ``started_while_busy``: the
+        start-up check ran out of its budget on a busy server; ``token_parameter`` and
+        ``response_format``: what the server was found to accept.
         """
         return {
             "namer": "llm",
@@ -340,6 +371,9 @@ class LLMNamer:
             **self._counts,
             "quota_exhausted": self._quota_exhausted,
             "stopped_reason": self._stopped_reason,
+            "started_while_busy": self._started_busy,
+            "token_parameter": self._token_parameter,
+            "response_format": self._json_format,
         }
 
     # --- one topic or theme, with retries ----------------------------------------------
@@ -377,8 +411,10 @@ class LLMNamer:
         body = await self._post(messages, prompts.MAX_REPLY_TOKENS)
         return prompts.parse_label(_reply_content(body))
 
-    async def _wait_before_retry(self, attempt: int, problem: _Failure, subject: str) -> None:
-        wait_s = retry_wait(attempt, problem.retry_after, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)
+    async def _wait_before_retry(self, attempt: int, problem: _Failure, subject: str,
+                                 wait_s: float | None = None) -> None:
+        if wait_s is None:
+            wait_s = retry_wait(attempt, problem.retry_after, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)
         self._counts["retries"] += 1
         log.warning(
             "llm_retry",
@@ -392,21 +428,55 @@ class LLMNamer:
 
     # --- one HTTP request --------------------------------------------------------------
 
-    async def _post(self, messages: list[dict], max_tokens: int) -> dict:
+    async def _post(self, messages: list[dict], max_tokens: int, *, json_reply: bool = True) -> dict:
         """Send one chat-completion request under the semaphore; returns the reply's JSON.
 
-        Raises ``_Stopped`` when LLM calls were stopped before this request could go out,
-        and ``_Failure`` for anything but a JSON reply with status 2xx.
+        ``json_reply`` asks for a JSON object with ``response_format`` (while the server
+        accepts it). A 400 that refuses ``max_completion_tokens`` or ``response_format``
+        by name is answered by sending the request again without it, at once, and
+        remembering that for the run. Raises ``_Stopped`` when LLM calls were stopped
+        before this request could go out, and ``_Failure`` for anything but a JSON reply
+        with status 2xx.
         """
         if self._session is None:
             raise RuntimeError("use LLMNamer as an async context manager: async with LLMNamer(settings) as namer")
-        payload = {
-            "model": self._settings.xai_model,
-            "messages": messages,
-            # The most likely answer, not a creative one: reruns should agree.
-            "temperature": 0,
-            "max_tokens": max_tokens,
-        }
+        while True:
+            payload = {
+                "model": self._settings.xai_model,
+                "messages": messages,
+                # The most likely answer, not a creative one: reruns should agree.
+                "temperature": 0,
+                self._token_parameter: max_tokens,
+            }
+            if json_reply and self._json_format:
+                payload["response_format"] = {"type": "json_object"}
+            try:
+                return await self._post_once(payload)
+            except _Failure as failure:
+                if not self._learn_from_refusal(failure, payload):
+                    raise
+
+    def _learn_from_refusal(self, failure: _Failure, payload: dict) -> bool:
+        """Whether ``failure`` is a 400 refusing a parameter this client can do without;
+        if so, that parameter is changed for the rest of the run (logged once)."""
+        if failure.status != 400:
+            return False
+        if "max_completion_tokens" in payload and "max_completion_tokens" in failure.detail:
+            if self._token_parameter == "max_completion_tokens":
+                self._token_parameter = "max_tokens"
+                log.warning("llm_parameter_refused", parameter="max_completion_tokens", instead="max_tokens",
+                            reason=failure.detail)
+            return True
+        if "response_format" in payload and "response_format" in failure.detail:
+            if self._json_format:
+                self._json_format = False
+                log.warning("llm_parameter_refused", parameter="response_format",
+                            instead="JSON asked for in the prompt only", reason=failure.detail)
+            return True
+        return False
+
+    async def _post_once(self, payload: dict) -> dict:
+        """One HTTP request of ``payload`` under the semaphore (see ``_post``)."""
         async with self._semaphore:
             # Checked again after the wait for the semaphore: the quota may have run out
             # while this request was queued.
@@ -441,6 +511,8 @@ class LLMNamer:
                 return response.status, response.headers, raw.decode("utf-8", errors="replace")
         except asyncio.TimeoutError:
             raise _Failure(RETRY, f"no reply within {self._settings.llm_timeout_s:g} s") from None
+        except aiohttp.ClientConnectorError as error:  # refused, unknown host: nothing there
+            raise _Failure(RETRY, f"{type(error).__name__}: {self._clean(str(error))}", unreachable=True) from None
         except aiohttp.ClientError as error:
             raise _Failure(RETRY, f"{type(error).__name__}: {self._clean(str(error))}") from None
 
@@ -494,9 +566,8 @@ class LLMNamer:
             text = f"the LLM server at {base_url} rejected the API key in XAI_API_KEY ({failure.detail})"
         elif failure.kind == MODEL:
             text = f"the model {model!r} is unknown at {base_url} or this key cannot use it ({failure.detail}); check XAI_MODEL"
-        elif failure.kind == RETRY:
-            text = (f"no usable answer from the LLM server at {base_url} after {attempts} attempts "
-                    f"({failure.detail}); check XAI_BASE_URL and the network")
+        elif failure.unreachable:
+            text = f"nothing answers at the LLM server address {base_url} ({failure.detail}); check XAI_BASE_URL"
         else:
             text = (f"the LLM server at {base_url} refused a test request for model {model!r} "
                     f"({failure.detail}); check XAI_BASE_URL and XAI_MODEL")
@@ -528,12 +599,13 @@ async def make_namer(
 ) -> AsyncIterator[Namer]:
     """The namer for this run, ready to use: ``async with make_namer(settings) as namer:``.
 
-    With ``XAI_API_KEY`` set, an ``LLMNamer`` whose HTTP session lives as long as the
-    ``async with`` block, checked at entry (``check=True``) so a bad key or model raises
-    ``LLMConfigError`` before any expensive work. Without a key, an ``OfflineNamer``
-    (names from keywords), with one log line saying so.
+    With ``XAI_API_KEY`` set, or ``XAI_BASE_URL`` on this machine or a private network,
+    an ``LLMNamer`` whose HTTP session lives as long as the ``async with`` block, checked
+    at entry (``check=True``) so a bad key or model raises ``LLMConfigError`` before any
+    expensive work. Otherwise an ``OfflineNamer`` (names from keywords), with one log
+    line saying so.
     """
-    if not settings.xai_api_key:
+    if not settings.llm_wanted:
         log.info("llm_off", reason="XAI_API_KEY is not set; topics and themes are named from keywords")
         yield OfflineNamer()
         return

@@ -16,12 +16,14 @@ Secrets (the API key, the database password) never leave this module in clear te
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_XAI_BASE_URL = "https://api.x.ai/v1"
 DEFAULT_XAI_MODEL = "grok-4-fast-non-reasoning"
@@ -120,6 +122,9 @@ class Settings:
     llm_concurrency: int = 8
     llm_timeout_s: float = 60.0
     llm_max_attempts: int = 5
+    # How long the start-up check waits out a busy server (429, 5xx, timeouts) before the
+    # run starts anyway: long enough to ride out a busy minute of a shared key.
+    llm_start_budget_s: float = 120.0
     log_format: str = "console"
     embedding_batch_size: int = 64
     # How long a lost database connection is retried before the run ends (resumably).
@@ -194,11 +199,18 @@ class Settings:
             llm_concurrency=integer("LLM_CONCURRENCY", 8),
             llm_timeout_s=number("LLM_TIMEOUT_S", 60.0),
             llm_max_attempts=integer("LLM_MAX_ATTEMPTS", 5),
+            llm_start_budget_s=number("LLM_START_BUDGET_S", 120.0),
             log_format=log_format,
             embedding_batch_size=integer("EMBEDDING_BATCH_SIZE", 64),
             db_retry_window_s=number("DB_RETRY_WINDOW_S", 120.0),
             run=run,
         )
+
+    @property
+    def llm_wanted(self) -> bool:
+        """Whether topics are named by an LLM: with a key, or with ``XAI_BASE_URL`` on this
+        machine or a private network (a local vLLM, Ollama or llama.cpp server needs no key)."""
+        return bool(self.xai_api_key) or is_local_url(self.xai_base_url)
 
     def secrets(self) -> list[str]:
         """The secret strings this process knows (API key, database password)."""
@@ -220,6 +232,20 @@ class Settings:
 
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)", re.I)
+
+
+def is_local_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine or a private network address (``localhost``,
+    127.0.0.0/8, ::1, 10/8, 172.16/12, 192.168/16, or a single-label name such as a compose
+    service ``ollama``): a server there is the user's own, and needs no API key."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or ("." not in host and ":" not in host and host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private
 
 
 def database_password(url: str | None) -> str | None:

@@ -16,6 +16,10 @@ What it does:
   takes the next behaviour; an empty queue means "answer normally". Behaviours: a status
   with headers (429 with ``Retry-After``, 500, a quota-exhausted 429 ...), malformed
   content, code-fenced content, a hang past the client's timeout.
+* Like servers of other makers: ``require_key=False`` takes requests without a key (a
+  local vLLM or Ollama); ``refuse_parameters`` answers 400 naming any of those request
+  parameters when a request carries it (a newer OpenAI model refusing ``max_tokens``, a
+  server without ``response_format``).
 * Every request is recorded (path, headers, body), and so is the peak number of requests
   being handled at once; ``GET /stats`` returns the counts as JSON.
 
@@ -165,8 +169,12 @@ class FakeLLMServer:
         seed: int = 0,
         port: int = 0,
         record: bool = True,
+        require_key: bool = True,
+        refuse_parameters: tuple[str, ...] = (),
     ) -> None:
         self.api_key = api_key
+        self.require_key = require_key
+        self.refuse_parameters = tuple(refuse_parameters)
         self.models = models
         self.latency = latency
         self.bad_key_status = bad_key_status
@@ -264,7 +272,7 @@ class FakeLLMServer:
             return web.json_response({"error": {"message": "request body is not JSON"}}, status=400)
 
         key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not key or (self.api_key is not None and key != self.api_key):
+        if (self.require_key and not key) or (self.api_key is not None and key != self.api_key):
             # Quoting the key back is deliberately careless: the client must redact it.
             return web.json_response({"error": f"Incorrect API key provided: {key}."}, status=self.bad_key_status)
         model = body.get("model")
@@ -273,6 +281,11 @@ class FakeLLMServer:
             return web.json_response(
                 {"code": "Some requested entity was not found", "error": message}, status=self.unknown_model_status
             )
+
+        for parameter in self.refuse_parameters:
+            if parameter in body:  # worded as OpenAI does
+                message = f"Unsupported parameter: '{parameter}' is not supported with this model."
+                return web.json_response({"error": {"message": message, "param": parameter}}, status=400)
 
         behaviour = self._script.popleft() if self._script else self._unscripted()
         if behaviour.kind == "hang":
@@ -320,7 +333,11 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         port=args.port,
         record=False,
+        require_key=not args.no_key,
+        refuse_parameters=tuple(args.refuse_parameter or ()),
     )
+    # The first answers say "busy", as when another job shares the key.
+    server.enqueue(*[rate_limited(args.busy_retry_after) for _ in range(args.busy_first)])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -343,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", help="a model that exists (repeatable; default: any)")
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 503")
     parser.add_argument("--seed", type=int, default=0, help="seed for --error-rate")
+    parser.add_argument("--no-key", action="store_true", help="take requests without an API key, as a local server")
+    parser.add_argument("--refuse-parameter", action="append", help="answer 400 to requests carrying it (repeatable)")
+    parser.add_argument("--busy-first", type=int, default=0, help="answer the first N chat requests 429")
+    parser.add_argument("--busy-retry-after", type=float, default=1.5, help="the Retry-After of those 429s")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 

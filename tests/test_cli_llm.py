@@ -1,10 +1,13 @@
 """``firmtopics run`` with LLM naming, against the fake OpenAI-compatible server running
-as a separate process on a real socket: names come from the LLM, a bad key fails fast."""
+as a separate process on a real socket: names come from the LLM, a bad key fails fast, a
+busy start is waited out, and a local server that takes no key and refuses the newer
+request parameters still names everything."""
 
 import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,18 +19,25 @@ GOOD_KEY = "xai-test-good-key-0123456789"
 SERVER = Path(__file__).resolve().parent / "fake_llm_server.py"
 
 
-@pytest.fixture(scope="module")
-def llm_server():
-    """The fake server as a subprocess, accepting only GOOD_KEY and the model 'grok-test'."""
+@contextmanager
+def fake_server(*arguments: str):
+    """The fake server as a subprocess with these command-line arguments; yields its base URL."""
     process = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", "0", "--latency", "0.05", "--api-key", GOOD_KEY,
-         "--model", "grok-test"],
+        [sys.executable, str(SERVER), "--port", "0", "--latency", "0.05", "--model", "grok-test", *arguments],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    base_url = process.stdout.readline().strip()
-    yield base_url
-    process.terminate()
-    process.wait(10)
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def llm_server():
+    """The fake server, accepting only GOOD_KEY and the model 'grok-test'."""
+    with fake_server("--api-key", GOOD_KEY) as base_url:
+        yield base_url
 
 
 @pytest.fixture
@@ -84,3 +94,38 @@ def test_an_unknown_model_fails_fast(env, monkeypatch, sample_corpus, capsys):
     assert main(["run"]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("firmtopics: error:")]
     assert len(errors) == 1 and "XAI_MODEL" in errors[0]
+
+
+def names_and_usage(url):
+    """The name sources of the topics and themes, and the run's LLM usage."""
+    sources = {r["name_source"] for r in fetch(url, "SELECT name_source FROM topics UNION SELECT name_source FROM themes")}
+    return sources, json.loads(fetch(url, "SELECT llm_usage::text AS u FROM runs")[0]["u"])
+
+
+def test_a_busy_start_is_waited_out_and_every_topic_is_named_by_the_llm(env, monkeypatch, sample_corpus, capsys):
+    """The first 6 answers are 429 with Retry-After: 1 s, as when another job shares the key."""
+    with fake_server("--api-key", GOOD_KEY, "--busy-first", "6", "--busy-retry-after", "1") as base_url:
+        monkeypatch.setenv("XAI_BASE_URL", base_url)
+        monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
+        assert main(["run", "--input", str(sample_corpus)]) == 0
+    err = capsys.readouterr().err
+    assert err.count('"llm_retry"') >= 6 and '"start-up check"' in err  # each wait logged
+    sources, usage = names_and_usage(env)
+    assert sources == {"llm"}
+    assert usage["failures"] == 0 and usage["started_while_busy"] is False
+
+
+def test_a_local_server_without_a_key_that_refuses_newer_parameters_names_everything(
+        env, monkeypatch, sample_corpus, capsys):
+    """The local-server recipe of docs/naming.md: XAI_BASE_URL on this machine, no
+    XAI_API_KEY; the server (like an older vLLM or llama.cpp) refuses
+    max_completion_tokens and response_format."""
+    with fake_server("--no-key", "--refuse-parameter", "max_completion_tokens",
+                     "--refuse-parameter", "response_format") as base_url:
+        monkeypatch.setenv("XAI_BASE_URL", base_url)
+        monkeypatch.delenv("XAI_API_KEY", raising=False)
+        assert main(["run", "--input", str(sample_corpus)]) == 0
+    sources, usage = names_and_usage(env)
+    assert sources == {"llm"}
+    assert usage["failures"] == 0
+    assert (usage["token_parameter"], usage["response_format"]) == ("max_tokens", False)

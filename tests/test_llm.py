@@ -366,7 +366,8 @@ async def test_check_passes_with_a_good_key_and_model(server):
     async with fast_namer(llm_settings(server.base_url)) as namer:
         await namer.check()
     body = server.chat_requests[0].body
-    assert body["model"] == MODEL and body["max_tokens"] <= 5
+    assert body["model"] == MODEL and body["max_completion_tokens"] <= 5
+    assert "max_tokens" not in body and "response_format" not in body  # a one-word reply, not JSON
 
 
 @pytest.mark.parametrize("bad_key_status", [401, 403, 400])  # xAI answers a wrong key with 400
@@ -400,7 +401,74 @@ async def test_check_fails_clearly_when_the_server_is_unreachable():
     async with fast_namer(llm_settings(base_url, llm_max_attempts=2)) as namer:
         with pytest.raises(LLMConfigError) as caught:
             await namer.check()
-    assert base_url in str(caught.value)
+    assert base_url in str(caught.value) and "XAI_BASE_URL" in str(caught.value)
+    assert namer.usage()["requests"] == 1  # a refused connection is not "busy": no waiting
+
+
+async def test_check_waits_out_a_busy_server_honouring_retry_after(server):
+    server.enqueue(*[rate_limited(retry_after=0.05)] * 6, server_error(503))
+    with structlog.testing.capture_logs() as logs:
+        async with fast_namer(llm_settings(server.base_url, llm_max_attempts=2)) as namer:
+            await namer.check()  # more busy answers than LLM_MAX_ATTEMPTS: the budget decides, not attempts
+    assert len(server.chat_requests) == 8
+    waits = [e for e in logs if e["event"] == "llm_retry"]
+    assert len(waits) == 7 and all(e["wait_s"] >= 0.05 for e in waits[:6])  # each wait logged, the hint kept
+    assert namer.usage()["started_while_busy"] is False
+
+
+async def test_check_starts_anyway_when_the_budget_runs_out(server):
+    server.enqueue(*[rate_limited(retry_after=0.2)] * 50)
+    with structlog.testing.capture_logs() as logs:
+        async with fast_namer(llm_settings(server.base_url, llm_start_budget_s=0.5)) as namer:
+            await namer.check()  # returns: the run starts
+            assert namer.usage()["started_while_busy"] is True
+            label = await namer.name_topic(make_topic(1))  # still busy: its own retries, then keywords
+    assert 2 <= len([r for r in server.chat_requests if "response_format" not in r.body]) <= 4
+    assert any(e["event"] == "llm_busy_at_start" for e in logs)
+    assert label.source == "keywords"
+
+
+# --- other servers: no key for a local one, parameters learnt from refusals ------------
+
+
+async def test_a_local_server_needs_no_key():
+    async with FakeLLMServer(require_key=False) as fake:
+        settings = llm_settings(fake.base_url, xai_api_key=None)
+        assert settings.llm_wanted
+        async with make_namer(settings) as namer:
+            label = await namer.name_topic(make_topic(3))
+    assert label.source == "llm"
+    assert all("Authorization" not in r.headers for r in fake.chat_requests)
+
+
+def test_a_remote_server_without_a_key_means_offline_names():
+    assert not llm_settings("https://api.x.ai/v1", xai_api_key=None).llm_wanted
+    assert not llm_settings("https://api.openai.com/v1", xai_api_key=None).llm_wanted
+
+
+async def test_names_ask_for_json_with_response_format_and_max_completion_tokens(server):
+    async with fast_namer(llm_settings(server.base_url)) as namer:
+        await namer.name_topic(make_topic(1))
+    body = server.chat_requests[-1].body
+    assert body["response_format"] == {"type": "json_object"} and "max_completion_tokens" in body
+    assert "max_tokens" not in body
+
+
+@pytest.mark.parametrize("refused", [("max_tokens",), ("max_completion_tokens",), ("response_format",),
+                                     ("max_completion_tokens", "response_format")])
+async def test_a_server_that_refuses_a_parameter_still_names(refused):
+    async with FakeLLMServer(api_key=KEY, refuse_parameters=refused) as fake:
+        with structlog.testing.capture_logs() as logs:
+            async with fast_namer(llm_settings(fake.base_url)) as namer:
+                await namer.check()
+                labels = [await namer.name_topic(make_topic(i)) for i in range(3)]
+                usage = namer.usage()
+    assert [label.source for label in labels] == ["llm"] * 3
+    assert usage["failures"] == 0 and usage["retries"] == 0  # a refusal is learnt, not waited on
+    # Learnt once, remembered for the run: each refused parameter costs one request only.
+    assert len(fake.chat_requests) == 4 + len(set(refused) - {"max_tokens"})
+    assert all(not set(refused) & set(r.body) for r in fake.chat_requests[-3:])
+    assert len([e for e in logs if e["event"] == "llm_parameter_refused"]) == len(set(refused) - {"max_tokens"})
 
 
 async def test_check_fails_when_the_quota_is_already_exhausted(server):
