@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.add_argument("--run", metavar="NAME",
                       help="the run (a firm: default 'default'; a theme or topic id already names its run)")
+    show.add_argument("--prompt", action="store_true",
+                      help="a theme or topic: the exact messages sent to the LLM and its reply")
 
     export = commands.add_parser("export", help="a run's firms, topics, themes and sentences as Parquet files")
     export.add_argument("--out", type=Path, required=True, metavar="DIR")

@@ -27,17 +27,23 @@ How it behaves, in short (``docs/naming.md`` has the long version):
 * **Stops when the money is gone**: a reply saying the quota or credits are exhausted (or
   that the key is no longer accepted) is not retried; no further request is sent this run,
   and every remaining topic and theme gets its keyword label. One loud error is logged.
+* **Never pays twice**: every answered request of a run is kept in the database
+  (``app.exchanges``), and a request already answered usably is answered from there, with
+  no network call (``LLM_CACHE=off`` sends every one).
 * **Secrets**: the API key is sent only in the ``Authorization`` header; every text that
-  could reach a log line or an exception passes through ``app.settings.redact``.
+  could reach a log line or an exception passes through ``app.settings.redact``; no
+  header is ever kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -46,6 +52,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from app import prompts
+from app.exchanges import ExchangeLog, request_key
 from app.logs import get_logger
 from app.naming import (
     Label,
@@ -266,9 +273,10 @@ class LLMNamer:
         self._token_parameter = "max_completion_tokens"
         self._json_format = True
         self._started_busy = False
+        self._exchanges: ExchangeLog | None = None
         self._counts = dict.fromkeys(
             ("requests", "retries", "failures", "fallbacks", "prompt_tokens", "completion_tokens", "total_tokens",
-             "peak_in_flight", "topics_named", "themes_named"),
+             "peak_in_flight", "topics_named", "themes_named", "cache_hits"),
             0,
         )
 
@@ -312,7 +320,8 @@ class LLMNamer:
         while True:
             attempt += 1
             try:
-                await self._post(prompts.check_messages(), CHECK_MAX_TOKENS, json_reply=False)
+                await self._post(prompts.check_messages(), CHECK_MAX_TOKENS, json_reply=False,
+                                 subject="start-up check")
             except _Stopped:
                 raise LLMConfigError(f"LLM calls were stopped earlier in this run: {self._stopped_reason}") from None
             except _Failure as failure:
@@ -330,6 +339,11 @@ class LLMNamer:
                             consequence="starting anyway: each topic retries, then falls back to its keywords")
                 return
             await self._wait_before_retry(attempt, problem, "start-up check", wait_s=wait_s)
+
+    def keep_exchanges(self, pool, run_id: int) -> None:
+        """From now on, keep every answered request in ``llm_exchanges`` under ``run_id``
+        and answer a request kept before from there (unless ``LLM_CACHE=off``)."""
+        self._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache)
 
     async def name_topic(self, topic: TopicToName) -> Label:
         """Name one firm topic; never raises for this topic's trouble.
@@ -363,7 +377,9 @@ class LLMNamer:
         ``quota_exhausted``; ``stopped_reason`` (why LLM calls stopped, or None);
         ``peak_in_flight``: most requests on the wire at once; ``started_while_busy``: the
         start-up check ran out of its budget on a busy server; ``token_parameter`` and
-        ``response_format``: what the server was found to accept.
+        ``response_format``: what the server was found to accept; ``cache_hits``: names
+        answered from the exchanges kept in the database, with no request; ``cache``: on or
+        off.
         """
         return {
             "namer": "llm",
@@ -372,6 +388,7 @@ class LLMNamer:
             "quota_exhausted": self._quota_exhausted,
             "stopped_reason": self._stopped_reason,
             "started_while_busy": self._started_busy,
+            "cache": "on" if self._settings.llm_cache else "off",
             "token_parameter": self._token_parameter,
             "response_format": self._json_format,
         }
@@ -379,12 +396,25 @@ class LLMNamer:
     # --- one topic or theme, with retries ----------------------------------------------
 
     async def _name(self, messages: list[dict], fallback: Label, subject: str) -> Label:
-        """The LLM's label for one prompt, or ``fallback`` once it cannot be had."""
+        """The LLM's label for one prompt, or ``fallback`` once it cannot be had. A prompt
+        answered usably before (this run or another) is answered from the exchange log."""
+        key = request_key(self._payload(messages, prompts.MAX_REPLY_TOKENS, json_reply=True))
+        cached = await self._exchanges.cached(key) if self._exchanges is not None else None
+        if cached is not None:
+            try:
+                label = prompts.parse_label(_reply_content(json.loads(cached)))
+            except (ValueError, prompts.ReplyError):
+                pass  # kept as usable by an older parser: ask again
+            else:
+                self._counts["cache_hits"] += 1
+                log.debug("llm_cache_hit", subject=subject)
+                return dataclasses.replace(label, request_key=key)
         problem: _Failure | None = None
         attempt = 0
         for attempt in range(1, self._max_attempts + 1):
             try:
-                label = await self._ask(messages)
+                label = await self._post(messages, prompts.MAX_REPLY_TOKENS, subject=subject,
+                                         read=lambda body: prompts.parse_label(_reply_content(body)))
             except _Stopped:
                 break
             except _Failure as failure:
@@ -395,7 +425,7 @@ class LLMNamer:
                 problem = _Failure(REJECTED, f"unexpected {type(error).__name__}: {self._clean(str(error))}")
             else:
                 log.debug("llm_named", subject=subject, attempt=attempt)
-                return label
+                return dataclasses.replace(label, request_key=key)
             if problem.kind != RETRY or attempt == self._max_attempts:
                 break
             await self._wait_before_retry(attempt, problem, subject)
@@ -405,11 +435,6 @@ class LLMNamer:
                 log.warning("llm_naming_failed", subject=subject, attempts=attempt, reason=problem.detail)
         self._counts["fallbacks"] += 1
         return fallback
-
-    async def _ask(self, messages: list[dict]) -> Label:
-        """One attempt: a request, then the label in its reply (raises ``ReplyError`` if none)."""
-        body = await self._post(messages, prompts.MAX_REPLY_TOKENS)
-        return prompts.parse_label(_reply_content(body))
 
     async def _wait_before_retry(self, attempt: int, problem: _Failure, subject: str,
                                  wait_s: float | None = None) -> None:
@@ -428,8 +453,24 @@ class LLMNamer:
 
     # --- one HTTP request --------------------------------------------------------------
 
-    async def _post(self, messages: list[dict], max_tokens: int, *, json_reply: bool = True) -> dict:
-        """Send one chat-completion request under the semaphore; returns the reply's JSON.
+    def _payload(self, messages: list[dict], max_tokens: int, *, json_reply: bool) -> dict:
+        """The request body, as this server accepts it (see ``_learn_from_refusal``)."""
+        payload = {
+            "model": self._settings.xai_model,
+            "messages": messages,
+            # The most likely answer, not a creative one: reruns should agree.
+            "temperature": 0,
+            self._token_parameter: max_tokens,
+        }
+        if json_reply and self._json_format:
+            payload["response_format"] = {"type": "json_object"}
+        return payload
+
+    async def _post(self, messages: list[dict], max_tokens: int, *, json_reply: bool = True,
+                    subject: str | None = None, read=lambda body: body):
+        """Send one chat-completion request under the semaphore; returns ``read`` of the
+        reply's JSON (the body itself by default; ``read`` raising ``ReplyError`` marks the
+        answer unusable in the exchange log, and the error is raised).
 
         ``json_reply`` asks for a JSON object with ``response_format`` (while the server
         accepts it). A 400 that refuses ``max_completion_tokens`` or ``response_format``
@@ -441,17 +482,9 @@ class LLMNamer:
         if self._session is None:
             raise RuntimeError("use LLMNamer as an async context manager: async with LLMNamer(settings) as namer")
         while True:
-            payload = {
-                "model": self._settings.xai_model,
-                "messages": messages,
-                # The most likely answer, not a creative one: reruns should agree.
-                "temperature": 0,
-                self._token_parameter: max_tokens,
-            }
-            if json_reply and self._json_format:
-                payload["response_format"] = {"type": "json_object"}
+            payload = self._payload(messages, max_tokens, json_reply=json_reply)
             try:
-                return await self._post_once(payload)
+                return await self._post_once(payload, subject, read)
             except _Failure as failure:
                 if not self._learn_from_refusal(failure, payload):
                     raise
@@ -475,8 +508,9 @@ class LLMNamer:
             return True
         return False
 
-    async def _post_once(self, payload: dict) -> dict:
-        """One HTTP request of ``payload`` under the semaphore (see ``_post``)."""
+    async def _post_once(self, payload: dict, subject: str | None, read):
+        """One HTTP request of ``payload`` under the semaphore, kept in the exchange log
+        (see ``_post``)."""
         async with self._semaphore:
             # Checked again after the wait for the semaphore: the quota may have run out
             # while this request was queued.
@@ -485,22 +519,42 @@ class LLMNamer:
             self._counts["requests"] += 1
             self._in_flight += 1
             self._counts["peak_in_flight"] = max(self._counts["peak_in_flight"], self._in_flight)
+            started = time.monotonic()
             try:
                 status, headers, text = await self._send(payload)
             finally:
                 self._in_flight -= 1
+            latency_s = time.monotonic() - started
             if 200 <= status < 300:
-                return self._completion_body(text)
+                body, result, usable = None, None, False
+                try:
+                    body = self._completion_body(text)
+                    result = read(body)
+                    usable = True
+                finally:
+                    await self._keep(payload, subject, status, text, usable, latency_s, body)
+                return result
             failure = _Failure(
                 failure_kind(status, text),
                 f"HTTP {status}: {self._clean(error_message(text))}",
                 status=status,
                 retry_after=retry_after_seconds(headers, self._max_retry_after_s),
             )
+            await self._keep(payload, subject, status, text, False, latency_s, None)
             if failure.kind in (QUOTA, AUTH):
                 # Decided while still holding the semaphore, so no queued request slips out.
                 self._stop(failure)
             raise failure
+
+    async def _keep(self, payload, subject, status, text, usable, latency_s, body) -> None:
+        """Record one answered request in the exchange log, when the run keeps one. The
+        reply is redacted like everything else a server sends back (an error body may
+        quote the key)."""
+        if self._exchanges is None:
+            return
+        await self._exchanges.record(key=request_key(payload), payload=payload, status=status,
+                                     reply=self._clean(text), usable=usable, latency_s=latency_s,
+                                     subject=subject, usage=(body or {}).get("usage"))
 
     async def _send(self, payload: dict) -> tuple[int, Mapping[str, str], str]:
         """POST the payload; returns status, headers and body text. Network trouble is a retryable ``_Failure``."""

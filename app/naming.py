@@ -61,6 +61,8 @@ class Label:
     name: str
     summary: str
     source: str  # "llm" or "keywords"
+    # The LLM request whose answer this is (``llm_exchanges.request_key``); None offline.
+    request_key: str | None = None
 
 
 class Namer(Protocol):
@@ -80,6 +82,11 @@ class Namer(Protocol):
 
     def usage(self) -> dict:
         """Counts for the ``runs.llm_usage`` column and the end-of-run summary."""
+        ...
+
+    def keep_exchanges(self, pool, run_id: int) -> None:
+        """Keep this run's LLM exchanges in the database, and answer from those kept
+        (``app.exchanges``); a namer that sends no request does nothing."""
         ...
 
 
@@ -107,6 +114,9 @@ class OfflineNamer:
 
     def usage(self) -> dict:
         return {"namer": "keywords", "topics_named": self.named_topics, "themes_named": self.named_themes}
+
+    def keep_exchanges(self, pool, run_id: int) -> None:
+        """Nothing to keep: no request is sent."""
 
 
 def topic_label_from_keywords(topic: TopicToName) -> Label:

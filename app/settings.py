@@ -125,6 +125,9 @@ class Settings:
     # How long the start-up check waits out a busy server (429, 5xx, timeouts) before the
     # run starts anyway: long enough to ride out a busy minute of a shared key.
     llm_start_budget_s: float = 120.0
+    # Answer a request from the exchanges kept in the database when the same request was
+    # answered before (off: every request goes to the server, e.g. to sample again).
+    llm_cache: bool = True
     log_format: str = "console"
     embedding_batch_size: int = 64
     # How long a lost database connection is retried before the run ends (resumably).
@@ -200,6 +203,7 @@ class Settings:
             llm_timeout_s=number("LLM_TIMEOUT_S", 60.0),
             llm_max_attempts=integer("LLM_MAX_ATTEMPTS", 5),
             llm_start_budget_s=number("LLM_START_BUDGET_S", 120.0),
+            llm_cache=choice("LLM_CACHE", "on", ("on", "off")) == "on",
             log_format=log_format,
             embedding_batch_size=integer("EMBEDDING_BATCH_SIZE", 64),
             db_retry_window_s=number("DB_RETRY_WINDOW_S", 120.0),

@@ -5,7 +5,9 @@
   few evidence sentences (the sentences that were shown to the namer of its topics);
 * a **topic**: its firm, its theme (with the broader themes above it), and its sentences
   (a sample when there are many);
-* a **firm**: its state in the run and its topics, each with its theme.
+* a **firm**: its state in the run and its topics, each with its theme;
+* with ``--prompt``, a theme's or topic's exact LLM exchange instead: the messages sent
+  and the reply that named it (``llm_exchanges``).
 
 Each view is built in two steps: a ``*_detail`` function reads the rows into a plain
 dict (easy to test, and JSON-ready), and a ``format_*`` function turns that dict into
@@ -13,6 +15,8 @@ the text printed.
 """
 
 from __future__ import annotations
+
+import json
 
 import asyncpg
 
@@ -322,13 +326,76 @@ def format_firm(detail: dict) -> str:
 # --- the command ------------------------------------------------------------------------
 
 
-async def show(conn: asyncpg.Connection, kind: str, raw_id: str, run_name: str | None) -> str:
+_NAMED = {
+    "theme": "SELECT run_id, name, name_source, name_request FROM themes WHERE theme_id = $1",
+    "topic": "SELECT run_id, name, name_source, name_request FROM topics WHERE topic_id = $1",
+}
+
+
+async def prompt_detail(conn: asyncpg.Connection, kind: str, item_id: int, run_name: str | None = None) -> dict:
+    """The LLM exchange that named a theme or topic.
+
+    Returns a dict: ``kind``, ``id``, ``name``, ``name_source``, ``run`` and ``exchange``
+    (None for a name made from keywords, else ``model``, ``created_at``, ``status``,
+    ``prompt_tokens``, ``completion_tokens``, ``latency_ms``, ``messages`` (the list
+    sent), ``reply`` (the answer's text), ``from_run`` (the run that paid for it: another
+    run's answer was reused from the cache)). Raises ``UsageError`` for an unknown id or
+    a kind that has no prompt.
+    """
+    from app.exchanges import exchange_for
+
+    row = await conn.fetchrow(_NAMED[kind], item_id)
+    run = await _run_of(conn, kind, item_id, row and row["run_id"], run_name)
+    exchange = await exchange_for(conn, row["name_request"])
+    detail = {"kind": kind, "id": item_id, "name": row["name"], "name_source": row["name_source"],
+              "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]}, "exchange": None}
+    if exchange is not None:
+        request, reply = json.loads(exchange["request"]), exchange["reply"]
+        try:
+            reply = json.loads(reply)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass  # shown as received
+        from_run = await conn.fetchval("SELECT name FROM runs WHERE run_id = $1", exchange["run_id"])
+        detail["exchange"] = {
+            "model": exchange["model"], "created_at": exchange["created_at"].isoformat(timespec="seconds"),
+            "status": exchange["status"], "prompt_tokens": exchange["prompt_tokens"],
+            "completion_tokens": exchange["completion_tokens"], "latency_ms": exchange["latency_ms"],
+            "messages": request.get("messages", []), "reply": reply, "from_run": from_run,
+        }
+    return detail
+
+
+def format_prompt(detail: dict) -> str:
+    """The text of ``show theme|topic ID --prompt``: each message sent, then the reply."""
+    head = f"{detail['kind']} {detail['id']}: {detail['name']}   ({_run_label(detail['run'])})"
+    exchange = detail["exchange"]
+    if exchange is None:
+        why = ("it was named from its keywords: no LLM request" if detail["name_source"] == "keywords"
+               else "its LLM exchange is no longer kept")
+        return f"{head}\n  {why}"
+    reused = "" if exchange["from_run"] == detail["run"]["name"] else \
+        f"; answered earlier for run {exchange['from_run']!r}, reused from the cache"
+    lines = [head, f"  {exchange['model']}, {exchange['created_at']}, HTTP {exchange['status']}, "
+                   f"{exchange['prompt_tokens']} + {exchange['completion_tokens']} tokens, "
+                   f"{exchange['latency_ms']} ms{reused}", ""]
+    for message in exchange["messages"]:
+        lines += [f"--- {message.get('role', '?')} ---", str(message.get("content", "")), ""]
+    lines += ["--- reply ---", str(exchange["reply"])]
+    return "\n".join(lines)
+
+
+async def show(conn: asyncpg.Connection, kind: str, raw_id: str, run_name: str | None, *,
+               prompt: bool = False) -> str:
     """The text ``firmtopics show KIND ID`` prints.
 
     A theme or topic id names one row of one run, so ``run_name`` (``--run``) is only a
     check there; a firm appears in every run, so for a firm it picks the run
-    (``default`` when not given).
+    (``default`` when not given). ``prompt``: the LLM exchange behind the name instead.
     """
+    if prompt and kind in ("theme", "topic"):
+        return format_prompt(await prompt_detail(conn, kind, _parse_id(kind, raw_id), run_name))
+    if prompt:
+        raise UsageError("--prompt goes with a theme or a topic: a firm is not named")
     if kind == "theme":
         return format_theme(await theme_detail(conn, _parse_id(kind, raw_id), run_name))
     if kind == "topic":
@@ -339,11 +406,12 @@ async def show(conn: asyncpg.Connection, kind: str, raw_id: str, run_name: str |
 
 
 async def command(settings, args) -> int:
-    """``firmtopics show KIND ID [--run NAME]``: print one theme, topic or firm."""
+    """``firmtopics show KIND ID [--run NAME] [--prompt]``: print one theme, topic or firm,
+    or the LLM exchange that named a theme or topic."""
     from app.database import open_database
 
     async with open_database(settings) as pool, pool.acquire() as conn:
-        print(await show(conn, args.kind, args.id, args.run))
+        print(await show(conn, args.kind, args.id, args.run, prompt=args.prompt))
     return 0
 
 

