@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run", default="default", metavar="NAME", help="run name (default: default)")
     run.add_argument("--input", type=Path, metavar="PATH", help="ingest this file first")
     run.add_argument("--retry-failed", action="store_true", help="take the firms recorded as failed again")
+    run.add_argument("--dry-run", action="store_true",
+                     help="ingest and write nothing: print the expected topics, themes, LLM requests, tokens and cost")
 
     status = commands.add_parser("status", help="where a run stands")
     status.add_argument("--run", default="default", metavar="NAME")
@@ -137,6 +139,12 @@ async def cmd_run(settings: Settings, args) -> int:
     from app.ingest import ingest_corpus
     from app.job import describe_outcome, run_with_signals
 
+    if args.dry_run:
+        from app.estimate import estimate, format_estimate
+
+        async with open_database(settings, migrate=False) as pool, pool.acquire() as conn:
+            print(format_estimate(await estimate(conn, settings, args.input), settings))
+        return EXIT_OK
     async with open_database(settings) as pool:
         if args.input:
             await ingest_corpus(pool, args.input)

@@ -102,8 +102,9 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, vector:
 
 
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings, *, max_size: int = 4) -> AsyncIterator[asyncpg.Pool]:
-    """Connect, apply the schema (idempotent), and yield a vector-aware pool.
+async def open_database(settings: Settings, *, max_size: int = 4, migrate: bool = True) -> AsyncIterator[asyncpg.Pool]:
+    """Connect, apply the schema (idempotent; not with ``migrate=False``, for a command
+    that must write nothing), and yield a vector-aware pool.
 
     This is the one entry point the commands use; the pool is closed on exit.
     """
@@ -112,13 +113,14 @@ async def open_database(settings: Settings, *, max_size: int = 4) -> AsyncIterat
     global retry_window_s
     retry_window_s = settings.db_retry_window_s
     url = await asyncio.to_thread(resolve_url, settings)
-    bootstrap = await create_pool(url, min_size=1, max_size=1, vector=False)
-    try:
-        async with bootstrap.acquire() as conn:
-            await apply_migrations(conn)
-    finally:
-        await bootstrap.close()
-    pool = await create_pool(url, min_size=1, max_size=max_size)
+    if migrate:
+        bootstrap = await create_pool(url, min_size=1, max_size=1, vector=False)
+        try:
+            async with bootstrap.acquire() as conn:
+                await apply_migrations(conn)
+        finally:
+            await bootstrap.close()
+    pool = await create_pool(url, min_size=1, max_size=max_size, vector=migrate)
     try:
         yield pool
     finally:

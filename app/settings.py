@@ -128,6 +128,9 @@ class Settings:
     # Answer a request from the exchanges kept in the database when the same request was
     # answered before (off: every request goes to the server, e.g. to sample again).
     llm_cache: bool = True
+    # Prices per million prompt and completion tokens, for ``run --dry-run``'s cost.
+    llm_price_prompt_per_m: float | None = None
+    llm_price_completion_per_m: float | None = None
     log_format: str = "console"
     embedding_batch_size: int = 64
     # How long a lost database connection is retried before the run ends (resumably).
@@ -204,6 +207,8 @@ class Settings:
             llm_max_attempts=integer("LLM_MAX_ATTEMPTS", 5),
             llm_start_budget_s=number("LLM_START_BUDGET_S", 120.0),
             llm_cache=choice("LLM_CACHE", "on", ("on", "off")) == "on",
+            llm_price_prompt_per_m=number("LLM_PRICE_PROMPT_PER_M", None),
+            llm_price_completion_per_m=number("LLM_PRICE_COMPLETION_PER_M", None),
             log_format=log_format,
             embedding_batch_size=integer("EMBEDDING_BATCH_SIZE", 64),
             db_retry_window_s=number("DB_RETRY_WINDOW_S", 120.0),

@@ -114,7 +114,7 @@ def ectsum_subset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_run(request, server_url, sample_corpus, tmp_path_factory) -> str:
     """URL of a database holding the finished run ``default`` of the sample corpus
-    (8 firms done, 1 skipped, about 28 topics and 5 themes). Read it, never change it."""
+    (8 firms done, 1 skipped, about 60 topics and 8 themes). Read it, never change it."""
     name, url = finished_run(server_url, sample_corpus, tmp_path_factory.mktemp("sample_run"))
     request.addfinalizer(lambda: drop_database(server_url, name))
     return url

@@ -47,6 +47,11 @@ def test_a_second_run_over_the_same_topics_asks_only_the_start_up_check(llm_env,
                                                                           monkeypatch, capsys):
     assert main(["run", "--input", str(sample_corpus)]) == 0
     first = usage_of(database_url, "default")
+    capsys.readouterr()
+    # The dry run sees the exchange log: every request of a repeat is already answered.
+    assert main(["run", "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert f"about {first['topics_named'] + first['themes_named']} of those requests" in dry
     before = requests_served(llm_env)
     assert main(["run", "--run", "second"]) == 0
     second = usage_of(database_url, "second")
