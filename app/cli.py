@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--prompt", action="store_true",
                       help="a theme or topic: the exact messages sent to the LLM and its reply")
 
+    trends = commands.add_parser("trends", help="themes over time: each theme's share of each period")
+    trends.add_argument("--run", default="default", metavar="NAME")
+    trends.add_argument("--theme", type=int, metavar="ID", help="one theme, period by period")
+    trends.add_argument("--top", type=int, default=10, metavar="N", help="the N largest themes (default: 10)")
+    trends.add_argument("--json", action="store_true", help="one JSON object per theme and period, for scripts")
+
     export = commands.add_parser("export", help="a run's firms, topics, themes and sentences as Parquet files")
     export.add_argument("--out", type=Path, required=True, metavar="DIR")
     export.add_argument("--run", default="default", metavar="NAME")
@@ -184,16 +190,16 @@ async def cmd_demo(settings: Settings, args) -> int:
 
 
 async def cmd_read(settings: Settings, args) -> int:
-    """``search``, ``show``, ``export``, ``report``: the commands that read a run's results
-    live in modules of their own, each with a ``command`` function."""
-    from app import export, report, search, show
+    """``search``, ``show``, ``trends``, ``export``, ``report``: the commands that read a
+    run's results live in modules of their own, each with a ``command`` function."""
+    from app import export, report, search, show, trends
 
-    module = {"search": search, "show": show, "export": export, "report": report}[args.command]
+    module = {"search": search, "show": show, "trends": trends, "export": export, "report": report}[args.command]
     return await module.command(settings, args)
 
 
 COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "status": cmd_status, "demo": cmd_demo,
-            "search": cmd_read, "show": cmd_read, "export": cmd_read, "report": cmd_read}
+            "search": cmd_read, "show": cmd_read, "trends": cmd_read, "export": cmd_read, "report": cmd_read}
 
 
 if __name__ == "__main__":

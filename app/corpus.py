@@ -1,7 +1,8 @@
 """Corpus files: read one and check its rows, without touching the database.
 
 A corpus file has one row per sentence, with ``firm_id`` and ``sentence`` (required) and
-``firm_name`` and ``doc_id`` (optional); other columns are ignored. Formats are told apart
+``firm_name``, ``doc_id`` and ``period`` (optional; a period is the document's, e.g.
+``2020Q4``); other columns are ignored. Formats are told apart
 by the file name: ``.jsonl``, ``.jsonl.gz``, ``.csv``, ``.csv.gz``, ``.parquet``.
 
 ``read_chunks`` streams the file — JSONL line by line, CSV through the ``csv`` module,
@@ -16,6 +17,7 @@ This is the reading half of ingesting; ``app.ingest`` writes the checked rows.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -38,7 +40,7 @@ FORMATS = {
     ".parquet": "parquet",
 }
 REQUIRED_COLUMNS = ("firm_id", "sentence")
-OPTIONAL_COLUMNS = ("firm_name", "doc_id")
+OPTIONAL_COLUMNS = ("firm_name", "doc_id", "period")
 
 # Only this many problem messages are kept in the report and logged one by one; after
 # that they are only counted, so a file full of bad rows cannot flood memory or the log.
@@ -73,6 +75,11 @@ class Row:
     firm_name: str | None
     doc_id: str | None
     text: str
+    # When the document was written: any text that sorts in time order ("2020Q4", "2021").
+    period: str | None = None
+    # "line N" or "row N" of its file, for a problem found when writing; not part of the
+    # row's value (the same row read from another line is the same row).
+    where: str = field(default="", compare=False)
 
 
 @dataclass
@@ -171,7 +178,7 @@ def _checked_chunks(records: Iterator[_Record], path: Path, report: IngestReport
         for record in records:
             if record.ends_early:
                 report.truncated = True
-                _add_problem(report, log, f"{path}:{record.where}: {record.error}", always=True)
+                add_problem(report, log, f"{path}:{record.where}: {record.error}", always=True)
                 break
             report.rows_read += 1
             read_in_chunk += 1
@@ -195,19 +202,20 @@ def _check_record(record: _Record, path: Path, report: IngestReport, log) -> Row
     """The record as a ``Row``, or None (counted and reported) when it is bad."""
     if record.fields is None:
         report.bad_rows += 1
-        _add_problem(report, log, f"{path}:{record.where}: {record.error}")
+        add_problem(report, log, f"{path}:{record.where}: {record.error}")
         return None
     try:
         row, nul_count = check_fields(record.fields)
     except _BadRow as exc:
         report.bad_rows += 1
-        _add_problem(report, log, f"{path}:{record.where}: {exc}")
+        add_problem(report, log, f"{path}:{record.where}: {exc}")
         return None
     report.rows_valid += 1
+    row = dataclasses.replace(row, where=record.where)
     if nul_count:
         report.cleaned_rows += 1
         plural = "" if nul_count == 1 else "s"
-        _add_problem(report, log, f"{path}:{record.where}: removed {nul_count} NUL character{plural} "
+        add_problem(report, log, f"{path}:{record.where}: removed {nul_count} NUL character{plural} "
                                   "(PostgreSQL text cannot hold them)")
     return row
 
@@ -221,7 +229,7 @@ def _refuse_if_nothing_valid(path: Path, report: IngestReport) -> None:
     raise IngestError(f"{path} has no valid row ({report.rows_read} rows read, {report.bad_rows} bad){first}")
 
 
-def _add_problem(report: IngestReport, log, message: str, *, always: bool = False) -> None:
+def add_problem(report: IngestReport, log, message: str, *, always: bool = False) -> None:
     """Keep and log the first ``MAX_PROBLEMS`` messages; the counters keep counting.
 
     ``always`` is for the early end of a file: the one message a user must not miss.
@@ -247,7 +255,9 @@ def check_fields(fields: Mapping[str, object]) -> tuple[Row, int]:
     * ``firm_id``: text or a whole number (numbers become text); surrounding whitespace
       is stripped; missing or empty is a bad row.
     * ``sentence``: must be text; stripped; missing or empty is a bad row.
-    * ``firm_name``, ``doc_id``: optional, text or a whole number; empty means absent.
+    * ``firm_name``, ``doc_id``, ``period``: optional, text or a whole number; empty
+      means absent. A period belongs to a document, so a row with a period needs a
+      ``doc_id``.
     * NUL characters are removed (PostgreSQL text cannot hold them) and the row is kept.
     * Text that is not valid Unicode (an unpaired surrogate) is a bad row.
 
@@ -255,18 +265,20 @@ def check_fields(fields: Mapping[str, object]) -> tuple[Row, int]:
     """
     removed = 0
     values: dict[str, str | None] = {}
-    for name in ("firm_id", "firm_name", "doc_id", "sentence"):
+    for name in ("firm_id", "firm_name", "doc_id", "period", "sentence"):
         value, nuls = _clean_text(name, fields.get(name), numbers_allowed=(name != "sentence"))
         values[name] = value
         removed += nuls
     for name in REQUIRED_COLUMNS:
         if values[name] is None:
             raise _BadRow(f"{name} is missing or empty")
-    for name in ("firm_id", "doc_id"):
+    for name in ("firm_id", "doc_id", "period"):
         if values[name] is not None and len(values[name].encode("utf-8")) > MAX_ID_BYTES:
             raise _BadRow(f"{name} is longer than {MAX_ID_BYTES} bytes")
+    if values["period"] is not None and values["doc_id"] is None:
+        raise _BadRow("period given without doc_id: a period belongs to a document")
     row = Row(firm_id=values["firm_id"], firm_name=values["firm_name"], doc_id=values["doc_id"],
-              text=values["sentence"])
+              text=values["sentence"], period=values["period"])
     return row, removed
 
 

@@ -8,6 +8,10 @@ statements that skip what is already stored. Memory stays flat however large the
 A sentence is identified by (firm, document, text) — the ``sentences_identity``
 constraint — so ingesting the same file twice adds nothing, and the same text twice in
 one document is stored once.
+
+A period is stored per document (``documents``), from the first row that gives one; its
+sentences inherit it. A later row giving the same document another period (in this
+file or an earlier one) is a bad row: reported with its line, left out.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
-from app.corpus import IngestError, IngestReport, Row, read_chunks
+from app.corpus import IngestError, IngestReport, Row, add_problem, read_chunks
 from app.errors import UsageError
 from app.logs import get_logger
 
@@ -34,10 +38,12 @@ CREATE TEMPORARY TABLE ingest_staging (
     firm_id   text NOT NULL,
     firm_name text,
     doc_id    text,
-    text      text NOT NULL
+    text      text NOT NULL,
+    period    text,
+    place     text NOT NULL
 ) ON COMMIT DROP
 """
-_STAGING_COLUMNS = ["position", "firm_id", "firm_name", "doc_id", "text"]
+_STAGING_COLUMNS = ["position", "firm_id", "firm_name", "doc_id", "text", "period", "place"]
 
 # Each firm of the chunk once, with its first non-empty name in file order.
 _FIRST_NAMES = """
@@ -56,6 +62,21 @@ UPDATE firms SET firm_name = named.firm_name
 FROM ({_FIRST_NAMES}) AS named
 WHERE firms.firm_id = named.firm_id AND firms.firm_name IS NULL AND named.firm_name IS NOT NULL
 """
+# Each document's period, from its first row with one (in file order); a document stored
+# earlier keeps the period it has.
+_INSERT_DOCUMENTS = """
+INSERT INTO documents (firm_id, doc_id, period)
+SELECT DISTINCT ON (firm_id, doc_id) firm_id, doc_id, period
+FROM ingest_staging WHERE period IS NOT NULL
+ORDER BY firm_id, doc_id, position
+ON CONFLICT (firm_id, doc_id) DO NOTHING
+"""
+# Rows giving their document another period than the stored one: out of the chunk.
+_TAKE_OUT_CONFLICTS = """
+DELETE FROM ingest_staging s USING documents d
+WHERE d.firm_id = s.firm_id AND d.doc_id = s.doc_id AND s.period IS NOT NULL AND s.period <> d.period
+RETURNING s.position, s.place, s.firm_id, s.doc_id, s.period, d.period AS stored
+"""
 # ORDER BY position: sentence_id is handed out in file order.
 _INSERT_SENTENCES = """
 INSERT INTO sentences (firm_id, doc_id, text)
@@ -64,20 +85,27 @@ ON CONFLICT ON CONSTRAINT sentences_identity DO NOTHING
 """
 
 
-async def write_chunk(pool: asyncpg.Pool, rows: list[Row]) -> tuple[int, int]:
-    """Store one chunk in one transaction; return ``(sentences added, firms added)``.
+async def write_chunk(pool: asyncpg.Pool, rows: list[Row]) -> tuple[int, int, list[str]]:
+    """Store one chunk in one transaction; return ``(sentences added, firms added,
+    conflicts)``, where each conflict says which row gave its document a second period
+    (``line N: ...``; that row is left out).
 
     Rows already stored (same firm, document and text) are skipped, so a chunk can be
     written again safely, and a chunk is either stored whole or not at all.
     """
-    records = [(position, r.firm_id, r.firm_name, r.doc_id, r.text) for position, r in enumerate(rows)]
+    records = [(position, r.firm_id, r.firm_name, r.doc_id, r.text, r.period, r.where)
+               for position, r in enumerate(rows)]
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_CREATE_STAGING)
         await conn.copy_records_to_table("ingest_staging", records=records, columns=_STAGING_COLUMNS)
         firms_added = _row_count(await conn.execute(_INSERT_FIRMS))
         await conn.execute(_FILL_FIRM_NAMES)
+        await conn.execute(_INSERT_DOCUMENTS)
+        conflicts = [f"{c['place']}: document {c['doc_id']!r} of firm {c['firm_id']!r} has period {c['stored']!r};"
+                     f" this row gives {c['period']!r} (left out)"
+                     for c in sorted(await conn.fetch(_TAKE_OUT_CONFLICTS), key=lambda c: c["position"])]
         sentences_added = _row_count(await conn.execute(_INSERT_SENTENCES))
-    return sentences_added, firms_added
+    return sentences_added, firms_added, conflicts
 
 
 def _row_count(status: str) -> int:
@@ -110,9 +138,13 @@ async def ingest_file(pool: asyncpg.Pool, path: str | Path, *, chunk_rows: int =
             chunk = await asyncio.to_thread(next, chunks, None)
             if chunk is None:
                 break
-            sentences_added, firms_added = await write_chunk(pool, chunk)
+            sentences_added, firms_added, conflicts = await write_chunk(pool, chunk)
+            for conflict in conflicts:  # found only now, against what is stored: valid no more
+                report.rows_valid -= 1
+                report.bad_rows += 1
+                add_problem(report, log, f"{path}:{conflict}")
             report.rows_added += sentences_added
-            report.rows_already_present += len(chunk) - sentences_added
+            report.rows_already_present += len(chunk) - len(conflicts) - sentences_added
             report.firms_added += firms_added
             _log_progress(log, report, started)
     finally:

@@ -5,7 +5,8 @@ Each firm speaks about three or four of six subjects (supply chains, cloud and A
 emissions, returning capital, labour, pricing), in earnings-call style sentences
 assembled from varied phrases, so that each firm has several topics and the topics of
 different firms share themes. One firm has too few sentences to cluster, to show how
-that is recorded. Deterministic for a given seed.
+that is recorded. Each firm has two calls, one a quarter (``period`` 2024Q1 and 2024Q2), so
+``firmtopics trends`` has periods to show. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def sentence_about(rng: random.Random, subject: str, firm_name: str) -> str:
 
 
 def sample_rows(*, sentences_per_subject: int = 40, seed: int = 7, firms: int | None = None) -> Iterator[dict]:
-    """Rows of the sample corpus (``firm_id``, ``firm_name``, ``doc_id``, ``sentence``).
+    """Rows of the sample corpus (``firm_id``, ``firm_name``, ``doc_id``, ``period``, ``sentence``).
 
     ``firms`` limits the number of regular firms (the small firm is always added).
     """
@@ -129,7 +130,8 @@ def sample_rows(*, sentences_per_subject: int = 40, seed: int = 7, firms: int | 
                     if text in seen:  # keep the corpus free of exact repeats
                         continue
                     seen.add(text)
-                    yield {"firm_id": firm_id, "firm_name": firm_name, "doc_id": doc_id, "sentence": text}
+                    yield {"firm_id": firm_id, "firm_name": firm_name, "doc_id": doc_id,
+                           "period": f"2024Q{call + 1}", "sentence": text}
 
 
 def write_sample_corpus(path: str | Path, **kwargs) -> Path:

@@ -160,7 +160,7 @@ async def test_a_version_3_database_with_results_migrates_to_version_4(database_
                 "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding)"
                 " VALUES ($1, $2, 'F', $3, '[0,1]')", run_id, second, topic_id)
 
-            assert await apply_migrations(conn) == [4, 5, 6, 7]
+            assert await apply_migrations(conn) == [4, 5, 6, 7, 8]
 
             marks = dict(await conn.fetch("SELECT sentence_id, topic_assignment FROM sentence_topics"))
             assert marks == {sentence_id: None, second: "cluster"}
@@ -218,7 +218,7 @@ async def test_a_version_2_database_with_data_migrates_to_version_3(database_url
             await insert_one_result(conn, "F")
             assert ("firm_id", "firms") in await foreign_keys(conn, "sentence_topics")
 
-            assert await apply_migrations(conn) == [3, 4, 5, 6, 7]
+            assert await apply_migrations(conn) == [3, 4, 5, 6, 7, 8]
 
             assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
             assert await foreign_keys(conn, "sentence_topics") == LATEST_KEYS
