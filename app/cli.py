@@ -28,62 +28,103 @@ from app.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, erro
 from app.settings import Settings, SettingsError, redact
 
 
+EXAMPLES = """examples:
+  firmtopics demo                                   a sample corpus, end to end, offline
+  firmtopics run --input sentences.jsonl.gz         ingest, firm topics, themes, indexes
+  firmtopics run --dry-run --input sentences.jsonl.gz   what a run would ask of the LLM, and cost
+  firmtopics status                                 where the run stands, with its quality figures
+  firmtopics search "supply chain costs" --level theme
+  firmtopics show theme 3                           a theme, its topics by firm, evidence
+  firmtopics trends --top 5                         themes over time
+  firmtopics report --out results                   one self-contained HTML page
+
+Settings are environment variables (DATABASE_URL, XAI_API_KEY, FIRMTOPICS_*, ...): the
+table in the README, "Configuration", lists each with its default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(
         prog="firmtopics",
         description="Firm-level topics and cross-firm themes from firm sentences, stored in PostgreSQL.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def run_option(command, default: str | None = "default", what: str = "the run to read") -> None:
+        command.add_argument("--run", default=default, metavar="NAME",
+                             help=f"{what} (default: {default})" if default else what)
+
+    def json_option(command, what: str) -> None:
+        command.add_argument("--json", action="store_true", help=f"{what} as JSON, for scripts")
+
     ingest = commands.add_parser("ingest", help="load a corpus file (.jsonl, .jsonl.gz, .csv, .parquet)")
-    ingest.add_argument("path", type=Path)
+    ingest.add_argument("path", type=Path,
+                        help="one row a sentence: firm_id, sentence; optional firm_name, doc_id, period")
 
     run = commands.add_parser("run", help="process every firm not yet done, then themes, then indexes")
-    run.add_argument("--run", default="default", metavar="NAME", help="run name (default: default)")
+    run_option(run, what="the run to start or resume")
     run.add_argument("--input", type=Path, metavar="PATH", help="ingest this file first")
     run.add_argument("--retry-failed", action="store_true", help="take the firms recorded as failed again")
     run.add_argument("--dry-run", action="store_true",
                      help="ingest and write nothing: print the expected topics, themes, LLM requests, tokens and cost")
 
     status = commands.add_parser("status", help="where a run stands")
-    status.add_argument("--run", default="default", metavar="NAME")
+    run_option(status)
+    json_option(status, "the run's state, counts, timings, usage and quality")
+
+    runs = commands.add_parser("runs", help="every run of the database: status, counts, model, dates")
+    runs.add_argument("--json", action="store_true", help="one JSON object per run and line, for scripts")
 
     commands.add_parser("demo", help="make a sample corpus and run the whole job on it")
 
     search = commands.add_parser("search", help="the themes, topics or sentences nearest in meaning to a text")
-    search.add_argument("text")
+    search.add_argument("text", help="what to look for, in your words")
     search.add_argument("--level", choices=("theme", "topic", "sentence"), default="topic",
                         help="what to search (default: topic)")
     search.add_argument("--theme-level", type=int, metavar="N",
                         help="with --level theme: only themes of this level (1 = the finest; default: every level)")
     search.add_argument("--firm", metavar="ID", help="only this firm's topics or sentences")
     search.add_argument("--limit", type=int, default=10, metavar="K", help="hits to return (default: 10)")
-    search.add_argument("--run", default="default", metavar="NAME")
+    run_option(search)
     search.add_argument("--json", action="store_true", help="one JSON object per hit and line, for scripts")
 
     show = commands.add_parser("show", help="a theme, topic or firm, up and down the hierarchy")
-    show.add_argument("kind", choices=("theme", "topic", "firm"))
-    show.add_argument("id")
-    show.add_argument("--run", metavar="NAME",
-                      help="the run (a firm: default 'default'; a theme or topic id already names its run)")
+    show.add_argument("kind", choices=("theme", "topic", "firm"), help="what ID names")
+    show.add_argument("id", help="a theme or topic id (a number), or a firm id")
+    run_option(show, default=None,
+               what="the run (a firm: default 'default'; a theme or topic id already names its run)")
     show.add_argument("--prompt", action="store_true",
                       help="a theme or topic: the exact messages sent to the LLM and its reply")
+    json_option(show, "everything shown")
 
     trends = commands.add_parser("trends", help="themes over time: each theme's share of each period")
-    trends.add_argument("--run", default="default", metavar="NAME")
+    run_option(trends)
     trends.add_argument("--theme", type=int, metavar="ID", help="one theme, period by period")
     trends.add_argument("--top", type=int, default=10, metavar="N", help="the N largest themes (default: 10)")
     trends.add_argument("--json", action="store_true", help="one JSON object per theme and period, for scripts")
 
     export = commands.add_parser("export", help="a run's firms, topics, themes and sentences as Parquet files")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR")
-    export.add_argument("--run", default="default", metavar="NAME")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write into")
+    run_option(export)
 
     report = commands.add_parser("report", help="a self-contained HTML page on a run: themes and a topic map")
-    report.add_argument("--out", type=Path, required=True, metavar="DIR")
-    report.add_argument("--run", default="default", metavar="NAME")
+    report.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write into")
+    run_option(report)
     return parser
+
+
+def _version() -> str:
+    """The installed package's version (``unknown`` when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("firmtopics")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,12 +214,28 @@ async def cmd_run(settings: Settings, args) -> int:
 
 
 async def cmd_status(settings: Settings, args) -> int:
-    """``firmtopics status``: firms done/skipped/failed/left, topics, themes, timings."""
+    """``firmtopics status [--json]``: firms done/skipped/failed/left, topics, themes, timings."""
+    import json
+
     from app.database import open_database
-    from app.status import run_status
+    from app.status import format_status, status_detail
 
     async with open_database(settings) as pool:
-        print(await run_status(pool, args.run))
+        detail = await status_detail(pool, args.run)
+    print(json.dumps(detail, ensure_ascii=False) if args.json else format_status(detail))
+    return EXIT_OK
+
+
+async def cmd_runs(settings: Settings, args) -> int:
+    """``firmtopics runs [--json]``: every run with its status, counts, model and dates."""
+    import json
+
+    from app.database import open_database
+    from app.status import format_runs, runs_list
+
+    async with open_database(settings) as pool:
+        runs = await runs_list(pool)
+    print("\n".join(json.dumps(r, ensure_ascii=False) for r in runs) if args.json else format_runs(runs))
     return EXIT_OK
 
 
@@ -198,7 +255,7 @@ async def cmd_read(settings: Settings, args) -> int:
     return await module.command(settings, args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "status": cmd_status, "demo": cmd_demo,
+COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "status": cmd_status, "runs": cmd_runs, "demo": cmd_demo,
             "search": cmd_read, "show": cmd_read, "trends": cmd_read, "export": cmd_read, "report": cmd_read}
 
 

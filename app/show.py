@@ -384,34 +384,47 @@ def format_prompt(detail: dict) -> str:
     return "\n".join(lines)
 
 
-async def show(conn: asyncpg.Connection, kind: str, raw_id: str, run_name: str | None, *,
-               prompt: bool = False) -> str:
-    """The text ``firmtopics show KIND ID`` prints.
+async def show_detail(conn: asyncpg.Connection, kind: str, raw_id: str, run_name: str | None, *,
+                      prompt: bool = False) -> dict:
+    """The dict behind ``firmtopics show KIND ID`` (JSON-ready with ``default=str``).
 
     A theme or topic id names one row of one run, so ``run_name`` (``--run``) is only a
     check there; a firm appears in every run, so for a firm it picks the run
     (``default`` when not given). ``prompt``: the LLM exchange behind the name instead.
     """
     if prompt and kind in ("theme", "topic"):
-        return format_prompt(await prompt_detail(conn, kind, _parse_id(kind, raw_id), run_name))
+        return await prompt_detail(conn, kind, _parse_id(kind, raw_id), run_name)
     if prompt:
         raise UsageError("--prompt goes with a theme or a topic: a firm is not named")
     if kind == "theme":
-        return format_theme(await theme_detail(conn, _parse_id(kind, raw_id), run_name))
+        return await theme_detail(conn, _parse_id(kind, raw_id), run_name)
     if kind == "topic":
-        return format_topic(await topic_detail(conn, _parse_id(kind, raw_id), run_name))
+        return await topic_detail(conn, _parse_id(kind, raw_id), run_name)
     if kind == "firm":
-        return format_firm(await firm_detail(conn, raw_id, run_name or "default"))
+        return await firm_detail(conn, raw_id, run_name or "default")
     raise UsageError(f"show what? one of: {', '.join(KINDS)}")
 
 
+async def show(conn: asyncpg.Connection, kind: str, raw_id: str, run_name: str | None, *,
+               prompt: bool = False) -> str:
+    """The text ``firmtopics show KIND ID`` prints (see ``show_detail``)."""
+    detail = await show_detail(conn, kind, raw_id, run_name, prompt=prompt)
+    if prompt:
+        return format_prompt(detail)
+    return {"theme": format_theme, "topic": format_topic, "firm": format_firm}[kind](detail)
+
+
 async def command(settings, args) -> int:
-    """``firmtopics show KIND ID [--run NAME] [--prompt]``: print one theme, topic or firm,
-    or the LLM exchange that named a theme or topic."""
+    """``firmtopics show KIND ID [--run NAME] [--prompt] [--json]``: print one theme, topic
+    or firm, or the LLM exchange that named a theme or topic; ``--json``: its dict."""
     from app.database import open_database
 
     async with open_database(settings) as pool, pool.acquire() as conn:
-        print(await show(conn, args.kind, args.id, args.run, prompt=args.prompt))
+        if args.json:
+            detail = await show_detail(conn, args.kind, args.id, args.run, prompt=args.prompt)
+            print(json.dumps(detail, default=str, ensure_ascii=False))
+        else:
+            print(await show(conn, args.kind, args.id, args.run, prompt=args.prompt))
     return 0
 
 

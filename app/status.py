@@ -1,4 +1,6 @@
-"""``firmtopics status``: where a run stands, in a few readable lines."""
+"""``firmtopics status`` (where a run stands) and ``firmtopics runs`` (every run), as a few
+readable lines or, with ``--json``, as JSON. Each is built in two steps: a function that
+reads the rows into a JSON-ready dict, and one that turns it into text."""
 
 from __future__ import annotations
 
@@ -10,56 +12,104 @@ from app.quality import format_quality
 from app.runs import find_run, firm_counts
 
 
-async def run_status(pool: asyncpg.Pool, run_name: str) -> str:
-    """A text report of run ``run_name``: state, firms done / skipped / failed / left,
-    topics, themes, timings, LLM usage, the run's quality figures (``runs.quality``), and the
-    failed firms with their errors."""
+async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
+    """Where run ``run_name`` stands, as a JSON-ready dict: ``run`` (None when it has not
+    been started; then ``firms`` and ``sentences`` count the database), ``status``,
+    ``firms`` (done, skipped, failed, left, total), ``topics``, ``themes_per_level``
+    (fine first), ``started_at``/``finished_at`` (ISO), ``model``, ``embedding_dim``,
+    ``backend``, ``timings``, ``llm_usage``, ``quality``, ``settings``, ``failed``
+    (firm id and reason of each failed firm)."""
     async with pool.acquire() as conn:
         run = await find_run(conn, run_name)
         if run is None:
-            total = await conn.fetchval("SELECT count(*) FROM firms")
-            sentences = await conn.fetchval("SELECT count(*) FROM sentences")
-            return (f"run {run_name!r} has not been started. The database holds {total} firms and "
-                    f"{sentences} sentences; start it with: firmtopics run --run {run_name}")
+            return {"run": None, "name": run_name, "firms": await conn.fetchval("SELECT count(*) FROM firms"),
+                    "sentences": await conn.fetchval("SELECT count(*) FROM sentences")}
         counts = await firm_counts(conn, run["run_id"])
         topics = await conn.fetchval("SELECT count(*) FROM topics WHERE run_id = $1", run["run_id"])
         per_level = [r["n"] for r in await conn.fetch(
             "SELECT count(*) AS n FROM themes WHERE run_id = $1 GROUP BY level ORDER BY level", run["run_id"])]
         failed = await conn.fetch(
             "SELECT firm_id, reason FROM run_firms WHERE run_id = $1 AND status = 'failed' ORDER BY firm_id",
-            run["run_id"],
-        )
-        skipped = await conn.fetchval(
-            "SELECT count(*) FROM run_firms WHERE run_id = $1 AND status = 'skipped'", run["run_id"]
-        )
-    timings = json.loads(run["timings"]) if run["timings"] else {}
-    settings = json.loads(run["settings"])
-    usage = json.loads(run["llm_usage"]) if run["llm_usage"] else {}
+            run["run_id"])
+
+    def loaded(column):
+        return json.loads(run[column]) if run[column] else None
+
+    return {
+        "run": run["run_id"], "name": run_name, "status": run["status"], "firms": counts, "topics": topics,
+        "themes_per_level": per_level, "model": run["model"], "embedding_dim": run["embedding_dim"],
+        "backend": loaded("backend"), "started_at": run["started_at"].isoformat(timespec="seconds"),
+        "finished_at": run["finished_at"].isoformat(timespec="seconds") if run["finished_at"] else None,
+        "timings": loaded("timings") or {}, "llm_usage": loaded("llm_usage") or {}, "quality": loaded("quality"),
+        "settings": loaded("settings") or {}, "failed": [dict(r) for r in failed],
+    }
+
+
+def format_status(detail: dict) -> str:
+    """The text of ``status``: state, firms done / skipped / failed / left, topics, themes,
+    timings, LLM usage, the run's quality figures and the failed firms with their errors."""
+    name = detail["name"]
+    if detail["run"] is None:
+        return (f"run {name!r} has not been started. The database holds {detail['firms']} firms and "
+                f"{detail['sentences']} sentences; start it with: firmtopics run --run {name}")
+    counts, per_level, settings = detail["firms"], detail["themes_per_level"], detail["settings"]
     lines = [
-        f"run {run_name!r} (id {run['run_id']}): {run['status']}",
-        f"  model: {run['model']} ({run['embedding_dim']} dimensions), backend: {json.loads(run['backend'])}",
+        f"run {name!r} (id {detail['run']}): {detail['status']}",
+        f"  model: {detail['model']} ({detail['embedding_dim']} dimensions), backend: {detail['backend']}",
         f"  firms: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed, "
         f"{counts['left']} left, of {counts['total']}",
-        f"  topics: {topics}, themes: {per_level[0] if per_level else 0}",
-        f"  started: {run['started_at']:%Y-%m-%d %H:%M:%S %Z}"
-        + (f", finished: {run['finished_at']:%Y-%m-%d %H:%M:%S %Z}" if run["finished_at"] else ""),
+        f"  topics: {detail['topics']}, themes: {per_level[0] if per_level else 0}",
+        f"  started: {detail['started_at']}" + (f", finished: {detail['finished_at']}" if detail["finished_at"] else ""),
     ]
     if len(per_level) > 1:
         lines.append(f"  theme levels: {len(per_level)}, fine to top: " + " -> ".join(map(str, per_level)))
     elif per_level:
         lines.append(f"  theme levels: one ({per_level[0]} themes, no more than the top level's "
                      f"{settings.get('theme_top_level_size', 'size')}: no broader level needed)")
-    if timings:
-        lines.append(f"  timings: {json.dumps(timings)}")
-    if usage:
-        lines.append(f"  naming: {json.dumps(usage)}")
-    if run["quality"]:
-        lines += format_quality(json.loads(run["quality"]))
+    if detail["timings"]:
+        lines.append(f"  timings: {json.dumps(detail['timings'])}")
+    if detail["llm_usage"]:
+        lines.append(f"  naming: {json.dumps(detail['llm_usage'])}")
+    if detail["quality"]:
+        lines += format_quality(detail["quality"])
     lines.append(f"  settings: {json.dumps(settings)}")
-    if skipped:
-        lines.append(f"  skipped firms: {skipped} (see run_firms.reason)")
-    for row in failed:
+    if counts["skipped"]:
+        lines.append(f"  skipped firms: {counts['skipped']} (see run_firms.reason)")
+    for row in detail["failed"]:
         lines.append(f"  failed: {row['firm_id']}: {row['reason']}")
-    if failed:
-        lines.append(f"  retry them with: firmtopics run --run {run_name} --retry-failed")
+    if detail["failed"]:
+        lines.append(f"  retry them with: firmtopics run --run {name} --retry-failed")
+    return "\n".join(lines)
+
+
+async def run_status(pool: asyncpg.Pool, run_name: str) -> str:
+    """The text ``firmtopics status`` prints for run ``run_name``."""
+    return format_status(await status_detail(pool, run_name))
+
+
+async def runs_list(pool: asyncpg.Pool) -> list[dict]:
+    """Every run of the database, oldest first: ``name``, ``run_id``, ``status``, firms
+    done and skipped, topics, fine themes, ``model``, ``started_at``, ``finished_at``."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT r.run_id, r.name, r.status, r.model, r.started_at, r.finished_at,"
+            " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'done') AS firms_done,"
+            " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'skipped') AS firms_skipped,"
+            " (SELECT count(*) FROM topics t WHERE t.run_id = r.run_id) AS topics,"
+            " (SELECT count(*) FROM themes th WHERE th.run_id = r.run_id AND th.level = 1) AS themes"
+            " FROM runs r ORDER BY r.run_id")
+    return [{**dict(r), "started_at": r["started_at"].isoformat(timespec="seconds"),
+             "finished_at": r["finished_at"].isoformat(timespec="seconds") if r["finished_at"] else None}
+            for r in rows]
+
+
+def format_runs(runs: list[dict]) -> str:
+    """The text of ``runs``: one line a run."""
+    if not runs:
+        return "no run yet: start one with firmtopics run --input FILE"
+    header = f"{'run':<16} {'status':<12} {'firms':>6} {'topics':>7} {'themes':>7}  {'model':<24} started / finished"
+    lines = [header]
+    for r in runs:
+        lines.append(f"{r['name'][:16]:<16} {r['status']:<12} {r['firms_done']:>6} {r['topics']:>7} {r['themes']:>7}"
+                     f"  {r['model'][:24]:<24} {r['started_at']} / {r['finished_at'] or '-'}")
     return "\n".join(lines)
