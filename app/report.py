@@ -2,8 +2,9 @@
 
 The page (``DIR/report.html``) holds the run's model and settings, its counts, the
 themes (name, summary, number of firms and topics, the firms that speak most about
-each) and a 2-D map of every firm topic coloured by its theme. It needs no network and
-no other file: the CSS is inline and the map is a PNG embedded as base64, so it can be
+each) and a 2-D map of every firm topic coloured by its theme, to explore: hover for a
+topic's name, firm and theme, click the legend to show or hide a theme. It needs no
+network and no other file: the CSS and the plotly.js library are inline, so it can be
 mailed or attached to a paper's replication package as it is.
 
 Themes may come in levels (``themes.level``, 1 the finest; see ``sql/005_theme_levels.sql``).
@@ -21,9 +22,7 @@ themes sit apart and which blend, not exact similarities.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
@@ -40,6 +39,7 @@ log = get_logger("report")
 
 TOP_FIRMS = 5  # firms listed per theme
 MAP_COLOURS = 20  # themes with a colour of their own on the map; the rest share grey
+TREND_THEMES = 8  # the largest themes followed over time
 
 
 # --- reading the run --------------------------------------------------------------------
@@ -111,7 +111,8 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
         if theme["parent_theme_id"] is not None:
             by_id[theme["parent_theme_id"]]["children"].append(theme)
     topics = await conn.fetch(
-        "SELECT t.topic_id, t.firm_id, t.theme_id, l.ancestor_id AS top_theme_id, t.embedding FROM topics t"
+        "SELECT t.topic_id, t.firm_id, t.name, t.theme_id, th.name AS theme_name, l.ancestor_id AS top_theme_id,"
+        " t.embedding FROM topics t LEFT JOIN themes th ON th.theme_id = t.theme_id"
         " LEFT JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top"
         " WHERE t.run_id = $1 AND t.embedding IS NOT NULL ORDER BY t.topic_id", run_id)
     decoded = dict(run)
@@ -147,9 +148,12 @@ def project_2d(embeddings: np.ndarray, *, seed: int = 42) -> np.ndarray:
     return reducer.fit_transform(embeddings)
 
 
-def topic_map_png(topics: list[dict], themes: list[dict], *, seed: int = 42) -> bytes | None:
-    """The map of firm topics as PNG bytes: one dot a topic, coloured by its top theme,
-    each coloured theme's number at its centre. None when the run has no topic.
+def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42) -> str | None:
+    """The map of firm topics as an HTML fragment: an interactive plotly chart, one dot a
+    topic, coloured by its top theme, whose hover shows the topic's name, firm and theme
+    and whose legend shows or hides a theme (a click; a double click keeps only it). The
+    plotly.js library is inlined, so the page needs no network. None when the run has no
+    topic.
 
     ``topics`` as ``report_data`` gives them (``top_theme_id`` picks the colour);
     ``themes`` the top-level themes, largest first. In a single-level run a topic's top
@@ -157,45 +161,75 @@ def topic_map_png(topics: list[dict], themes: list[dict], *, seed: int = 42) -> 
     """
     if not topics:
         return None
-    from matplotlib.figure import Figure  # the object API: no global pyplot state, no GUI backend
+    import plotly.graph_objects as go
 
     coords = project_2d(np.stack([as_array(t["embedding"]) for t in topics]), seed=seed)
     theme_ids = np.array([t["top_theme_id"] if t["top_theme_id"] is not None else -1 for t in topics])
     levelled = any(theme.get("children") for theme in themes)
-    figure = Figure(figsize=(10, 6.5), dpi=110, layout="constrained")
-    axes = figure.add_subplot()
-    palette = _palette()
+    kind = "top-level theme" if levelled else "theme"
     coloured = themes[:MAP_COLOURS]  # the largest themes (themes come largest first)
+    figure = go.Figure()
+
+    def add(mask: np.ndarray, label: str, colour: str) -> None:
+        chosen = [t for t, keep in zip(topics, mask) if keep]
+        # Hover text is plotly's own small HTML: the names are escaped so they show as written.
+        hover = [[html.escape(t["name"]), html.escape(t["firm_id"]), html.escape(t["theme_name"] or "no theme")]
+                 for t in chosen]
+        figure.add_trace(go.Scatter(
+            x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=html.escape(label),
+            marker={"size": 8, "color": colour, "opacity": 0.85}, customdata=hover,
+            hovertemplate="<b>%{customdata[0]}</b><br>firm: %{customdata[1]}<br>theme: %{customdata[2]}"
+                          "<extra></extra>"))
+
+    for colour, theme in zip(PALETTE, coloured):
+        mine = theme_ids == theme["theme_id"]
+        if mine.any():
+            add(mine, f"{theme['theme_id']}: {_clip(theme['theme_name'], 38)}", colour)
     rest = ~np.isin(theme_ids, [t["theme_id"] for t in coloured])
     if rest.any():
-        label = "other themes" if len(themes) > MAP_COLOURS else "no theme"
-        axes.scatter(coords[rest, 0], coords[rest, 1], s=18, c="#c8c8c8", label=label, linewidths=0)
-    for colour, theme in zip(palette, coloured):
-        mine = theme_ids == theme["theme_id"]
-        if not mine.any():
-            continue
-        axes.scatter(coords[mine, 0], coords[mine, 1], s=28, color=colour, alpha=0.85, linewidths=0,
-                     label=f"{theme['theme_id']}: {_clip(theme['theme_name'], 38)}")
-        centre = coords[mine].mean(axis=0)
-        axes.annotate(str(theme["theme_id"]), centre, ha="center", va="center", fontsize=9, weight="bold",
-                      bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": colour, "alpha": 0.85})
+        add(rest, "other themes" if len(themes) > MAP_COLOURS else "no theme", "#c8c8c8")
     method = "UMAP" if len(topics) >= UMAP_MIN_DOCS else "PCA"
-    kind = "top-level theme" if levelled else "theme"
-    axes.set_title(f"{len(topics)} firm topics, placed by meaning ({method} of their embeddings), coloured by {kind}",
-                   fontsize=10)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, title=kind)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    figure.update_layout(
+        title={"text": f"{len(topics)} firm topics, placed by meaning ({method} of their embeddings), "
+                       f"coloured by {kind}", "font": {"size": 13}},
+        xaxis={"visible": False}, yaxis={"visible": False}, legend={"title": {"text": kind}},
+        height=620, margin={"l": 10, "r": 10, "t": 50, "b": 10}, plot_bgcolor="white",
+        hoverlabel={"bgcolor": "white"})
+    return figure.to_html(full_html=False, include_plotlyjs=True, div_id="topic-map",
+                          config={"displaylogo": False, "responsive": True})
 
 
-def _palette() -> list:
-    """20 colours, the 10 most distinct first (tab10), then the light shades of tab20."""
-    from matplotlib import colormaps
+def trends_html(rows: list[dict]) -> str | None:
+    """The largest themes' share of each period as an HTML fragment: a plotly line chart,
+    one line a theme (the legend shows or hides it). ``rows`` as ``app.trends.trend_rows``
+    gives them. None with fewer than two periods (nothing to follow over time). Uses the
+    plotly.js the map inlines, so it comes after the map in the page."""
+    periods = sorted({r["period"] for r in rows})
+    if len(periods) < 2:
+        return None
+    import plotly.graph_objects as go
 
-    return [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](i) for i in range(1, 20, 2)]
+    figure = go.Figure()
+    themes: dict[int, dict] = {}
+    for r in rows:
+        themes.setdefault(r["theme_id"], {"name": r["theme_name"], "share": {}})["share"][r["period"]] = \
+            r["share_of_period"]
+    for colour, (theme_id, theme) in zip(PALETTE, themes.items()):
+        figure.add_trace(go.Scatter(
+            x=periods, y=[theme["share"].get(p, 0.0) for p in periods], mode="lines+markers",
+            name=html.escape(f"{theme_id}: {_clip(theme['name'], 38)}"), line={"color": colour},
+            hovertemplate="%{x}: %{y:.1%}<extra>" + html.escape(_clip(theme["name"], 38)) + "</extra>"))
+    figure.update_layout(yaxis={"tickformat": ".0%", "title": {"text": "share of the period's themed sentences"}},
+                         xaxis={"type": "category", "title": {"text": "period"}}, height=460,
+                         margin={"l": 10, "r": 10, "t": 20, "b": 10}, plot_bgcolor="white")
+    return figure.to_html(full_html=False, include_plotlyjs=False, div_id="trends-chart",
+                          config={"displaylogo": False, "responsive": True})
+
+
+# 20 colours, the 10 most distinct first (matplotlib's tab10), then the light shades of tab20.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+           "#dbdb8d", "#9edae5"]
 
 
 # --- the page ---------------------------------------------------------------------------
@@ -222,10 +256,11 @@ details.theme > p { margin: 0.35em 0; }
 """
 
 
-def render_html(data: dict, png: bytes | None) -> str:
+def render_html(data: dict, chart: str | None, trends: str | None = None) -> str:
     """The whole page as one string (all text HTML-escaped).
 
-    Takes ``report_data``'s dict and the map's PNG bytes (None: no map). The Themes
+    Takes ``report_data``'s dict, the map's HTML fragment (None: no map) and the themes
+    over time (None: the corpus has fewer than two periods). The Themes
     section is a flat table for a single-level run and a tree of nested blocks, top
     themes first, for a levelled one.
     """
@@ -249,8 +284,7 @@ def render_html(data: dict, png: bytes | None) -> str:
     else:
         themes = "<p>This run made no themes (too few topics to cluster).</p>"
         coloured_by = "theme"
-    picture = (f'<img alt="map of firm topics coloured by {coloured_by}" src="data:image/png;base64,'
-               f'{base64.b64encode(png).decode("ascii")}">' if png else "<p>This run has no topics to map.</p>")
+    picture = chart or "<p>This run has no topics to map.</p>"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -279,10 +313,14 @@ catch-all; coherence is the mean NPMI of each topic's keywords over its firm's s
 {themes}
 
 <h2>Map of firm topics</h2>
-<p>Each dot is one firm's topic, placed by the meaning of its name and summary; nearby dots are
-topics that are alike, whichever firm they come from. Colours are by {coloured_by}; the number on a
-colour marks that theme's centre and is its id in the Themes section.</p>
+<p>Each dot is one firm's topic, placed by the meaning of its sentences (or of its LLM name and
+summary); nearby dots are topics that are alike, whichever firm they come from. Colours are by
+{coloured_by}; the legend's number is the theme's id in the Themes section. Hover on a dot for its
+topic, firm and theme; click a theme in the legend to hide or show it, double-click to see it alone.</p>
 {picture}
+
+<h2>Themes over time</h2>
+{trends or "<p>The corpus has fewer than two periods (give the corpus a <code>period</code> column, e.g. 2020Q4).</p>"}
 
 <footer>
 <p>Drill down with <code>firmtopics show theme ID</code>, <code>firmtopics show topic ID</code> and
@@ -361,11 +399,14 @@ async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path) -
     data = await report_data(conn, run_name)
     seed = int(data["run"]["settings"].get("seed", 42))
     # The projection and the drawing are CPU work: off the event loop.
-    png = await anyio.to_thread.run_sync(lambda: topic_map_png(data["topics"], data["themes"], seed=seed))
+    chart = await anyio.to_thread.run_sync(lambda: topic_map_html(data["topics"], data["themes"], seed=seed))
+    from app.trends import trend_rows
+
+    trends = trends_html(await trend_rows(conn, run_name, top=TREND_THEMES))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
-    path.write_text(render_html(data, png), encoding="utf-8")
+    path.write_text(render_html(data, chart, trends), encoding="utf-8")
     log.info("report_written", path=str(path), themes=data["counts"]["themes"], levels=data["levels"],
              topics=len(data["topics"]))
     return path
