@@ -47,19 +47,45 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module="sklearn")
 
 
+BAR_WIDTH = 30
+
+
+def progress_bar(event: dict) -> str:
+    """A ``progress`` event as one line with a bar: firms finished of all, sentences a
+    second and the time left, e.g. ``[#########.....]  409/716 firms  69.6 sentences/s  ETA 14m 16s``."""
+    done, total = event.get("firms_finished", 0), event.get("firms_total", 0) or 0
+    filled = round(BAR_WIDTH * done / total) if total else 0
+    eta = event.get("eta_s")
+    left = "ETA --" if eta is None else f"ETA {int(eta) // 60}m {int(eta) % 60:02d}s"
+    return (f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:>{len(str(total))}}/{total} firms"
+            f"  {event.get('sentences_per_s', 0.0):.1f} sentences/s  {left}")
+
+
+def _bar_for_progress(logger, method_name, event_dict):
+    """On a terminal, a ``progress`` event reads as a bar rather than key=value pairs."""
+    if event_dict.get("event") == "progress" and "firms_total" in event_dict:
+        return {"event": progress_bar(event_dict), "level": event_dict.get("level", "info"),
+                "timestamp": event_dict.get("timestamp")}
+    return event_dict
+
+
 def configure(log_format: str = "console", secrets: list[str] | None = None, stream=None) -> None:
     """Set up structlog for this process.
 
     Takes the renderer (``console`` or ``json``), the secrets to mask in every event,
     and the stream to write to (stderr by default: stdout is kept for command output).
+    With the console renderer on a terminal, ``progress`` events show as a bar; JSON
+    events are never changed.
     """
     _secrets[:] = [s for s in (secrets or []) if s]
     quiet_libraries()
+    on_terminal = (stream or sys.stderr).isatty()
     renderer = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+        else structlog.dev.ConsoleRenderer(colors=on_terminal)
     )
+    bar = [_bar_for_progress] if log_format != "json" and on_terminal else []
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -67,6 +93,7 @@ def configure(log_format: str = "console", secrets: list[str] | None = None, str
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _redact_event,
+            *bar,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
