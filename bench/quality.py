@@ -145,6 +145,8 @@ def firm_rows(results: dict) -> list[list]:
         ["themes", *figure(("themes", "themes"), str)],
         ["largest theme's share of topics", *figure(("themes", "largest_theme_share"), pct)],
         ["topics not linked to a theme", *figure(("themes", "unlinked"), str)],
+        ["sentences in no topic attached to a theme", *figure(("themes", "sentences_attached_share"), pct)],
+        ["sentences in no theme", *figure(("themes", "sentences_in_no_theme_share"), pct)],
         ["themes per level, fine first", *[str(results[n]["levels"]) for n in names]],
         ["theme stage (s); share of the run", *[f"{results[n]['themes_s']:.1f}; {results[n]['themes_s'] / results[n]['wall_s']:.1%}"
                                                for n in names]],
