@@ -127,9 +127,8 @@ def sample_topics(texts_by_firm: dict[str, list[str]], settings: RunSettings, mo
     from app.clustering import cluster_firm
     from app.embedding import load_embedder
 
-    large = sorted((len(t), firm) for firm, t in texts_by_firm.items() if len(t) >= settings.min_firm_sentences)
-    middle = len(large) // 2
-    chosen = [firm for _, firm in large[max(0, middle - SAMPLE_FIRMS // 2):][:SAMPLE_FIRMS]]
+    chosen = middle_firms({firm: len(t) for firm, t in texts_by_firm.items()
+                           if len(t) >= settings.min_firm_sentences})
     embedder = load_embedder(settings.embedding_model, batch_size=model_settings.embedding_batch_size)
     backend = choose_backend()
     sentences, topics, keys = 0, [], []
@@ -200,11 +199,17 @@ async def estimate(conn: asyncpg.Connection | None, settings: Settings, path: Pa
     return result
 
 
+def middle_firms(sizes: dict[str, int]) -> list[str]:
+    """The ``SAMPLE_FIRMS`` firms around the median size (ties by firm id): neither the
+    largest nor the smallest stand for the corpus."""
+    ordered = sorted((n, firm) for firm, n in sizes.items())
+    start = max(0, len(ordered) // 2 - SAMPLE_FIRMS // 2)
+    return [firm for _, firm in ordered[start:start + SAMPLE_FIRMS]]
+
+
 async def _database_texts(conn: asyncpg.Connection, sizes: dict[str, int]) -> dict[str, list[str]]:
-    """The sentences of the firms the sample may take (read only)."""
-    large = sorted((n, firm) for firm, n in sizes.items())
-    middle = len(large) // 2
-    wanted = [firm for _, firm in large[max(0, middle - SAMPLE_FIRMS // 2):][:SAMPLE_FIRMS]]
+    """The sentences of the firms the sample takes (read only)."""
+    wanted = middle_firms(sizes)
     rows = await conn.fetch("SELECT firm_id, text FROM sentences WHERE firm_id = ANY ($1::text[])"
                             " ORDER BY sentence_id", wanted)
     texts: dict[str, list[str]] = {}
