@@ -30,6 +30,7 @@ import anyio
 import asyncpg
 
 from app.backend import ClusteringBackend, choose_backend
+from app.claims import FirmClaims, release_theme_lock, take_theme_lock
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
 from app.embedding import Embedder, load_embedder
@@ -59,7 +60,7 @@ class JobOutcome:
 
     run_id: int
     run_name: str
-    status: str  # complete | interrupted | nothing_to_do
+    status: str  # complete | interrupted | nothing_to_do | left_to_others
     firms: dict = field(default_factory=dict)
     themes: int = 0
     topics: int = 0
@@ -121,6 +122,9 @@ def describe_outcome(outcome: JobOutcome) -> str:
     """The human summary of a job's outcome, printed at the end of ``run`` and ``demo``."""
     if outcome.status == "nothing_to_do":
         return f"run {outcome.run_name!r} is already complete: nothing to do ({_firm_line(outcome.firms)})"
+    if outcome.status == "left_to_others":
+        return (f"run {outcome.run_name!r}: this worker is done; another worker holds the rest and finishes the "
+                f"run ({_firm_line(outcome.firms)})")
     if outcome.status == "interrupted":
         return (f"run {outcome.run_name!r} interrupted: {_firm_line(outcome.firms)}; "
                 "run the same command again to resume")
@@ -195,45 +199,79 @@ async def run_job(
                                                     what="firm counts")
         return outcome
 
+    async def left_to_others(reason: str) -> JobOutcome:
+        # Other workers of the run hold what is left: the last of them finishes the run.
+        outcome.status = "left_to_others"
+        outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
+                                                    what="firm counts")
+        log.info("left_to_other_workers", reason=reason, **outcome.firms)
+        return outcome
+
     try:
-        if todo:
-            completed = await _firm_stage(pool, run.run_id, settings, embedder, backend, namer, todo, stop,
-                                          outcome)
+        # Passes over the firms not recorded: each is taken only when this worker claims it
+        # (app.claims). Firms another worker holds are passed over; a pass that takes none
+        # of them while some are left means other workers hold them all.
+        took_any = False
+        while todo:
+            completed, taken = await _firm_stage(pool, run.run_id, settings, embedder, backend, namer, todo,
+                                                 stop, outcome)
             if not completed:
                 return await stopped(None)
+            took_any = took_any or taken > 0
+            todo = await with_connection_retry(pool, lambda conn: firms_to_do(conn, run.run_id),
+                                               what="firms left")
+            if todo and not taken:
+                return await left_to_others(f"{len(todo)} firms are in flight on other workers")
         await record("firms_done")
         if stop is not None and stop.is_set():
             return await stopped("firms_done")
 
-        if run.status == "themes_done" and not todo:
-            # The previous process died in the index stage, after the themes were stored:
-            # they stand (no new firm since), so go straight to the indexes.
-            themes = await with_connection_retry(pool, lambda conn: stored_themes(conn, run.run_id),
-                                                 what="count themes")
-            log.info("stage_skipped", stage="themes", reason="themes already stored for this run",
-                     themes=themes.themes, topics=themes.topics)
-        else:
-            stage_started = time.perf_counter()
-            log.info("stage_started", stage="themes")
-            themes = await run_theme_stage(pool, run.run_id, settings, embedder, backend, namer)
-            outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
-            log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
-                     linked_by_cluster=themes.linked_by_cluster, linked_by_nearest=themes.linked_by_nearest,
-                     reason=themes.reason, seconds=outcome.timings["themes_s"])
-        outcome.themes, outcome.topics = themes.themes, themes.topics
-        outcome.quality = await with_connection_retry(pool, lambda conn: store_run_quality(conn, run.run_id),
-                                                      what="run quality")
-        log.info("run_quality", **outcome.quality["firms"], **{f"theme_{k}": v for k, v in outcome.quality["themes"].items()})
-        await record("themes_done")
-        if stop is not None and stop.is_set():
-            return await stopped("themes_done")
+        async with pool.acquire() as theme_lock:
+            # One worker runs the theme and index stages: the one holding this lock (a
+            # session lock: if it dies, a later start of any worker takes it again).
+            if not await take_theme_lock(theme_lock, run.run_id):
+                return await left_to_others("another worker is running the theme stage")
+            try:
+                status_now = await theme_lock.fetchval("SELECT status FROM runs WHERE run_id = $1", run.run_id)
+                if status_now == "complete" and not took_any:
+                    # Another worker finished the run while this one wrote its last firm.
+                    outcome.status = "nothing_to_do"
+                    outcome.firms = await firm_counts(theme_lock, run.run_id)
+                    return outcome
+                if status_now == "themes_done" and not took_any:
+                    # A worker died in the index stage, after the themes were stored: they
+                    # stand (no new firm since), so go straight to the indexes.
+                    themes = await with_connection_retry(pool, lambda conn: stored_themes(conn, run.run_id),
+                                                         what="count themes")
+                    log.info("stage_skipped", stage="themes", reason="themes already stored for this run",
+                             themes=themes.themes, topics=themes.topics)
+                else:
+                    stage_started = time.perf_counter()
+                    log.info("stage_started", stage="themes")
+                    themes = await run_theme_stage(pool, run.run_id, settings, embedder, backend, namer)
+                    outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
+                    log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
+                             linked_by_cluster=themes.linked_by_cluster,
+                             linked_by_nearest=themes.linked_by_nearest,
+                             reason=themes.reason, seconds=outcome.timings["themes_s"])
+                outcome.themes, outcome.topics = themes.themes, themes.topics
+                outcome.quality = await with_connection_retry(
+                    pool, lambda conn: store_run_quality(conn, run.run_id), what="run quality")
+                log.info("run_quality", **outcome.quality["firms"],
+                         **{f"theme_{k}": v for k, v in outcome.quality["themes"].items()})
+                await record("themes_done")
+                if stop is not None and stop.is_set():
+                    return await stopped("themes_done")
 
-        stage_started = time.perf_counter()
-        log.info("stage_started", stage="index")
-        await with_connection_retry(pool, lambda conn: _build_indexes(conn, run.run_id),
-                                    what="build vector indexes")
-        outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
-        log.info("stage_finished", stage="index", seconds=outcome.timings["index_s"])
+                stage_started = time.perf_counter()
+                log.info("stage_started", stage="index")
+                await with_connection_retry(pool, lambda conn: _build_indexes(conn, run.run_id),
+                                            what="build vector indexes")
+                outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
+                log.info("stage_finished", stage="index", seconds=outcome.timings["index_s"])
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await release_theme_lock(theme_lock, run.run_id)
 
         outcome.timings["wall_s"] = round(time.perf_counter() - started, 2)
         outcome.llm_usage = namer.usage()
@@ -264,8 +302,9 @@ async def _build_indexes(conn: asyncpg.Connection, run_id: int) -> None:
     await build_vector_indexes(conn, run_id)
 
 
-async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, stop, outcome) -> bool:
-    """Warm up, drop the vector indexes, process the firms; returns False if stopped early."""
+async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, stop, outcome) -> tuple[bool, int]:
+    """Warm up, drop the vector indexes, process the firms this worker can claim; returns
+    (False if stopped early, how many firms this worker took)."""
     async with pool.acquire() as conn:
         # Bulk-loading rule: no vector index while loading; rebuilt once at the end.
         await drop_vector_indexes(conn, run_id)
@@ -278,10 +317,12 @@ async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, st
     stage_started = time.perf_counter()
     log.info("stage_started", stage="firms", firms=len(todo), sentences=sum(f.n_sentences for f in todo))
     progress = Progress(total_firms=len(todo), total_sentences=sum(f.n_sentences for f in todo))
-    stage = FirmStage(pool, run_id, settings, embedder, backend, namer, stop=stop or anyio.Event())
-    completed = await run_firm_stage(stage, todo, progress)
+    async with FirmClaims(pool, run_id) as claims:
+        stage = FirmStage(pool, run_id, settings, embedder, backend, namer, stop=stop or anyio.Event(),
+                          claims=claims)
+        completed = await run_firm_stage(stage, todo, progress)
     outcome.timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
     outcome.timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
     outcome.timings["sentences"] = progress.sentences_done
-    log.info("stage_finished", stage="firms", **progress.snapshot())
-    return completed
+    log.info("stage_finished", stage="firms", taken_by_other_workers=stage.taken_elsewhere, **progress.snapshot())
+    return completed, progress.firms_finished

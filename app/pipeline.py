@@ -36,6 +36,7 @@ import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from app.backend import ClusteringBackend
+from app.claims import FirmClaims
 from app.clustering import TooFewToCluster, attach_outliers, cluster_firm
 from app.database import with_connection_retry
 from app.embedding import Embedder
@@ -70,6 +71,9 @@ class FirmStage:
     # One thread for compute: the model and the GPU serve one firm at a time.
     compute_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     in_flight: set = field(default_factory=set)
+    # Other workers may share the run (app.claims): a firm is taken only when claimed.
+    claims: FirmClaims | None = None
+    taken_elsewhere: int = 0  # firms passed over because another worker holds them
 
 
 @dataclass
@@ -105,7 +109,11 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
                 if stage.stop.is_set():
                     completed = False
                     break
+                if stage.claims is not None and not await stage.claims.take(firm.firm_id):
+                    stage.taken_elsewhere += 1
+                    continue
                 stage.in_flight.add(firm.firm_id)
+                log.debug("firm_claimed", firm=firm.firm_id)
                 await to_name_send.send(await compute_firm(stage, firm))
 
     async def writer() -> None:
@@ -115,6 +123,8 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
                 await write_firm_with_retry(stage.pool, stage.run_id, result)
                 result.seconds["write"] = time.perf_counter() - started
                 stage.in_flight.discard(result.firm_id)
+                if stage.claims is not None:
+                    await stage.claims.release(result.firm_id)
                 progress.firm_finished(result.status, result.n_sentences, result.seconds)
                 log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
                          sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,

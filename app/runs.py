@@ -60,12 +60,25 @@ def package_versions() -> dict[str, str]:
 async def open_run(
     conn: asyncpg.Connection, name: str, settings: RunSettings, *, embedding_dim: int, backend: dict
 ) -> Run:
-    """Create the run ``name``, or return the existing one if its settings match.
+    """Create the run ``name``, or return the existing one if its settings match (a
+    resume, or another worker joining the run).
 
     Raises ``SettingsChanged`` naming each differing setting (recorded vs now).
     """
-    row = await conn.fetchrow("SELECT run_id, status, settings FROM runs WHERE name = $1", name)
-    if row is not None:
+    # Several workers may start the same new run at once: one insert wins, the others
+    # find its row (ON CONFLICT DO NOTHING returns nothing for them).
+    run_id = await conn.fetchval(
+        "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, backend, started_at)"
+        " VALUES ($1, $2::jsonb, $3, $4, $5::jsonb, $6::jsonb, now()) ON CONFLICT (name) DO NOTHING RETURNING run_id",
+        name,
+        json.dumps(settings.as_dict()),
+        settings.embedding_model,
+        embedding_dim,
+        json.dumps(package_versions()),
+        json.dumps(backend),
+    )
+    if run_id is None:
+        row = await conn.fetchrow("SELECT run_id, status, settings FROM runs WHERE name = $1", name)
         recorded = json.loads(row["settings"])
         differences = settings.differences(recorded)
         if differences:
@@ -75,16 +88,6 @@ async def open_run(
                 "resume it with its own settings, or start a new run with --run NAME"
             )
         return Run(row["run_id"], name, row["status"], recorded, created=False)
-    run_id = await conn.fetchval(
-        "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, backend, started_at)"
-        " VALUES ($1, $2::jsonb, $3, $4, $5::jsonb, $6::jsonb, now()) RETURNING run_id",
-        name,
-        json.dumps(settings.as_dict()),
-        settings.embedding_model,
-        embedding_dim,
-        json.dumps(package_versions()),
-        json.dumps(backend),
-    )
     return Run(run_id, name, "running", settings.as_dict(), created=True)
 
 

@@ -8,6 +8,7 @@ import json
 
 import asyncpg
 
+from app.claims import workers_in_flight
 from app.quality import format_quality
 from app.runs import find_run, firm_counts
 
@@ -18,7 +19,8 @@ async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
     ``firms`` (done, skipped, failed, left, total), ``topics``, ``themes_per_level``
     (fine first), ``started_at``/``finished_at`` (ISO), ``model``, ``embedding_dim``,
     ``backend``, ``timings``, ``llm_usage``, ``quality``, ``settings``, ``failed``
-    (firm id and reason of each failed firm)."""
+    (firm id and reason of each failed firm) and ``in_flight`` (the firms workers hold
+    now: ``worker``, ``firm_id``, ``since``; see ``app.claims``)."""
     async with pool.acquire() as conn:
         run = await find_run(conn, run_name)
         if run is None:
@@ -31,6 +33,7 @@ async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
         failed = await conn.fetch(
             "SELECT firm_id, reason FROM run_firms WHERE run_id = $1 AND status = 'failed' ORDER BY firm_id",
             run["run_id"])
+        in_flight = await workers_in_flight(conn, run["run_id"])
 
     def loaded(column):
         return json.loads(run[column]) if run[column] else None
@@ -41,7 +44,7 @@ async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
         "backend": loaded("backend"), "started_at": run["started_at"].isoformat(timespec="seconds"),
         "finished_at": run["finished_at"].isoformat(timespec="seconds") if run["finished_at"] else None,
         "timings": loaded("timings") or {}, "llm_usage": loaded("llm_usage") or {}, "quality": loaded("quality"),
-        "settings": loaded("settings") or {}, "failed": [dict(r) for r in failed],
+        "settings": loaded("settings") or {}, "failed": [dict(r) for r in failed], "in_flight": in_flight,
     }
 
 
@@ -61,6 +64,12 @@ def format_status(detail: dict) -> str:
         f"  topics: {detail['topics']}, themes: {per_level[0] if per_level else 0}",
         f"  started: {detail['started_at']}" + (f", finished: {detail['finished_at']}" if detail["finished_at"] else ""),
     ]
+    workers: dict[str, list[dict]] = {}
+    for claim in detail.get("in_flight", []):
+        workers.setdefault(claim["worker"], []).append(claim)
+    for worker, claims in workers.items():
+        lines.append(f"  in flight: {worker} (since {claims[0]['since']}): "
+                     + ", ".join(c["firm_id"] for c in claims))
     if len(per_level) > 1:
         lines.append(f"  theme levels: {len(per_level)}, fine to top: " + " -> ".join(map(str, per_level)))
     elif per_level:

@@ -1,0 +1,126 @@
+"""Several workers share one run through PostgreSQL (app.claims): three ``firmtopics run``
+processes on one database and 12 generated firms, one of them SIGKILLed mid-run; every
+firm is done once, no row is written twice, the themes are formed once, and each firm
+gets the topics a single worker gives it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.claims import FirmClaims, release_theme_lock, take_theme_lock, worker_name, workers_in_flight
+from app.sample import sample_rows
+from support import fetch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def twelve_firms() -> list[dict]:
+    """The sample's 8 firms and 4 more (another seed, other ids), without the small firm."""
+    rows = [r for r in sample_rows() if r["firm_id"] != "TNY"]
+    rows += [{**r, "firm_id": "X" + r["firm_id"], "doc_id": "X" + r["doc_id"]}
+             for r in sample_rows(seed=8, firms=4) if r["firm_id"] != "TNY"]
+    return rows
+
+
+def environment(database_url: str, tmp_path: Path, name: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XAI_API_KEY", "XAI_BASE_URL")}
+    env.update(DATABASE_URL=database_url, LOG_FORMAT="json", FIRMTOPICS_DATA_DIR=str(tmp_path / name),
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def worker(database_url: str, tmp_path: Path, name: str, run: str = "shared") -> subprocess.Popen:
+    """``firmtopics run --run RUN`` as a process of its own. Its output goes to files, so a
+    full pipe never blocks it."""
+    out = open(tmp_path / f"{name}.out", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "app", "run", "--run", run], cwd=ROOT,
+                            env=environment(database_url, tmp_path, name), stdout=out, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def topics_by_firm(url: str, run: str) -> dict[str, list[tuple]]:
+    rows = fetch(url, "SELECT t.firm_id, t.topic_no, t.keywords, t.n_sentences FROM topics t JOIN runs r USING (run_id)"
+                      " WHERE r.name = $1 ORDER BY t.firm_id, t.topic_no", run)
+    found: dict[str, list[tuple]] = {}
+    for r in rows:
+        found.setdefault(r["firm_id"], []).append((r["topic_no"], tuple(r["keywords"]), r["n_sentences"]))
+    return found
+
+
+def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
+    corpus = tmp_path / "twelve.jsonl.gz"
+    with gzip.open(corpus, "wt", encoding="utf-8") as out:
+        for row in twelve_firms():
+            out.write(json.dumps(row) + "\n")
+    ingest = subprocess.run([sys.executable, "-m", "app", "ingest", str(corpus)], cwd=ROOT,
+                            env=environment(database_url, tmp_path, "ingest"), capture_output=True, text=True)
+    assert ingest.returncode == 0, ingest.stderr[-2000:]
+    workers = [worker(database_url, tmp_path, f"w{i}") for i in range(3)]
+    # Kill the first worker once it has written a firm (its claims die with its session).
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if fetch(database_url, "SELECT count(*) AS n FROM run_firms")[0]["n"] >= 2:
+            break
+        time.sleep(0.5)
+    workers[0].send_signal(signal.SIGKILL)
+    codes = [w.wait(600) for w in workers]
+    outputs = [(tmp_path / f"w{i}.out").read_text()[-3000:] for i in range(3)]
+    assert codes[0] == -signal.SIGKILL and codes[1:] == [0, 0], outputs[1:]
+    if fetch(database_url, "SELECT status FROM runs WHERE name = 'shared'")[0]["status"] != "complete":
+        # The killed worker held the last firms or the theme stage: any worker's next start finishes.
+        resumed = worker(database_url, tmp_path, "w3")
+        assert resumed.wait(600) == 0
+    assert fetch(database_url, "SELECT status FROM runs WHERE name = 'shared'")[0]["status"] == "complete"
+    assert fetch(database_url, "SELECT count(*) AS n FROM run_firms")[0]["n"] == 12
+    assert fetch(database_url, "SELECT count(*) - count(DISTINCT sentence_id) AS d FROM sentence_topics")[0]["d"] == 0
+    assert fetch(database_url, "SELECT count(*) AS n FROM sentence_topics")[0]["n"] == \
+        fetch(database_url, "SELECT count(*) AS n FROM sentences")[0]["n"]
+    assert fetch(database_url, "SELECT count(DISTINCT theme_no) = count(*) AS once FROM themes WHERE level = 1")[0]["once"]
+
+    # A worker with other result-changing settings is refused, as a resume is.
+    other = subprocess.run([sys.executable, "-m", "app", "run", "--run", "shared"], cwd=ROOT, capture_output=True,
+                           text=True, env={**environment(database_url, tmp_path, "other"), "FIRMTOPICS_SEED": "7"})
+    assert other.returncode == 2 and "other settings" in other.stderr
+
+    # The same topics a single worker gives each firm.
+    alone = worker(database_url, tmp_path, "alone", run="alone")
+    assert alone.wait(600) == 0, (tmp_path / "alone.out").read_text()[-3000:]
+    assert topics_by_firm(database_url, "shared") == topics_by_firm(database_url, "alone")
+
+
+async def test_a_firm_is_claimed_by_one_worker_at_a_time(pool):
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO firms (firm_id) VALUES ('A'), ('B')")
+        run_id = await conn.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
+                                     " VALUES ('r', '{}', 'm', 2, '{}') RETURNING run_id")
+        await conn.execute("INSERT INTO run_firms (run_id, firm_id, status, n_sentences, n_topics, n_outliers)"
+                           " VALUES ($1, 'B', 'done', 0, 0, 0)", run_id)
+    async with FirmClaims(pool, run_id) as first, FirmClaims(pool, run_id) as second:
+        assert await first.take("A") and not await second.take("A")  # held by the first worker
+        async with pool.acquire() as conn:  # what status shows: which worker holds which firm
+            held = await workers_in_flight(conn, run_id)
+        assert [(h["worker"], h["firm_id"]) for h in held] == [(worker_name(), "A")]
+        assert not await first.take("B")  # recorded already: nobody takes it
+        await first.release("A")
+        assert await second.take("A")
+    async with FirmClaims(pool, run_id) as third:  # leaving the block released every claim
+        assert await third.take("A")
+
+
+async def test_two_workers_at_the_theme_stage_at_once_one_runs_it(pool):
+    async with pool.acquire() as one, pool.acquire() as two:
+        assert await take_theme_lock(one, 7) and not await take_theme_lock(two, 7)
+        assert await take_theme_lock(two, 8)  # another run's theme stage is free
+        await release_theme_lock(one, 7)
+        assert await take_theme_lock(two, 7)
+        await release_theme_lock(two, 7)
+        await release_theme_lock(two, 8)
