@@ -22,6 +22,8 @@ import socket
 import anyio
 import asyncpg
 
+from app.database import RETRYABLE, with_connection_retry
+
 
 # Advisory lock key spaces. Firm claims use the two-integer form (run id, hash of the firm
 # id); the theme stage the one-bigint form, which PostgreSQL keeps apart from the other.
@@ -38,49 +40,103 @@ class FirmClaims:
     def __init__(self, pool: asyncpg.Pool, run_id: int) -> None:
         self._pool = pool
         self.run_id = run_id
+        self._acquired = None  # the pool's acquire context of the claims connection
         self._conn: asyncpg.Connection | None = None
         self._lock = anyio.Lock()  # one query at a time on the claims connection
         self.held: set[str] = set()
 
     async def __aenter__(self) -> "FirmClaims":
-        self._conn = await self._pool.acquire()
-        # Named, so that ``status`` can say which worker holds which firm (workers_in_flight).
-        await self._conn.execute("SELECT set_config('application_name', $1, false)", worker_name())
+        await self._connect()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        conn, self._conn = self._conn, None
         self.held.clear()
-        if conn is None:
-            return
         with anyio.CancelScope(shield=True):
+            await self._disconnect()
+
+    async def _connect(self) -> None:
+        self._acquired = self._pool.acquire()
+        self._conn = await self._acquired.__aenter__()
+        # Named, so that ``status`` can say which worker holds which firm (workers_in_flight).
+        await self._conn.execute("SELECT set_config('application_name', $1, false)", worker_name())
+
+    async def _disconnect(self) -> None:
+        acquired, self._acquired, self._conn = self._acquired, None, None
+        if acquired is None:
+            return
+        # The pool resets a connection it takes back, advisory locks included.
+        try:
+            await acquired.__aexit__(None, None, None)
+        except RETRYABLE:
+            pass  # the connection is gone, and its session's locks with it
+
+    async def _run(self, action):
+        """``await action(conn)`` on the claims connection. A lost connection (a restart, a
+        failover) loses its session's locks: a new connection is taken, the claims still
+        held are taken again, and the action is retried, for as long as the run's retry
+        window allows (``with_connection_retry``'s policy)."""
+        def usable() -> bool:
             try:
-                await conn.execute("SELECT pg_advisory_unlock_all()")
-            finally:
-                await self._pool.release(conn)
+                return self._conn is not None and not self._conn.is_closed()
+            except RETRYABLE:  # a connection the pool took back answers nothing
+                return False
+
+        async def attempt(_unused):
+            if not usable():
+                await self._disconnect()
+                await self._connect()
+                for firm_id in sorted(self.held):
+                    await self._conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", self.run_id, firm_id)
+            try:
+                return await action(self._conn)
+            except RETRYABLE:
+                await self._disconnect()
+                raise
+
+        return await with_connection_retry(_NoPool(), attempt, what="claim a firm")
 
     async def take(self, firm_id: str) -> bool:
         """Claim ``firm_id``: True when this worker now holds it and the run has not
         recorded it; False when another worker holds it or it is recorded already."""
-        async with self._lock:
-            got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", self.run_id, firm_id)
-            if not got:
+        async def take(conn: asyncpg.Connection) -> bool:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", self.run_id, firm_id):
                 return False
-            recorded = await self._conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM run_firms WHERE run_id = $1 AND firm_id = $2)", self.run_id, firm_id)
-            if recorded:
-                await self._conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", self.run_id, firm_id)
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM run_firms WHERE run_id = $1 AND firm_id = $2)",
+                                   self.run_id, firm_id):
+                await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", self.run_id, firm_id)
                 return False
-            self.held.add(firm_id)
             return True
+
+        async with self._lock:
+            taken = await self._run(take)
+            if taken:
+                self.held.add(firm_id)
+            return taken
 
     async def release(self, firm_id: str) -> None:
         """Give ``firm_id`` back (after it was written, or dropped)."""
         if firm_id not in self.held:
             return
         async with self._lock:
-            await self._conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", self.run_id, firm_id)
             self.held.discard(firm_id)
+            await self._run(lambda conn: conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))",
+                                                      self.run_id, firm_id))
+
+
+class _NoPool:
+    """``with_connection_retry`` takes its connections from a pool; the claims keep their
+    own, so this stand-in hands ``None`` to the action, which uses the claims connection."""
+
+    def acquire(self):
+        return _Nothing()
+
+
+class _Nothing:
+    async def __aenter__(self):
+        return None
+
+    async def __aexit__(self, *exc):
+        return False
 
 
 def worker_name() -> str:

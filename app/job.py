@@ -222,7 +222,13 @@ async def run_job(
                                                what="firms left")
             if todo and not taken:
                 return await left_to_others(f"{len(todo)} firms are in flight on other workers")
-        await record("firms_done")
+        # A run whose themes are stored already (a worker died in the index stage) keeps
+        # that status when no firm was added since: the theme stage is then skipped below.
+        status_before = await with_connection_retry(
+            pool, lambda conn: conn.fetchval("SELECT status FROM runs WHERE run_id = $1", run.run_id),
+            what="run status")
+        if took_any or status_before not in ("themes_done", "complete"):
+            await record("firms_done")
         if stop is not None and stop.is_set():
             return await stopped("firms_done")
 
