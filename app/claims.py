@@ -16,6 +16,7 @@ One worker alone takes every claim it asks for, and behaves as before.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -23,7 +24,6 @@ import anyio
 import asyncpg
 
 from app.database import RETRYABLE, with_connection_retry
-
 
 # Advisory lock key spaces. Firm claims use the two-integer form (run id, hash of the firm
 # id); the theme stage the one-bigint form, which PostgreSQL keeps apart from the other.
@@ -127,16 +127,9 @@ class _NoPool:
     """``with_connection_retry`` takes its connections from a pool; the claims keep their
     own, so this stand-in hands ``None`` to the action, which uses the claims connection."""
 
-    def acquire(self):
-        return _Nothing()
-
-
-class _Nothing:
-    async def __aenter__(self):
-        return None
-
-    async def __aexit__(self, *exc):
-        return False
+    @staticmethod
+    def acquire():
+        return contextlib.nullcontext()
 
 
 def worker_name() -> str:
