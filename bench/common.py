@@ -7,12 +7,10 @@ machine vary from run to run, ratios hold.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -68,18 +66,14 @@ def corpus(n_firms: int | None, folder: Path) -> tuple[Path, int, int, str]:
     return path, len({r["firm_id"] for r in rows}), len(rows), "generated sample corpus (no shared data here)"
 
 
-@contextlib.contextmanager
 def fake_llm_server(latency: float, *extra: str):
-    """Run tests/fake_llm_server.py as a subprocess; yields its base URL."""
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_llm_server.py"), "--port", "0", "--latency", str(latency), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        yield process.stdout.readline().strip()
-    finally:
-        process.terminate()
-        process.wait(10)
+    """Run tests/fake_llm_server.py as a subprocess (``tests/support.py``'s
+    ``fake_llm_process``); use as a context manager that yields its base URL."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.append(str(ROOT / "tests"))
+    from support import fake_llm_process
+
+    return fake_llm_process(*extra, latency=latency)
 
 
 def machine() -> str:

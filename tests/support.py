@@ -39,13 +39,13 @@ def embedded_url_for_tests(data_dir: Path) -> str:
 
 
 @contextmanager
-def fake_llm_process(*arguments: str):
+def fake_llm_process(*arguments: str, latency: float = 0.05):
     """The fake OpenAI-compatible server (``tests/fake_llm_server.py``) as a separate
-    process on a real socket, with these command-line arguments and 50 ms of latency,
-    knowing the model 'grok-test'; yields its base URL."""
+    process on a real socket, with these command-line arguments and ``latency`` seconds
+    a request; yields its base URL. (The benchmarks start theirs with it too.)"""
     server = Path(__file__).resolve().parent / "fake_llm_server.py"
     process = subprocess.Popen(
-        [sys.executable, str(server), "--port", "0", "--latency", "0.05", "--model", "grok-test", *arguments],
+        [sys.executable, str(server), "--port", "0", "--latency", str(latency), *arguments],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -17,7 +17,7 @@ GOOD_KEY = "xai-test-good-key-0123456789"
 @pytest.fixture(scope="module")
 def llm_server():
     """The fake server, accepting only GOOD_KEY and the model 'grok-test'."""
-    with fake_llm_process("--api-key", GOOD_KEY) as base_url:
+    with fake_llm_process("--model", "grok-test", "--api-key", GOOD_KEY) as base_url:
         yield base_url
 
 
@@ -85,7 +85,8 @@ def names_and_usage(url):
 
 def test_a_busy_start_is_waited_out_and_every_topic_is_named_by_the_llm(env, monkeypatch, sample_corpus, capsys):
     """The first 6 answers are 429 with Retry-After: 1 s, as when another job shares the key."""
-    with fake_llm_process("--api-key", GOOD_KEY, "--busy-first", "6", "--busy-retry-after", "1") as base_url:
+    with fake_llm_process("--model", "grok-test", "--api-key", GOOD_KEY, "--busy-first", "6",
+                          "--busy-retry-after", "1") as base_url:
         monkeypatch.setenv("XAI_BASE_URL", base_url)
         monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
         assert main(["run", "--input", str(sample_corpus)]) == 0
@@ -101,7 +102,7 @@ def test_a_local_server_without_a_key_that_refuses_newer_parameters_names_everyt
     """The local-server recipe of docs/naming.md: XAI_BASE_URL on this machine, no
     XAI_API_KEY; the server (like an older vLLM or llama.cpp) refuses
     max_completion_tokens and response_format."""
-    with fake_llm_process("--no-key", "--refuse-parameter", "max_completion_tokens",
+    with fake_llm_process("--model", "grok-test", "--no-key", "--refuse-parameter", "max_completion_tokens",
                      "--refuse-parameter", "response_format") as base_url:
         monkeypatch.setenv("XAI_BASE_URL", base_url)
         monkeypatch.delenv("XAI_API_KEY", raising=False)

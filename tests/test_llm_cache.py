@@ -36,7 +36,7 @@ def usage_of(url: str, run: str) -> dict:
 @pytest.fixture
 def llm_env(database_url, monkeypatch, tmp_path):
     """The CLI's environment with the fake server (as a process) and a key; yields its base URL."""
-    with fake_llm_process("--api-key", KEY) as base_url:
+    with fake_llm_process("--model", "grok-test", "--api-key", KEY) as base_url:
         for name, value in {"DATABASE_URL": database_url, "LOG_FORMAT": "json", "XAI_BASE_URL": base_url,
                             "XAI_MODEL": "grok-test", "XAI_API_KEY": KEY, "LLM_CONCURRENCY": "4"}.items():
             monkeypatch.setenv(name, value)
