@@ -246,7 +246,6 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowra
 .kw { color: #777; font-size: 0.85em; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 0 2em; }
 .grid table td:first-child { color: #555; }
-img { max-width: 100%; border: 1px solid #e3e3e3; }
 code { background: #f5f5f5; padding: 0 0.25em; }
 footer { color: #888; font-size: 0.85em; margin-top: 3em; }
 details.theme { border-left: 3px solid #d0d0d0; margin: 0.9em 0; padding-left: 0.9em; }

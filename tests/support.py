@@ -55,6 +55,12 @@ def fake_llm_process(*arguments: str, latency: float = 0.05):
         process.wait(10)
 
 
+def is_broader_theme(theme) -> bool:
+    """Whether a ``ThemeToName`` is a broader theme (level 2 and up): the theme stage shows
+    the namer its narrower themes as members with no firm (``app.themes._name_level``)."""
+    return bool(theme.topics) and theme.topics[0].firm_id == ""
+
+
 # Every table a run fills, for counts before and after.
 TABLES = ("firms", "sentences", "runs", "run_firms", "topics", "themes", "sentence_topics")
 

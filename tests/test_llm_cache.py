@@ -19,7 +19,7 @@ from app.llm import LLMNamer
 from app.sample import sample_rows
 from app.settings import RunSettings, Settings
 from fake_llm_server import FakeLLMServer
-from support import fake_llm_process, fetch, insert_corpus
+from support import fake_llm_process, fetch, insert_corpus, is_broader_theme
 
 KEY = "xai-cache-test-key-0123456789abcdef"
 
@@ -103,7 +103,7 @@ class DiesOnABroaderTheme(LLMNamer):
     inside the level stage, after every fine theme was named by the LLM."""
 
     async def name_theme(self, theme):
-        if theme.topics and theme.topics[0].firm_id == "":  # a broader theme is shown its narrower ones
+        if is_broader_theme(theme):
             raise RuntimeError("killed in the theme stage")
         return await super().name_theme(theme)
 

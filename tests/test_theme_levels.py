@@ -11,7 +11,7 @@ from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import sample_rows
 from app.settings import RunSettings
-from support import insert_corpus
+from support import insert_corpus, is_broader_theme
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ class FailsOnABroaderTheme(OfflineNamer):
     inside the level stage, after the fine themes were named."""
 
     async def name_theme(self, theme):
-        if theme.topics and theme.topics[0].firm_id == "":  # a broader theme is shown its narrower ones
+        if is_broader_theme(theme):
             raise RuntimeError("died while naming a broader theme")
         return await super().name_theme(theme)
 
