@@ -11,6 +11,10 @@ already recorded for the run (written by someone else meanwhile).
 The theme stage is run by one worker only: the one that takes the run's theme lock
 (another advisory lock, on its own key space) when no firm is left.
 
+With ``LLM_RUN_CONCURRENCY`` set, LLM requests are limited for the whole run, across
+workers, the same way: a request is sent while its worker holds one of that many slots
+(``LLMSlots``), each an advisory lock of the run.
+
 One worker alone takes every claim it asks for, and behaves as before.
 """
 
@@ -24,33 +28,36 @@ import anyio
 import asyncpg
 
 from app.database import RETRYABLE, with_connection_retry
+from app.logs import get_logger
+
+log = get_logger("claims")
 
 # Advisory lock key spaces. Firm claims use the two-integer form (run id, hash of the firm
 # id); the theme stage the one-bigint form, which PostgreSQL keeps apart from the other.
 _THEME_LOCK_BASE = 7_424_002 << 24
+# LLM slots: one bigint per (run, slot), above every theme lock key; 1,023 slots at most.
+_LLM_SLOT_BASE = 7_424_003 << 40
 
 
-class FirmClaims:
-    """The claims of one worker on one run, on a connection of their own.
+class _LockSession:
+    """Advisory locks held on one connection of their own, taken from the pool for as long
+    as the ``async with`` block lasts; leaving it (or the process dying) releases them all.
 
-    Use as ``async with FirmClaims(pool, run_id) as claims:``: it holds one of the pool's
-    connections for the stage; leaving the block (or the process dying) releases every
-    claim still held."""
+    A lost connection (a restart, a failover) loses its session's locks: the next query
+    takes a new connection, first takes again what was held (``_take_again``), and is
+    retried, for as long as the run's retry window allows (``with_connection_retry``)."""
 
-    def __init__(self, pool: asyncpg.Pool, run_id: int) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self.run_id = run_id
-        self._acquired = None  # the pool's acquire context of the claims connection
+        self._acquired = None  # the pool's acquire context of the connection
         self._conn: asyncpg.Connection | None = None
-        self._lock = anyio.Lock()  # one query at a time on the claims connection
-        self.held: set[str] = set()
+        self._lock = anyio.Lock()  # one query at a time on the connection
 
-    async def __aenter__(self) -> "FirmClaims":
+    async def __aenter__(self):
         await self._connect()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self.held.clear()
         with anyio.CancelScope(shield=True):
             await self._disconnect()
 
@@ -70,11 +77,12 @@ class FirmClaims:
         except RETRYABLE:
             pass  # the connection is gone, and its session's locks with it
 
-    async def _run(self, action):
-        """``await action(conn)`` on the claims connection. A lost connection (a restart, a
-        failover) loses its session's locks: a new connection is taken, the claims still
-        held are taken again, and the action is retried, for as long as the run's retry
-        window allows (``with_connection_retry``'s policy)."""
+    async def _take_again(self, conn: asyncpg.Connection) -> None:
+        """Take again, on a new connection, the locks the lost one held."""
+
+    async def _run(self, action, what: str):
+        """``await action(conn)`` on the session's connection, one at a time, surviving a
+        lost connection as the class says."""
         def usable() -> bool:
             try:
                 return self._conn is not None and not self._conn.is_closed()
@@ -85,15 +93,41 @@ class FirmClaims:
             if not usable():
                 await self._disconnect()
                 await self._connect()
-                for firm_id in sorted(self.held):
-                    await self._conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", self.run_id, firm_id)
+                await self._take_again(self._conn)
             try:
                 return await action(self._conn)
             except RETRYABLE:
                 await self._disconnect()
                 raise
 
-        return await with_connection_retry(_NoPool(), attempt, what="claim a firm")
+        async with self._lock:
+            return await with_connection_retry(_NoPool(), attempt, what=what)
+
+
+class FirmClaims(_LockSession):
+    """The claims of one worker on one run, on a connection of their own.
+
+    Use as ``async with FirmClaims(pool, run_id) as claims:``: it holds one of the pool's
+    connections for the stage; leaving the block (or the process dying) releases every
+    claim still held."""
+
+    def __init__(self, pool: asyncpg.Pool, run_id: int) -> None:
+        super().__init__(pool)
+        self.run_id = run_id
+        self.held: set[str] = set()
+
+    async def __aexit__(self, *exc) -> None:
+        self.held.clear()
+        await super().__aexit__(*exc)
+
+    async def _take_again(self, conn: asyncpg.Connection) -> None:
+        for firm_id in sorted(self.held):
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", self.run_id, firm_id):
+                # Another worker took it while this one had no connection: it is that
+                # worker's now. This one finishes its copy, but the write finds the firm
+                # recorded and drops it (write_firm_with_retry).
+                self.held.discard(firm_id)
+                log.warning("claim_lost", firm=firm_id, reason="taken by another worker during a reconnect")
 
     async def take(self, firm_id: str) -> bool:
         """Claim ``firm_id``: True when this worker now holds it and the run has not
@@ -105,22 +139,78 @@ class FirmClaims:
                                    self.run_id, firm_id):
                 await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", self.run_id, firm_id)
                 return False
+            self.held.add(firm_id)
             return True
 
-        async with self._lock:
-            taken = await self._run(take)
-            if taken:
-                self.held.add(firm_id)
-            return taken
+        return await self._run(take, what="claim a firm")
 
     async def release(self, firm_id: str) -> None:
         """Give ``firm_id`` back (after it was written, or dropped)."""
         if firm_id not in self.held:
             return
-        async with self._lock:
-            self.held.discard(firm_id)
-            await self._run(lambda conn: conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))",
-                                                      self.run_id, firm_id))
+        self.held.discard(firm_id)
+        await self._run(lambda conn: conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))",
+                                                  self.run_id, firm_id), what="release a firm")
+
+
+class LLMSlots(_LockSession):
+    """A limit on LLM requests in flight for a whole run, across every worker
+    (``LLM_RUN_CONCURRENCY``): ``slots`` advisory locks of the run; a request is sent
+    only while its worker holds one. A dead worker's slots end with its session.
+
+    A worker waiting for a slot asks again after a short sleep, growing from
+    ``poll_s[0]`` to ``poll_s[1]``: a slot freed is taken within that time
+    (``bench/workers.py`` measures what that costs against one worker's own semaphore)."""
+
+    def __init__(self, pool: asyncpg.Pool, run_id: int, slots: int, *,
+                 poll_s: tuple[float, float] = (0.01, 0.1)) -> None:
+        super().__init__(pool)
+        if not 0 < slots < 1024:
+            raise ValueError(f"slots must be between 1 and 1023, not {slots}")
+        self.slots = slots
+        self._first_key = _LLM_SLOT_BASE + (run_id << 10)
+        self._poll_s = poll_s
+        self._held: set[int] = set()
+        self._next = 0  # where the next search starts, so slots are used round the ring
+
+    async def _take_again(self, conn: asyncpg.Connection) -> None:
+        for slot in sorted(self._held):
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1::bigint)", self._first_key + slot):
+                self._held.discard(slot)  # another worker has it now: one request over, briefly
+
+    async def _try_take(self) -> int | None:
+        async def take(conn: asyncpg.Connection) -> int | None:
+            # The first free slot from ``_next`` on. Evaluated row by row under LIMIT 1,
+            # so at most one lock is taken. Advisory locks are re-entrant within a
+            # session, so the slots this worker holds are passed over first (CASE keeps
+            # that order: the lock is not even tried for them).
+            slot = await conn.fetchval(
+                "SELECT s FROM (SELECT ($2 + i) % $3 AS s FROM generate_series(0, $3 - 1) AS i) AS ring"
+                " WHERE CASE WHEN s = ANY($4::int[]) THEN false ELSE pg_try_advisory_lock($1::bigint + s) END"
+                " LIMIT 1", self._first_key, self._next, self.slots, sorted(self._held))
+            if slot is not None:
+                self._held.add(slot)
+                self._next = (slot + 1) % self.slots
+            return slot
+
+        return await self._run(take, what="take an LLM slot")
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """``async with slots.slot():`` waits for a free slot of the run and holds it for
+        the block."""
+        wait = self._poll_s[0]
+        while (slot := await self._try_take()) is None:
+            await anyio.sleep(wait)
+            wait = min(wait * 2, self._poll_s[1])
+        try:
+            yield slot
+        finally:
+            with anyio.CancelScope(shield=True):
+                if slot in self._held:
+                    self._held.discard(slot)
+                    await self._run(lambda conn: conn.execute("SELECT pg_advisory_unlock($1::bigint)",
+                                                              self._first_key + slot), what="release an LLM slot")
 
 
 class _NoPool:

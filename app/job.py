@@ -177,7 +177,7 @@ async def run_job(
             outcome.firms = await firm_counts(conn, run.run_id)
         log.info("run_already_complete", run=run_name, **outcome.firms)
         return outcome
-    namer.keep_exchanges(pool, run.run_id)
+    namer.join_run(pool, run.run_id)
     log.info("run_started" if run.created else "run_resumed", run=run_name, run_id=run.run_id,
              firms_left=len(todo), previous_status=run.status, backend=backend.name, device=embedder.device)
 

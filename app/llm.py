@@ -45,13 +45,14 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
 import aiohttp
 
 from app import prompts
+from app.claims import LLMSlots
 from app.exchanges import ExchangeLog, request_key
 from app.logs import get_logger
 from app.naming import (
@@ -274,6 +275,7 @@ class LLMNamer:
         self._json_format = True
         self._started_busy = False
         self._exchanges: ExchangeLog | None = None
+        self._run_slots: LLMSlots | None = None  # the run-wide limit, when there is one
         self._counts = dict.fromkeys(
             ("requests", "retries", "failures", "fallbacks", "prompt_tokens", "completion_tokens", "total_tokens",
              "peak_in_flight", "topics_named", "themes_named", "cache_hits"),
@@ -301,6 +303,9 @@ class LLMNamer:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._run_slots is not None:  # its connection goes back to the pool, its slots with it
+            await self._run_slots.__aexit__(*exc_info)
+            self._run_slots = None
 
     # --- the public surface ------------------------------------------------------------
 
@@ -340,10 +345,14 @@ class LLMNamer:
                 return
             await self._wait_before_retry(attempt, problem, "start-up check", wait_s=wait_s)
 
-    def keep_exchanges(self, pool, run_id: int) -> None:
+    def join_run(self, pool, run_id: int) -> None:
         """From now on, keep every answered request in ``llm_exchanges`` under ``run_id``
-        and answer a request kept before from there (unless ``LLM_CACHE=off``)."""
+        and answer a request kept before from there (unless ``LLM_CACHE=off``); with
+        ``LLM_RUN_CONCURRENCY`` set, send a request only while holding one of the run's
+        slots (``LLMSlots``), on top of this worker's own ``LLM_CONCURRENCY``."""
         self._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache)
+        if self._settings.llm_run_concurrency:
+            self._run_slots = LLMSlots(pool, run_id, self._settings.llm_run_concurrency)
 
     async def name_topic(self, topic: TopicToName) -> Label:
         """Name one firm topic; never raises for this topic's trouble.
@@ -511,7 +520,7 @@ class LLMNamer:
     async def _post_once(self, payload: dict, subject: str | None, read):
         """One HTTP request of ``payload`` under the semaphore, kept in the exchange log
         (see ``_post``)."""
-        async with self._semaphore:
+        async with self._semaphore, self._run_slots.slot() if self._run_slots else nullcontext():
             # Checked again after the wait for the semaphore: the quota may have run out
             # while this request was queued.
             if self._stopped_reason is not None:

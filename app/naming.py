@@ -84,9 +84,11 @@ class Namer(Protocol):
         """Counts for the ``runs.llm_usage`` column and the end-of-run summary."""
         ...
 
-    def keep_exchanges(self, pool, run_id: int) -> None:
-        """Keep this run's LLM exchanges in the database, and answer from those kept
-        (``app.exchanges``); a namer that sends no request does nothing."""
+    def join_run(self, pool, run_id: int) -> None:
+        """Bind the namer to run ``run_id`` in the database at ``pool``: keep the run's LLM
+        exchanges there and answer from those kept (``app.exchanges``), and share the
+        run-wide request limit with the run's other workers (``LLM_RUN_CONCURRENCY``,
+        ``app.claims.LLMSlots``). A namer that sends no request does nothing."""
         ...
 
 
@@ -115,7 +117,7 @@ class OfflineNamer:
     def usage(self) -> dict:
         return {"namer": "keywords", "topics_named": self.named_topics, "themes_named": self.named_themes}
 
-    def keep_exchanges(self, pool, run_id: int) -> None:
+    def join_run(self, pool, run_id: int) -> None:
         """Nothing to keep: no request is sent."""
 
 

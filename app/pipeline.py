@@ -105,6 +105,7 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
     async def compute() -> None:
         nonlocal completed
         async with to_name_send:
+            looking_since = time.perf_counter()  # claim time: finding a firm no other worker holds
             for firm in firms:
                 if stage.stop.is_set():
                     completed = False
@@ -112,19 +113,30 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
                 if stage.claims is not None and not await stage.claims.take(firm.firm_id):
                     stage.taken_elsewhere += 1
                     continue
+                claim_s = time.perf_counter() - looking_since
                 stage.in_flight.add(firm.firm_id)
-                log.debug("firm_claimed", firm=firm.firm_id)
-                await to_name_send.send(await compute_firm(stage, firm))
+                log.info("firm_claimed", firm=firm.firm_id, sentences=firm.n_sentences)
+                clustered = await compute_firm(stage, firm)
+                if stage.claims is not None:
+                    clustered.result.seconds["claim"] = claim_s
+                await to_name_send.send(clustered)
+                looking_since = time.perf_counter()
 
     async def writer() -> None:
         async with to_write_receive:
             async for result in to_write_receive:
                 started = time.perf_counter()
-                await write_firm_with_retry(stage.pool, stage.run_id, result)
+                written = await write_firm_with_retry(stage.pool, stage.run_id, result)
                 result.seconds["write"] = time.perf_counter() - started
                 stage.in_flight.discard(result.firm_id)
                 if stage.claims is not None:
                     await stage.claims.release(result.firm_id)
+                if not written:
+                    # Another worker wrote it (this one's claim was lost with its connection):
+                    # that copy stands, and this one is dropped; the firm is that worker's.
+                    log.warning("firm_written_by_another_worker", firm=result.firm_id,
+                                reason="this worker's claim was lost with its connection; the other copy stands")
+                    continue
                 progress.firm_finished(result.status, result.n_sentences, result.seconds)
                 log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
                          sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,

@@ -120,6 +120,9 @@ class Settings:
     xai_base_url: str = DEFAULT_XAI_BASE_URL
     xai_model: str = DEFAULT_XAI_MODEL
     llm_concurrency: int = 8
+    # LLM requests in flight at most for the whole run, across every worker sharing it
+    # (app.claims.LLMSlots); None: only each worker's own llm_concurrency applies.
+    llm_run_concurrency: int | None = None
     llm_timeout_s: float = 60.0
     llm_max_attempts: int = 5
     # How long the start-up check waits out a busy server (429, 5xx, timeouts) before the
@@ -196,6 +199,8 @@ class Settings:
             theme_top_level_size=integer("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", RunSettings.theme_top_level_size,
                                          minimum=2),
         )
+        if (integer("LLM_RUN_CONCURRENCY", None) or 0) > 1023:
+            raise SettingsError(f"LLM_RUN_CONCURRENCY must be at most 1023, got {env['LLM_RUN_CONCURRENCY']}")
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             data_dir=Path(env["FIRMTOPICS_DATA_DIR"]) if env.get("FIRMTOPICS_DATA_DIR") else default_data_dir(),
@@ -203,6 +208,7 @@ class Settings:
             xai_base_url=(env.get("XAI_BASE_URL") or DEFAULT_XAI_BASE_URL).rstrip("/"),
             xai_model=env.get("XAI_MODEL") or DEFAULT_XAI_MODEL,
             llm_concurrency=integer("LLM_CONCURRENCY", 8),
+            llm_run_concurrency=integer("LLM_RUN_CONCURRENCY", None),
             llm_timeout_s=number("LLM_TIMEOUT_S", 60.0),
             llm_max_attempts=integer("LLM_MAX_ATTEMPTS", 5),
             llm_start_budget_s=number("LLM_START_BUDGET_S", 120.0),

@@ -146,24 +146,29 @@ async def _copy_sentence_topics(
 
 async def write_firm_with_retry(
     pool: asyncpg.Pool, run_id: int, result: FirmResult, *, window_s: float | None = None, base_delay: float = 0.5
-) -> None:
-    """``write_firm`` on a pooled connection, retried on connection failures.
+) -> bool:
+    """``write_firm`` on a pooled connection, retried on connection failures. Returns True
+    when this call stored the firm, False when the run had it recorded before this call
+    (then nothing is written).
 
     A dropped connection rolls the firm's transaction back, so retrying writes it whole
     exactly once. When the retry window (``DB_RETRY_WINDOW_S``) runs out the last error
     is raised (the run then ends, resumable). ``AlreadyWritten`` on a retry means the commit did reach the
-    database before the connection broke: the firm is stored, so that counts as success.
+    database before the connection broke: the firm is stored, so that counts as this
+    call's write. On the first try it means another worker wrote the firm: with several
+    workers (``app.claims``) that happens only when this worker's claims connection was
+    lost (a failover) and another worker took the firm meanwhile. Its copy stands.
     """
     tries = 0
 
-    async def write(conn: asyncpg.Connection) -> None:
+    async def write(conn: asyncpg.Connection) -> bool:
         nonlocal tries
         tries += 1
         try:
             await write_firm(conn, run_id, result)
         except AlreadyWritten:
-            if tries == 1:
-                raise
+            return tries > 1
+        return True
 
-    await with_connection_retry(pool, write, what=f"write firm {result.firm_id}", window_s=window_s,
-                                base_delay=base_delay)
+    return await with_connection_retry(pool, write, what=f"write firm {result.firm_id}", window_s=window_s,
+                                       base_delay=base_delay)

@@ -241,6 +241,17 @@ def test_app_has_time_to_drain_on_sigterm(compose):
         assert service.get("init") is True, "an init process forwards SIGTERM to the program"
 
 
+def test_the_job_services_can_be_scaled_to_several_workers(compose):
+    # `docker compose up --scale app=3` starts three workers on one run (docs/deploy.md):
+    # a fixed container name or a published host port would stop the second replica, and
+    # the command the replicas run is the image's CMD, `run`, the same for each.
+    for name in ("app", "app-cpu"):
+        service = compose["services"][name]
+        assert "container_name" not in service, f"{name}: a fixed name allows one container only"
+        assert "ports" not in service, f"{name}: a published port would collide between replicas"
+        assert "command" not in service, f"{name}: every replica runs the image's CMD"
+
+
 # --- Dockerfile ------------------------------------------------------------------------
 
 

@@ -124,3 +124,22 @@ async def test_two_workers_at_the_theme_stage_at_once_one_runs_it(pool):
         assert await take_theme_lock(two, 7)
         await release_theme_lock(two, 7)
         await release_theme_lock(two, 8)
+
+
+async def test_a_claim_another_worker_took_during_a_reconnect_is_given_up(pool):
+    # A failover ends the claims connection and its locks with it. The worker takes its
+    # claims again on a new connection, except one another worker took meanwhile.
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO firms (firm_id) VALUES ('A'), ('B'), ('C')")
+        run_id = await conn.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
+                                     " VALUES ('r', '{}', 'm', 2, '{}') RETURNING run_id")
+    async with FirmClaims(pool, run_id) as first, FirmClaims(pool, run_id) as second:
+        assert await first.take("A") and await first.take("C")
+        async with pool.acquire() as conn:
+            holder = await conn.fetchval("SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory'"
+                                         " AND objsubid = 2 AND classid = $1::oid", run_id)
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
+        assert await second.take("A")  # the first worker's session, and its claims, are gone
+        assert await first.take("B")  # a new connection: C is taken again, A is the second's now
+        assert first.held == {"B", "C"} and second.held == {"A"}
+        assert not await second.take("C")

@@ -76,6 +76,17 @@ async def test_a_firm_is_never_written_twice(pool):
     assert await counts(pool) == {"run_firms": 1, "topics": 2, "sentence_topics": 6}
 
 
+async def test_a_firm_another_worker_wrote_first_is_not_written_again(pool):
+    # Two workers computed one firm (one lost its claim in a failover): the first write
+    # stands, the second says so and writes nothing.
+    run_id, ids = await prepared(pool)
+    assert await write_firm_with_retry(pool, run_id, firm_result(ids), base_delay=0.01)
+    assert not await write_firm_with_retry(pool, run_id, firm_result(ids, labels=[0, 1, 1, 1, 1, 1]), base_delay=0.01)
+    assert await counts(pool) == {"run_firms": 1, "topics": 2, "sentence_topics": 6}
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sentence_topics WHERE topic_id IS NULL") == 1
+
+
 async def test_a_dropped_connection_is_retried_and_the_firm_written_once(pool):
     run_id, ids = await prepared(pool)
     killed = []
