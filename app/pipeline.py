@@ -140,7 +140,7 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
                 progress.firm_finished(result.status, result.n_sentences, result.seconds)
                 log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
                          sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,
-                         seconds={k: round(v, 2) for k, v in result.seconds.items()},
+                         seconds={k: round(v, 3) for k, v in result.seconds.items()},
                          firms_finished=progress.firms_finished, firms_total=progress.total_firms)
                 progress.maybe_report()
         finished.set()

@@ -85,6 +85,10 @@ def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
     assert fetch(database_url, "SELECT count(*) AS n FROM sentence_topics")[0]["n"] == \
         fetch(database_url, "SELECT count(*) AS n FROM sentences")[0]["n"]
     assert fetch(database_url, "SELECT count(DISTINCT theme_no) = count(*) AS once FROM themes WHERE level = 1")[0]["once"]
+    # Each worker's log says which firms it took: between them, every firm.
+    claimed = {json.loads(line)["firm"] for name in ("w0", "w1", "w2", "w3") if (tmp_path / f"{name}.out").exists()
+               for line in (tmp_path / f"{name}.out").read_text().splitlines() if '"firm_claimed"' in line}
+    assert len(claimed) == 12
 
     # A worker with other result-changing settings is refused, as a resume is.
     other = subprocess.run([sys.executable, "-m", "app", "run", "--run", "shared"], cwd=ROOT, capture_output=True,
