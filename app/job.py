@@ -30,7 +30,7 @@ import anyio
 import asyncpg
 
 from app.backend import ClusteringBackend, choose_backend
-from app.claims import FirmClaims, release_theme_lock, take_theme_lock
+from app.claims import FirmClaims, release_theme_lock, take_theme_lock, workers_in_flight
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
 from app.embedding import Embedder, load_embedder
@@ -189,10 +189,16 @@ async def run_job(
     async def stopped(reached: str | None) -> JobOutcome:
         # A stop request (a signal) ends the run between stages. ``reached`` is the stage
         # finished last, kept as the run's status so a resume starts after it; None means
-        # firms are left, and the run is recorded ``interrupted``.
+        # firms are left, and the run is recorded ``interrupted``, unless other workers
+        # hold firms of it: the run goes on with them, and says so.
         outcome.status = "interrupted"
         if reached is None:
-            await record("interrupted", llm_usage=namer.usage())
+            others = await with_connection_retry(pool, lambda conn: workers_in_flight(conn, run.run_id),
+                                                 what="workers in flight")
+            if others:
+                log.info("run_goes_on_with_other_workers", workers=sorted({o["worker"] for o in others}))
+            else:
+                await record("interrupted", llm_usage=namer.usage())
         else:
             log.warning("stopped_between_stages", stopped_after=reached, reason="no stage starts after a stop")
         outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
@@ -207,6 +213,8 @@ async def run_job(
         log.info("left_to_other_workers", reason=reason, **outcome.firms)
         return outcome
 
+    if run.status in ("interrupted", "failed") and todo:
+        await record("running")  # resumed: what status shows while firms are processed
     try:
         # Passes over the firms not recorded: each is taken only when this worker claims it
         # (app.claims). Firms another worker holds are passed over; a pass that takes none

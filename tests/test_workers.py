@@ -14,11 +14,18 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 
+from app.backend import CPU
 from app.claims import FirmClaims, release_theme_lock, take_theme_lock, worker_name, workers_in_flight
+from app.job import run_job
+from app.naming import OfflineNamer
+from app.runs import open_run
 from app.sample import sample_rows
-from support import fetch
+from app.schema import fix_embedding_dimension
+from app.settings import RunSettings
+from support import fetch, insert_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,3 +154,27 @@ async def test_a_claim_another_worker_took_during_a_reconnect_is_given_up(pool):
         assert await first.take("B")  # a new connection: C is taken again, A is the second's now
         assert first.held == {"B", "C"} and second.held == {"A"}
         assert not await second.take("C")
+
+
+async def test_a_stopped_worker_leaves_the_run_running_while_others_hold_firms(pool, embedder):
+    # A spot loss with notice drains one worker; while other workers hold firms of the run,
+    # the run is theirs and stays "running" rather than "interrupted".
+    await insert_corpus(pool, [r for r in sample_rows(firms=2) if r["firm_id"] != "TNY"])
+    async with pool.acquire() as conn:
+        await fix_embedding_dimension(conn, embedder.dimension)
+        run = await open_run(conn, "r", RunSettings(), embedding_dim=embedder.dimension, backend={})
+        firm = await conn.fetchval("SELECT min(firm_id) FROM firms")
+    stop = anyio.Event()
+    stop.set()
+
+    async def stopped_worker() -> str:
+        outcome = await run_job(pool, RunSettings(), run_name="r", embedder=embedder, backend=CPU,
+                                namer=OfflineNamer(), stop=stop)
+        assert outcome.status == "interrupted"
+        return await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run.run_id)
+
+    assert await stopped_worker() == "interrupted"  # alone: the run is interrupted
+    async with FirmClaims(pool, run.run_id) as other:
+        assert await other.take(firm)
+        # Resumed (the run shows "running" again), then stopped while the other works.
+        assert await stopped_worker() == "running"
