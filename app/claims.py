@@ -8,6 +8,13 @@ ends the session and the firm is free for another worker at once; no lease to ex
 no row to clean up. A claim is refused when another worker holds it or when the firm is
 already recorded for the run (written by someone else meanwhile).
 
+Why not row locks taken with ``SELECT ... FOR UPDATE SKIP LOCKED``, as PostgreSQL job
+queues do: a row lock lives as long as its transaction, so each firm would keep a
+transaction open through its whole compute and naming (seconds to minutes), holding back
+vacuum with a connection "idle in transaction". A session advisory lock needs no open
+transaction, is passed over the same way (``pg_try_advisory_lock``), and ends with its
+session all the same.
+
 The theme stage is run by one worker only: the one that takes the run's theme lock
 (another advisory lock, on its own key space) when no firm is left.
 

@@ -31,8 +31,11 @@ def env(database_url, monkeypatch, tmp_path, llm_server):
     return database_url
 
 
-def test_topics_and_themes_are_named_by_the_llm(env, monkeypatch, sample_corpus, capsys):
+@pytest.mark.parametrize("run_wide", [None, 2], ids=["per-worker-limit", "run-wide-limit"])
+def test_topics_and_themes_are_named_by_the_llm(env, monkeypatch, sample_corpus, capsys, run_wide):
     monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
+    if run_wide:  # the run-wide limit (LLMSlots) in a whole run: below the worker's own 4
+        monkeypatch.setenv("LLM_RUN_CONCURRENCY", str(run_wide))
     monkeypatch.setenv("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", "3")  # so that there are broader themes too
     assert main(["run", "--input", str(sample_corpus)]) == 0
     out, err = capsys.readouterr()
@@ -46,7 +49,7 @@ def test_topics_and_themes_are_named_by_the_llm(env, monkeypatch, sample_corpus,
     n_themes = fetch(env, "SELECT count(*) AS n FROM themes")[0]["n"]
     assert usage["requests"] >= n_topics + n_themes  # every topic and theme, plus the start-up check
     assert usage["total_tokens"] > 0 and usage["failures"] == 0
-    assert 1 < usage["peak_in_flight"] <= 4
+    assert 1 < usage["peak_in_flight"] <= (run_wide or 4)
     # The evidence behind each label: the sentences shown to the LLM are stored, and are the topic's own.
     mismatched = fetch(env, "SELECT count(*) AS n FROM topics t, unnest(t.evidence_sentence_ids) AS e(id)"
                             " WHERE NOT EXISTS (SELECT 1 FROM sentence_topics st WHERE st.sentence_id = e.id"
