@@ -5,7 +5,9 @@ analysts' views), ``003_sentence_firm_key`` (one key from a sentence result to i
 sentence and firm), ``004_quality`` (quality figures; sentences attached by nearness
 marked), ``005_theme_levels`` (themes in levels), ``006_sentence_themes`` (a sentence in
 no topic attached to its nearest theme), ``007_llm_exchanges`` (the LLM exchange log and
-response cache), ``008_periods`` (documents' periods; themes over time). The table ``schema_migrations`` records
+response cache), ``008_periods`` (documents' periods; themes over time),
+``009_drop_global_indexes`` (the whole-column HNSW indexes of early releases, which
+slowed every load since runs build their own). The table ``schema_migrations`` records
 which have been applied, so starting the program against a database that is already up
 to date does nothing, and a database made by an earlier release is brought up to date by
 starting the program. An advisory lock serialises concurrent starts.

@@ -160,7 +160,7 @@ async def test_a_version_3_database_with_results_migrates_to_version_4(database_
                 "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding)"
                 " VALUES ($1, $2, 'F', $3, '[0,1]')", run_id, second, topic_id)
 
-            assert await apply_migrations(conn) == [4, 5, 6, 7, 8]
+            assert await apply_migrations(conn) == [4, 5, 6, 7, 8, 9]
 
             marks = dict(await conn.fetch("SELECT sentence_id, topic_assignment FROM sentence_topics"))
             assert marks == {sentence_id: None, second: "cluster"}
@@ -218,11 +218,33 @@ async def test_a_version_2_database_with_data_migrates_to_version_3(database_url
             await insert_one_result(conn, "F")
             assert ("firm_id", "firms") in await foreign_keys(conn, "sentence_topics")
 
-            assert await apply_migrations(conn) == [3, 4, 5, 6, 7, 8]
+            assert await apply_migrations(conn) == [3, 4, 5, 6, 7, 8, 9]
 
             assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
             assert await foreign_keys(conn, "sentence_topics") == LATEST_KEYS
             indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'sentences'")}
             assert "sentences_firm_sentence" in indexes and "sentences_firm" not in indexes
+    finally:
+        await pool.close()
+
+
+async def test_the_global_indexes_of_early_releases_are_dropped_and_a_runs_own_kept(database_url):
+    """Version 9: the HNSW indexes early releases built over whole columns (every run at
+    once) slowed every later load; they go, and the indexes of each run stay."""
+    pool = await create_pool(database_url, vector=False)
+    try:
+        async with pool.acquire() as conn:
+            await migrate_to(conn, 8)
+            await fix_embedding_dimension(conn, 2)
+            for table in ("sentence_topics", "topics", "themes"):  # as sql/indexes.sql had it then
+                await conn.execute(f"CREATE INDEX {table}_embedding_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)")
+            await insert_one_result(conn, "F")
+            run_id = await conn.fetchval("SELECT run_id FROM runs")
+            await build_vector_indexes(conn, run_id, maintenance_work_mem="64MB")
+
+            assert await apply_migrations(conn) == [9]
+
+            left = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'")}
+            assert left == set(await vector_indexes_present(conn, run_id)) and len(left) == 3
     finally:
         await pool.close()
