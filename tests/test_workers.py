@@ -178,3 +178,18 @@ async def test_a_stopped_worker_leaves_the_run_running_while_others_hold_firms(p
         assert await other.take(firm)
         # Resumed (the run shows "running" again), then stopped while the other works.
         assert await stopped_worker() == "running"
+
+
+def test_workers_ingesting_the_same_file_at_once_store_it_once(database_url, tmp_path):
+    # Workers each given the same --input read the whole file; the rows are stored once.
+    corpus = tmp_path / "twelve.jsonl.gz"
+    with gzip.open(corpus, "wt", encoding="utf-8") as out:
+        for row in twelve_firms():
+            out.write(json.dumps(row) + "\n")
+    ingests = [subprocess.Popen([sys.executable, "-m", "app", "ingest", str(corpus)], cwd=ROOT,
+                                env=environment(database_url, tmp_path, f"i{i}"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for i in range(3)]
+    assert [p.wait(300) for p in ingests] == [0, 0, 0], [p.stderr.read()[-2000:] for p in ingests]
+    assert fetch(database_url, "SELECT count(*) AS n FROM sentences")[0]["n"] == len(
+        {(r["firm_id"], r["doc_id"], r["sentence"]) for r in twelve_firms()})
+    assert fetch(database_url, "SELECT count(*) AS n FROM firms")[0]["n"] == 12
