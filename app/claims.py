@@ -167,10 +167,11 @@ class LLMSlots(_LockSession):
 
     A worker waiting for a slot asks again after a short sleep, growing from
     ``poll_s[0]`` to ``poll_s[1]``: a slot freed is taken within that time
-    (``bench/workers.py`` measures what that costs against one worker's own semaphore)."""
+    (``bench/workers.py`` measures what that costs against one worker's own semaphore).
+    Only one of a worker's waiting requests asks at a time."""
 
     def __init__(self, pool: asyncpg.Pool, run_id: int, slots: int, *,
-                 poll_s: tuple[float, float] = (0.01, 0.1)) -> None:
+                 poll_s: tuple[float, float] = (0.01, 0.05)) -> None:
         super().__init__(pool)
         if not 0 < slots < 1024:
             raise ValueError(f"slots must be between 1 and 1023, not {slots}")
@@ -178,6 +179,7 @@ class LLMSlots(_LockSession):
         self._first_key = _LLM_SLOT_BASE + (run_id << 10)
         self._poll_s = poll_s
         self._held: set[int] = set()
+        self._waiting = anyio.Lock()  # the queue of this worker's requests waiting for a slot
         self._next = 0  # where the next search starts, so slots are used round the ring
 
     async def _take_again(self, conn: asyncpg.Connection) -> None:
@@ -206,10 +208,15 @@ class LLMSlots(_LockSession):
     async def slot(self):
         """``async with slots.slot():`` waits for a free slot of the run and holds it for
         the block."""
-        wait = self._poll_s[0]
-        while (slot := await self._try_take()) is None:
-            await anyio.sleep(wait)
-            wait = min(wait * 2, self._poll_s[1])
+        async with self._waiting:
+            # One request of this worker at a time asks the database; the others queue
+            # here, in order. So a worker polls at most 1 / poll_s[0] times a second
+            # however many of its requests wait, and at most 1 / poll_s[1] once it has
+            # waited a while: the server's load grows with workers, not with requests.
+            wait = self._poll_s[0]
+            while (slot := await self._try_take()) is None:
+                await anyio.sleep(wait)
+                wait = min(wait * 2, self._poll_s[1])
         try:
             yield slot
         finally:

@@ -71,14 +71,17 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
     transaction together with its ``schema_migrations`` row, so a failure leaves the
     database at the previous version.
     """
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version integer PRIMARY KEY, name text NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now())"
-    )
     applied_now = []
+    # Taken before anything is created: two programs starting at once on a new database
+    # (several workers) would otherwise race even on CREATE TABLE IF NOT EXISTS, which
+    # PostgreSQL does not make safe against a concurrent twin (a duplicate pg_type row).
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for version, name, sql in migrations():
             if version in done:

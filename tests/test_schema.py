@@ -248,3 +248,17 @@ async def test_the_global_indexes_of_early_releases_are_dropped_and_a_runs_own_k
             assert left == set(await vector_indexes_present(conn, run_id)) and len(left) == 3
     finally:
         await pool.close()
+
+
+async def test_programs_starting_at_once_on_a_new_database_migrate_it_once(database_url):
+    """Several workers started together on a new database: one applies the migrations,
+    the others wait for it and find nothing left to do."""
+    import asyncio
+
+    connections = [await asyncpg.connect(database_url) for _ in range(6)]
+    try:
+        applied = await asyncio.gather(*(apply_migrations(conn) for conn in connections))
+    finally:
+        for conn in connections:
+            await conn.close()
+    assert sorted(map(len, applied)) == [0] * 5 + [len(migrations())]
