@@ -54,11 +54,14 @@ class _LockSession:
     takes a new connection, first takes again what was held (``_take_again``), and is
     retried, for as long as the run's retry window allows (``with_connection_retry``)."""
 
+    kind = "locks"  # what the locks are, for the log
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._acquired = None  # the pool's acquire context of the connection
         self._conn: asyncpg.Connection | None = None
         self._lock = anyio.Lock()  # one query at a time on the connection
+        self._connections = 0  # connections taken so far: more than one means one was lost
 
     async def __aenter__(self):
         await self._connect()
@@ -73,6 +76,10 @@ class _LockSession:
         self._conn = await self._acquired.__aenter__()
         # Named, so that ``status`` can say which worker holds which firm (workers_in_flight).
         await self._conn.execute("SELECT set_config('application_name', $1, false)", worker_name())
+        self._connections += 1
+        if self._connections > 1:
+            log.warning("lock_connection_replaced", locks=self.kind,
+                        reason="the connection holding them was lost; they are taken again on a new one")
 
     async def _disconnect(self) -> None:
         acquired, self._acquired, self._conn = self._acquired, None, None
@@ -117,6 +124,8 @@ class FirmClaims(_LockSession):
     Use as ``async with FirmClaims(pool, run_id) as claims:``: it holds one of the pool's
     connections for the stage; leaving the block (or the process dying) releases every
     claim still held."""
+
+    kind = "firm claims"
 
     def __init__(self, pool: asyncpg.Pool, run_id: int) -> None:
         super().__init__(pool)
@@ -169,6 +178,8 @@ class LLMSlots(_LockSession):
     ``poll_s[0]`` to ``poll_s[1]``: a slot freed is taken within that time
     (``bench/workers.py`` measures what that costs against one worker's own semaphore).
     Only one of a worker's waiting requests asks at a time."""
+
+    kind = "LLM slots"
 
     def __init__(self, pool: asyncpg.Pool, run_id: int, slots: int, *,
                  poll_s: tuple[float, float] = (0.01, 0.05)) -> None:

@@ -63,7 +63,8 @@ def topics_by_firm(url: str, run: str) -> dict[str, list[tuple]]:
     return found
 
 
-def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
+def ingest_twelve_firms(database_url: str, tmp_path: Path) -> Path:
+    """Write the twelve firms to a corpus file and ingest it; returns the file."""
     corpus = tmp_path / "twelve.jsonl.gz"
     with gzip.open(corpus, "wt", encoding="utf-8") as out:
         for row in twelve_firms():
@@ -71,6 +72,20 @@ def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
     ingest = subprocess.run([sys.executable, "-m", "app", "ingest", str(corpus)], cwd=ROOT,
                             env=environment(database_url, tmp_path, "ingest"), capture_output=True, text=True)
     assert ingest.returncode == 0, ingest.stderr[-2000:]
+    return corpus
+
+
+def assert_every_firm_done_once(database_url: str, run: str = "shared") -> None:
+    assert fetch(database_url, "SELECT status FROM runs WHERE name = $1", run)[0]["status"] == "complete"
+    assert fetch(database_url, "SELECT count(*) AS n FROM run_firms")[0]["n"] == 12
+    assert fetch(database_url, "SELECT count(*) - count(DISTINCT sentence_id) AS d FROM sentence_topics")[0]["d"] == 0
+    assert fetch(database_url, "SELECT count(*) AS n FROM sentence_topics")[0]["n"] == \
+        fetch(database_url, "SELECT count(*) AS n FROM sentences")[0]["n"]
+    assert fetch(database_url, "SELECT count(DISTINCT theme_no) = count(*) AS once FROM themes WHERE level = 1")[0]["once"]
+
+
+def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
+    ingest_twelve_firms(database_url, tmp_path)
     workers = [worker(database_url, tmp_path, f"w{i}") for i in range(3)]
     # Kill the first worker once it has written a firm (its claims die with its session).
     deadline = time.monotonic() + 300
@@ -86,12 +101,7 @@ def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
         # The killed worker held the last firms or the theme stage: any worker's next start finishes.
         resumed = worker(database_url, tmp_path, "w3")
         assert resumed.wait(600) == 0
-    assert fetch(database_url, "SELECT status FROM runs WHERE name = 'shared'")[0]["status"] == "complete"
-    assert fetch(database_url, "SELECT count(*) AS n FROM run_firms")[0]["n"] == 12
-    assert fetch(database_url, "SELECT count(*) - count(DISTINCT sentence_id) AS d FROM sentence_topics")[0]["d"] == 0
-    assert fetch(database_url, "SELECT count(*) AS n FROM sentence_topics")[0]["n"] == \
-        fetch(database_url, "SELECT count(*) AS n FROM sentences")[0]["n"]
-    assert fetch(database_url, "SELECT count(DISTINCT theme_no) = count(*) AS once FROM themes WHERE level = 1")[0]["once"]
+    assert_every_firm_done_once(database_url)
     # Each worker's log says which firms it took: between them, every firm.
     claimed = {json.loads(line)["firm"] for name in ("w0", "w1", "w2", "w3") if (tmp_path / f"{name}.out").exists()
                for line in (tmp_path / f"{name}.out").read_text().splitlines() if '"firm_claimed"' in line}
@@ -106,6 +116,30 @@ def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
     alone = worker(database_url, tmp_path, "alone", run="alone")
     assert alone.wait(600) == 0, (tmp_path / "alone.out").read_text()[-3000:]
     assert topics_by_firm(database_url, "shared") == topics_by_firm(database_url, "alone")
+
+
+def test_two_workers_ride_out_every_connection_dropped_at_once(database_url, tmp_path):
+    # A failover as the workers see it: every session of the database ends at once, the
+    # claims with them, while both workers hold firms. Each takes its claims again (or
+    # gives up one the other took first) and the run completes with every firm once.
+    ingest_twelve_firms(database_url, tmp_path)
+    workers = [worker(database_url, tmp_path, f"w{i}") for i in range(2)]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        holders = fetch(database_url, "SELECT count(DISTINCT pid) AS n FROM pg_locks WHERE locktype = 'advisory'"
+                                      " AND objsubid = 2 AND granted")[0]["n"]
+        if holders == 2:  # both workers hold a claim
+            break
+        time.sleep(0.2)
+    dropped = fetch(database_url, "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+                                  " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                                  " AND backend_type = 'client backend'")[0]["n"]
+    assert dropped >= 2
+    codes = [w.wait(600) for w in workers]
+    logs = [(tmp_path / f"w{i}.out").read_text() for i in range(2)]
+    assert codes == [0, 0], [log[-3000:] for log in logs]
+    assert all('"lock_connection_replaced"' in log for log in logs)  # each saw its claims connection go
+    assert_every_firm_done_once(database_url)
 
 
 async def test_a_firm_is_claimed_by_one_worker_at_a_time(pool):
