@@ -40,8 +40,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import corpus, embedded_database, machine, table  # noqa: E402
+from support import bare_run  # noqa: E402
 
 COMPUTE = ("load", "embed", "cluster")
 
@@ -86,9 +88,7 @@ async def claims_alone(database_url: str, claimers: int, n_firms: int = 1000) ->
     firms = [f"C{i:05d}" for i in range(n_firms)]
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO firms (firm_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", firms)
-        run_id = await conn.fetchval(
-            "INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
-            " VALUES ($1, '{}', 'bench', 384, '{}') RETURNING run_id", f"claims-{claimers}")
+        run_id = await bare_run(conn, f"claims-{claimers}", embedding_dim=384)
     in_claims = [0.0] * claimers
     taken = [0] * claimers
 
@@ -131,10 +131,7 @@ async def naming_wall(database_url: str, base_url: str, workers: int, run_wide: 
     settings = Settings(xai_api_key="bench-key", xai_base_url=base_url, xai_model="fake-model", llm_concurrency=8,
                         llm_run_concurrency=run_wide, llm_cache=False, log_format="json")
     pool = await create_pool(database_url, max_size=workers + 4)
-    async with pool.acquire() as conn:
-        run_id = await conn.fetchval(
-            "INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
-            " VALUES ($1, '{}', 'bench', 384, '{}') RETURNING run_id", f"naming-{workers}-{run_wide}-{time.time()}")
+    run_id = await bare_run(pool, f"naming-{workers}-{run_wide}-{time.time()}", embedding_dim=384)
     namers = [LLMNamer(settings, backoff_base_s=0.01, backoff_cap_s=0.02) for _ in range(workers)]
     started = time.perf_counter()
     async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:

@@ -136,6 +136,13 @@ def finished_run(server_url, corpus, tmp_path, **env: str) -> tuple[str, str]:
     return name, url
 
 
+async def bare_run(db, name: str = "r", *, embedding_dim: int = 2) -> int:
+    """A ``runs`` row with empty settings, on ``db`` (a connection or a pool), for what
+    hangs off a run (claims, LLM slots, results) without running a job; returns its id."""
+    return await db.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
+                             " VALUES ($1, '{}', 'm', $2, '{}') RETURNING run_id", name, embedding_dim)
+
+
 async def insert_corpus(pool, rows) -> None:
     """Put rows (dicts with firm_id, firm_name, doc_id, sentence) straight into the tables."""
     rows = list(rows)

@@ -12,19 +12,14 @@ from app.llm import LLMNamer
 from app.naming import TopicToName
 from app.settings import Settings, SettingsError
 from fake_llm_server import FakeLLMServer
+from support import bare_run
 
 KEY = "slots-test-key"
 
 
-async def new_run(pool, name: str = "r") -> int:
-    async with pool.acquire() as conn:
-        return await conn.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
-                                   " VALUES ($1, '{}', 'm', 2, '{}') RETURNING run_id", name)
-
-
 async def test_slots_are_shared_by_the_workers_of_a_run(pool):
-    run_id = await new_run(pool)
-    other_run = await new_run(pool, "other")
+    run_id = await bare_run(pool)
+    other_run = await bare_run(pool, "other")
     one, two = LLMSlots(pool, run_id, 2), LLMSlots(pool, run_id, 2)
     async with one, two, one.slot() as first, two.slot() as second:
         assert {first, second} == {0, 1}
@@ -69,7 +64,7 @@ def topic(worker: int, n: int) -> TopicToName:
 async def test_three_workers_keep_to_the_run_wide_limit(pool, run_wide):
     # Three namers of one run (three workers), each allowed 8 requests of its own: with
     # a run-wide limit of 4 the server never sees more than 4 at once; without, 24.
-    run_id = await new_run(pool)
+    run_id = await bare_run(pool)
     async with FakeLLMServer(api_key=KEY, latency=0.2) as fake:
         async with llm_namer(fake.base_url, run_wide) as a, llm_namer(fake.base_url, run_wide) as b, \
                 llm_namer(fake.base_url, run_wide) as c:

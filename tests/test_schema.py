@@ -1,5 +1,7 @@
 """The schema on a real PostgreSQL: idempotent migrations, the dimension check, indexes."""
 
+import asyncio
+
 import asyncpg
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from app.schema import (
     fix_embedding_dimension,
     vector_indexes_present,
 )
+from support import bare_run
 
 
 async def test_migrations_applied_twice_is_a_no_op(database_url):
@@ -66,9 +69,7 @@ async def test_first_run_fixes_the_dimension_and_another_is_refused(pool):
         with pytest.raises(DimensionMismatch, match="4-dimensional.*gives 8"):
             await fix_embedding_dimension(conn, 8)
         await conn.execute("INSERT INTO firms (firm_id) VALUES ('F')")
-        await conn.execute(
-            "INSERT INTO runs (name, settings, model, embedding_dim, package_versions) VALUES ('r', '{}', 'm', 4, '{}')"
-        )
+        await bare_run(conn, embedding_dim=4)
         await conn.execute(
             "INSERT INTO themes (run_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms, embedding)"
             " VALUES (1, 0, 'n', 's', '{}', 'keywords', 0, 0, $1)",
@@ -131,10 +132,7 @@ async def insert_one_result(conn, firm_of_result: str) -> None:
     sentence_id = await conn.fetchval(
         "INSERT INTO sentences (firm_id, doc_id, text) VALUES ('F', 'd', 'Revenue grew.') RETURNING sentence_id"
     )
-    run_id = await conn.fetchval(
-        "INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
-        " VALUES ('r', '{}', 'm', 2, '{}') RETURNING run_id"
-    )
+    run_id = await bare_run(conn)
     await conn.execute(
         "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding)"
         " VALUES ($1, $2, $3, NULL, '[1,0]')",
@@ -253,8 +251,6 @@ async def test_the_global_indexes_of_early_releases_are_dropped_and_a_runs_own_k
 async def test_programs_starting_at_once_on_a_new_database_migrate_it_once(database_url):
     """Several workers started together on a new database: one applies the migrations,
     the others wait for it and find nothing left to do."""
-    import asyncio
-
     connections = [await asyncpg.connect(database_url) for _ in range(6)]
     try:
         applied = await asyncio.gather(*(apply_migrations(conn) for conn in connections))

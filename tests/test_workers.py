@@ -25,7 +25,7 @@ from app.runs import open_run
 from app.sample import sample_rows
 from app.schema import fix_embedding_dimension
 from app.settings import RunSettings
-from support import fetch, insert_corpus
+from support import bare_run, fetch, insert_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,8 +145,7 @@ def test_two_workers_ride_out_every_connection_dropped_at_once(database_url, tmp
 async def test_a_firm_is_claimed_by_one_worker_at_a_time(pool):
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO firms (firm_id) VALUES ('A'), ('B')")
-        run_id = await conn.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
-                                     " VALUES ('r', '{}', 'm', 2, '{}') RETURNING run_id")
+        run_id = await bare_run(conn)
         await conn.execute("INSERT INTO run_firms (run_id, firm_id, status, n_sentences, n_topics, n_outliers)"
                            " VALUES ($1, 'B', 'done', 0, 0, 0)", run_id)
     async with FirmClaims(pool, run_id) as first, FirmClaims(pool, run_id) as second:
@@ -176,8 +175,7 @@ async def test_a_claim_another_worker_took_during_a_reconnect_is_given_up(pool):
     # claims again on a new connection, except one another worker took meanwhile.
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO firms (firm_id) VALUES ('A'), ('B'), ('C')")
-        run_id = await conn.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
-                                     " VALUES ('r', '{}', 'm', 2, '{}') RETURNING run_id")
+        run_id = await bare_run(conn)
     async with FirmClaims(pool, run_id) as first, FirmClaims(pool, run_id) as second:
         assert await first.take("A") and await first.take("C")
         async with pool.acquire() as conn:
