@@ -68,7 +68,8 @@ def corpus(n_firms: int | None, folder: Path) -> tuple[Path, int, int, str]:
 
 def fake_llm_server(latency: float, *extra: str):
     """Run tests/fake_llm_server.py as a subprocess (``tests/support.py``'s
-    ``fake_llm_process``); use as a context manager that yields its base URL."""
+    ``fake_llm_process``); use as a context manager that yields the server (its
+    ``base_url``, its ``stats()``)."""
     if str(ROOT / "tests") not in sys.path:
         sys.path.append(str(ROOT / "tests"))
     from support import fake_llm_process

@@ -94,8 +94,8 @@ async def main(args) -> None:
         t_llm = calls * latency / args.concurrency
         print(f"(a) offline: {t_a:.1f} s for {calls} topics; fake LLM latency set to {latency:.2f} s", flush=True)
 
-        with fake_llm_server(latency) as base_url:
-            llm = dataclasses.replace(settings, xai_api_key="bench-key", xai_base_url=base_url)
+        with fake_llm_server(latency) as server:
+            llm = dataclasses.replace(settings, xai_api_key="bench-key", xai_base_url=server.base_url)
             async with make_namer(llm) as namer:
                 t_b, compute_b = await pipelined(pool, settings, embedder, backend, namer, "overlap")
                 usage_b = namer.usage()

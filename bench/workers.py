@@ -187,9 +187,9 @@ def main(args) -> None:
 
     rows = []
     for latency, topics in ((0.2, 240), (1.0, 80)):
-        with fake_llm_server(latency, "--api-key", "bench-key") as base_url:
-            alone = min(asyncio.run(naming_wall(url, base_url, 1, None, topics)) for _ in range(2))
-            shared = min(asyncio.run(naming_wall(url, base_url, 3, 8, topics)) for _ in range(2))
+        with fake_llm_server(latency, "--api-key", "bench-key") as server:
+            alone = min(asyncio.run(naming_wall(url, server.base_url, 1, None, topics)) for _ in range(2))
+            shared = min(asyncio.run(naming_wall(url, server.base_url, 3, 8, topics)) for _ in range(2))
         rows.append([f"{latency:g} s", topics, f"{topics / 8 * latency:.1f}", f"{alone:.2f}", f"{shared:.2f}",
                      f"{alone / shared:.2f}"])
     print()

@@ -17,6 +17,7 @@ import anyio
 import asyncpg
 import pytest
 from pgvector.asyncpg import register_vector
+import result_guard
 from support import (
     create_database, drop_database, embedded_url_for_tests, finished_run, offline_env, with_database,
 )
@@ -26,6 +27,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ECTSUM = SHARED_DATA / "firm_sentences_ectsum.jsonl.gz"
+
+
+def pytest_configure(config):
+    # A plugin of the whole session, not of this folder: a conftest's own hooks miss the
+    # setup of session-scoped fixtures, and a finished run shared by many tests is one.
+    config.pluginmanager.register(result_guard, "result_guard")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +53,13 @@ async def database_url(server_url: str) -> str:
     await anyio.to_thread.run_sync(create_database, server_url, name)
     yield with_database(server_url, name)
     await anyio.to_thread.run_sync(drop_database, server_url, name)
+
+
+@pytest.fixture
+def env(database_url, monkeypatch, tmp_path) -> str:
+    """The environment of an in-process ``firmtopics`` command on the test's own fresh
+    database: JSON logs, no LLM key. Returns the database URL."""
+    return offline_env(monkeypatch, database_url, tmp_path)
 
 
 @pytest.fixture
@@ -87,6 +101,15 @@ def sample_corpus(tmp_path_factory) -> Path:
     from app.sample import write_sample_corpus
 
     return write_sample_corpus(tmp_path_factory.mktemp("corpus") / "sample.jsonl.gz")
+
+
+@pytest.fixture(scope="session")
+def two_firm_corpus(tmp_path_factory) -> Path:
+    """Two firms of the sample corpus and its small firm: for runs whose firm count does
+    not matter (a quarter of the sample's time)."""
+    from app.sample import write_sample_corpus
+
+    return write_sample_corpus(tmp_path_factory.mktemp("corpus") / "two_firms.jsonl.gz", firms=2)
 
 
 @pytest.fixture(scope="session")

@@ -236,6 +236,7 @@ class Built(Exception):
     """Raised by a factory stand-in once it has recorded its arguments (nothing is fitted)."""
 
 
+@pytest.mark.results
 def test_the_run_settings_reach_umap_and_hdbscan():
     import dataclasses
 

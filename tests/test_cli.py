@@ -10,12 +10,7 @@ import sys
 import pytest
 
 from app.cli import main
-from support import TABLES, fetch, offline_env
-
-
-@pytest.fixture
-def env(database_url, monkeypatch, tmp_path):
-    return offline_env(monkeypatch, database_url, tmp_path)
+from support import TABLES, fetch, one_line_error
 
 
 def table_counts(url):
@@ -70,6 +65,7 @@ def run_twice(url, corpus, capsys, n_firms):
     assert table_counts(url) == before
 
 
+@pytest.mark.results
 def test_run_end_to_end_on_the_generated_corpus(env, sample_corpus, capsys):
     run_twice(env, sample_corpus, capsys, n_firms=9)
     assert main(["status"]) == 0
@@ -79,10 +75,12 @@ def test_run_end_to_end_on_the_generated_corpus(env, sample_corpus, capsys):
     assert "quality: 8 firms" in status and "unassigned" in status and "themes:" in status
 
 
+@pytest.mark.results
 def test_run_end_to_end_on_real_earnings_calls(env, ectsum_subset, capsys):
     run_twice(env, ectsum_subset, capsys, n_firms=4)
 
 
+@pytest.mark.results
 def test_demo_runs_on_a_fresh_machine_with_no_settings(tmp_path):
     # A subprocess with no DATABASE_URL and no key: the embedded server, offline names.
     environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "XAI_API_KEY")}
@@ -94,36 +92,30 @@ def test_demo_runs_on_a_fresh_machine_with_no_settings(tmp_path):
     assert "themes found:" in done.stdout and "firmtopics status --run demo" in done.stdout
 
 
-def one_line_error(capsys, code, argv):
-    assert main(argv) == code
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("firmtopics: error:")]
-    assert len(err) == 1
-    return err[0]
-
-
 def test_input_errors_exit_2_with_one_clear_line(env, tmp_path, capsys):
-    assert "no-such.jsonl" in one_line_error(capsys, 2, ["ingest", str(tmp_path / "no-such.jsonl")])
+    assert "no-such.jsonl" in one_line_error(capsys, ["ingest", str(tmp_path / "no-such.jsonl")])
     (tmp_path / "corpus.txt").write_text("hello")
-    assert "corpus.txt" in one_line_error(capsys, 2, ["ingest", str(tmp_path / "corpus.txt")])
+    assert "corpus.txt" in one_line_error(capsys, ["ingest", str(tmp_path / "corpus.txt")])
     assert main(["frobnicate"]) == 2
 
 
 def test_settings_errors_exit_2(env, monkeypatch, capsys):
     monkeypatch.setenv("LLM_CONCURRENCY", "lots")
-    assert "LLM_CONCURRENCY" in one_line_error(capsys, 2, ["status"])
+    assert "LLM_CONCURRENCY" in one_line_error(capsys, ["status"])
 
 
 def test_unreachable_database_exits_1_without_the_password(env, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", "postgresql://someone:hunter2-secret@127.0.0.1:1/nothing")
-    line = one_line_error(capsys, 1, ["status"])
+    line = one_line_error(capsys, ["status"], code=1)
     assert "cannot connect to the database" in line
     assert "hunter2-secret" not in line
 
 
+@pytest.mark.results
 def test_resuming_with_other_settings_exits_2(env, sample_corpus, monkeypatch, capsys):
     assert main(["ingest", str(sample_corpus)]) == 0
     monkeypatch.setenv("FIRMTOPICS_MIN_FIRM_SENTENCES", "100000")  # every firm skipped: quick
     assert main(["run"]) == 0
     monkeypatch.setenv("FIRMTOPICS_SEED", "1")
-    line = one_line_error(capsys, 2, ["run"])
+    line = one_line_error(capsys, ["run"])
     assert "seed: run has 42, now 1" in line

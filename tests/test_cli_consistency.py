@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from app.cli import build_parser, main
 
 
@@ -30,6 +32,7 @@ def test_help_ends_with_examples_and_points_to_the_settings(capsys):
     assert capsys.readouterr().out.startswith("firmtopics ")
 
 
+@pytest.mark.results
 def test_runs_lists_every_run(cli_env, capsys):
     assert main(["runs"]) == 0
     out = capsys.readouterr().out
@@ -40,6 +43,7 @@ def test_runs_lists_every_run(cli_env, capsys):
     assert runs[0]["firms_done"] == 8 and runs[0]["topics"] > 0 and runs[0]["themes"] > 0
 
 
+@pytest.mark.results
 def test_status_and_show_speak_json(cli_env, capsys):
     assert main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)

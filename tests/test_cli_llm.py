@@ -17,20 +17,20 @@ GOOD_KEY = "xai-test-good-key-0123456789"
 @pytest.fixture(scope="module")
 def llm_server():
     """The fake server, accepting only GOOD_KEY and the model 'grok-test'."""
-    with fake_llm_process("--model", "grok-test", "--api-key", GOOD_KEY) as base_url:
-        yield base_url
+    with fake_llm_process("--model", "grok-test", "--api-key", GOOD_KEY) as server:
+        yield server
 
 
 @pytest.fixture
-def env(database_url, monkeypatch, tmp_path, llm_server):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    monkeypatch.setenv("XAI_BASE_URL", llm_server)
+def env(env, monkeypatch, llm_server):
+    """conftest's environment of a command, naming with the fake server (no key yet)."""
+    monkeypatch.setenv("XAI_BASE_URL", llm_server.base_url)
     monkeypatch.setenv("XAI_MODEL", "grok-test")
     monkeypatch.setenv("LLM_CONCURRENCY", "4")
-    return database_url
+    return env
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("run_wide", [None, 2], ids=["per-worker-limit", "run-wide-limit"])
 def test_topics_and_themes_are_named_by_the_llm(env, monkeypatch, sample_corpus, capsys, run_wide):
     monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
@@ -58,10 +58,10 @@ def test_topics_and_themes_are_named_by_the_llm(env, monkeypatch, sample_corpus,
     assert GOOD_KEY not in out + err
 
 
-def test_a_bad_key_fails_fast_with_one_line(env, monkeypatch, sample_corpus, capsys):
+def test_a_bad_key_fails_fast_with_one_line(env, monkeypatch, two_firm_corpus, capsys):
     monkeypatch.setenv("XAI_API_KEY", "xai-wrong-key-should-not-leak")
     started = time.monotonic()
-    assert main(["run", "--input", str(sample_corpus)]) == 1
+    assert main(["run", "--input", str(two_firm_corpus)]) == 1
     elapsed = time.monotonic() - started
     out, err = capsys.readouterr()
     errors = [line for line in err.splitlines() if line.startswith("firmtopics: error:")]
@@ -72,7 +72,7 @@ def test_a_bad_key_fails_fast_with_one_line(env, monkeypatch, sample_corpus, cap
     assert elapsed < 60
 
 
-def test_an_unknown_model_fails_fast(env, monkeypatch, sample_corpus, capsys):
+def test_an_unknown_model_fails_fast(env, monkeypatch, capsys):
     monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
     monkeypatch.setenv("XAI_MODEL", "grok-nonexistent")
     assert main(["run"]) == 1
@@ -86,13 +86,14 @@ def names_and_usage(url):
     return sources, json.loads(fetch(url, "SELECT llm_usage::text AS u FROM runs")[0]["u"])
 
 
-def test_a_busy_start_is_waited_out_and_every_topic_is_named_by_the_llm(env, monkeypatch, sample_corpus, capsys):
+@pytest.mark.results
+def test_a_busy_start_is_waited_out_and_every_topic_is_named_by_the_llm(env, monkeypatch, two_firm_corpus, capsys):
     """The first 6 answers are 429 with Retry-After: 1 s, as when another job shares the key."""
     with fake_llm_process("--model", "grok-test", "--api-key", GOOD_KEY, "--busy-first", "6",
-                          "--busy-retry-after", "1") as base_url:
-        monkeypatch.setenv("XAI_BASE_URL", base_url)
+                          "--busy-retry-after", "1") as server:
+        monkeypatch.setenv("XAI_BASE_URL", server.base_url)
         monkeypatch.setenv("XAI_API_KEY", GOOD_KEY)
-        assert main(["run", "--input", str(sample_corpus)]) == 0
+        assert main(["run", "--input", str(two_firm_corpus)]) == 0
     err = capsys.readouterr().err
     assert err.count('"llm_retry"') >= 6 and '"start-up check"' in err  # each wait logged
     sources, usage = names_and_usage(env)
@@ -100,16 +101,17 @@ def test_a_busy_start_is_waited_out_and_every_topic_is_named_by_the_llm(env, mon
     assert usage["failures"] == 0 and usage["started_while_busy"] is False
 
 
+@pytest.mark.results
 def test_a_local_server_without_a_key_that_refuses_newer_parameters_names_everything(
-        env, monkeypatch, sample_corpus, capsys):
+        env, monkeypatch, two_firm_corpus, capsys):
     """The local-server recipe of docs/naming.md: XAI_BASE_URL on this machine, no
     XAI_API_KEY; the server (like an older vLLM or llama.cpp) refuses
     max_completion_tokens and response_format."""
     with fake_llm_process("--model", "grok-test", "--no-key", "--refuse-parameter", "max_completion_tokens",
-                     "--refuse-parameter", "response_format") as base_url:
-        monkeypatch.setenv("XAI_BASE_URL", base_url)
+                     "--refuse-parameter", "response_format") as server:
+        monkeypatch.setenv("XAI_BASE_URL", server.base_url)
         monkeypatch.delenv("XAI_API_KEY", raising=False)
-        assert main(["run", "--input", str(sample_corpus)]) == 0
+        assert main(["run", "--input", str(two_firm_corpus)]) == 0
     sources, usage = names_and_usage(env)
     assert sources == {"llm"}
     assert usage["failures"] == 0

@@ -78,9 +78,13 @@ def duration_in_seconds(value) -> float:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
-def test_db_is_pgvector_on_postgres_17_with_a_named_volume(compose):
+def test_db_is_pgvector_on_a_pinned_supported_postgres_with_a_named_volume(compose):
     db = compose["services"]["db"]
-    assert db["image"] == "pgvector/pgvector:pg17"
+    image, _, tag = db["image"].partition(":")
+    assert image == "pgvector/pgvector", "PostgreSQL with the vector extension"
+    # A fixed PostgreSQL major release the program supports (15 and up), never "latest".
+    major = re.fullmatch(r"pg(\d+)(?:\.\d+)?(?:-\w+)?", tag)
+    assert major and int(major[1]) >= 15, tag
     data = [m for m in volume_mounts(db) if m["target"] == "/var/lib/postgresql/data"]
     assert data, "the database files must live on a volume"
     assert data[0]["source"] in compose["volumes"], "a named volume, declared at the top level"
@@ -315,16 +319,20 @@ def test_gpu_image_is_a_pinned_rapids_base(dockerfile):
     base = dockerfile.stages["gpu"]
     image, _, tag = base.partition(":")
     assert image == "rapidsai/base"
-    # <release>-cuda12-py3.<minor>: a fixed RAPIDS release, never "latest".
-    assert re.fullmatch(r"\d{2}\.\d{2}-cuda12-py3\.(11|12)", tag), tag
+    # <release>-cuda<major>-py3.<minor>: a fixed RAPIDS release, never "latest", on a
+    # Python the project supports (3.11 and up).
+    release = re.fullmatch(r"\d{2}\.\d{2}-cuda\d+(?:\.\d+)?-py3\.(\d+)", tag)
+    assert release and int(release[1]) >= 11, tag
 
 
 def test_gpu_is_the_default_target(dockerfile):
     assert list(dockerfile.stages)[-1] == "gpu", "a plain `docker build .` builds the last stage"
 
 
-def test_cpu_image_is_slim_python_311(dockerfile):
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", dockerfile.stages["cpu"]), dockerfile.stages["cpu"]
+def test_cpu_image_is_a_pinned_slim_python(dockerfile):
+    # A slim image of a fixed Python minor release the project supports (3.11 and up).
+    base = re.fullmatch(r"python:3\.(\d+)(?:\.\d+)?-slim(-\w+)?", dockerfile.stages["cpu"])
+    assert base and int(base[1]) >= 11, dockerfile.stages["cpu"]
 
 
 def test_gpu_install_is_constrained_to_the_images_own_versions(dockerfile):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from app.cli import main
 from app.estimate import themes_for
 from app.sample import sample_rows
@@ -24,6 +26,7 @@ def figures(out: str) -> dict[str, int]:
     return found
 
 
+@pytest.mark.results
 def test_a_dry_run_on_a_fresh_database_clusters_a_sample_and_writes_nothing(
         database_url, monkeypatch, tmp_path, sample_corpus, sample_run, capsys):
     offline_env(monkeypatch, database_url, tmp_path)
@@ -44,6 +47,7 @@ def test_a_dry_run_on_a_fresh_database_clusters_a_sample_and_writes_nothing(
     assert fetch(database_url, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'")[0]["n"] == 0
 
 
+@pytest.mark.results
 def test_a_dry_run_after_a_finished_run_uses_its_figures(cli_env, sample_run, capsys):
     before = {t: fetch(sample_run, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in TABLES}
     assert main(["run", "--dry-run"]) == 0

@@ -13,6 +13,7 @@ def test_default_model_comes_from_the_installed_package():
     assert resolve_model_path("/models/other") == "/models/other"
 
 
+@pytest.mark.results
 def test_vectors_are_unit_length_float32_in_input_order(embedder):
     texts = ["A much longer sentence about freight costs and port congestion in Asia.", "Short one.",
              "Dividends rose.", "Cloud revenue grew strongly across enterprise customers this year."]
@@ -26,6 +27,7 @@ def test_vectors_are_unit_length_float32_in_input_order(embedder):
     assert embedder.encode([]).shape == (0, 384)
 
 
+@pytest.mark.results
 def test_half_precision_output_is_stored_as_float32():
     class HalfModel:  # stands in for a model run in fp16 on a GPU
         def encode(self, texts, **kwargs):

@@ -28,6 +28,6 @@ def test_console_script_applies_the_schema_on_an_empty_database(firmtopics, data
 
 
 def test_usage_error_exit_code(firmtopics):
-    done = subprocess.run([firmtopics, "run", "--no-such-flag"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([firmtopics, "status", "--no-such-flag"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "usage:" in done.stderr

@@ -24,6 +24,7 @@ async def exported(conn, tmp_path):
     return tmp_path / "out", counts
 
 
+@pytest.mark.results
 async def test_row_counts_equal_the_tables(conn, exported):
     out, counts = exported
     run_id = await conn.fetchval("SELECT run_id FROM runs WHERE name = 'default'")
@@ -40,6 +41,7 @@ async def test_row_counts_equal_the_tables(conn, exported):
     assert not list(out.glob("*.partial"))
 
 
+@pytest.mark.results
 async def test_embeddings_are_fixed_size_float32_and_match_the_database(conn, exported):
     out, _ = exported
     for stem in ("themes", "topics", "sentences"):
@@ -58,6 +60,7 @@ async def test_embeddings_are_fixed_size_float32_and_match_the_database(conn, ex
                                               int(row["sentence_id"]))
 
 
+@pytest.mark.results
 async def test_the_files_join_like_the_tables(exported):
     out, _ = exported
     firms = pq.read_table(out / "firms.parquet").to_pandas()
@@ -77,6 +80,7 @@ async def test_the_files_join_like_the_tables(exported):
     assert (firms["status"].isin(["done", "skipped"])).all()
 
 
+@pytest.mark.results
 def test_cli_export_prints_files_and_writes_run_json_without_secrets(cli_env, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("XAI_API_KEY", "xai-not-a-real-key-but-secret")
     assert main(["export", "--out", str(tmp_path / "x")]) == 0
@@ -94,6 +98,7 @@ def test_cli_export_prints_files_and_writes_run_json_without_secrets(cli_env, mo
     assert pq.read_schema(tmp_path / "x" / "topics.parquet").metadata[b"firmtopics.model"] == b"all-MiniLM-L6-v2"
 
 
+@pytest.mark.results
 def test_cli_export_of_an_unknown_run_exits_2(cli_env, tmp_path, capsys):
     assert "no run named 'nope'" in one_line_error(capsys, ["export", "--out", str(tmp_path), "--run", "nope"])
 
@@ -107,6 +112,7 @@ async def test_a_run_that_is_not_complete_is_not_exported(pool, tmp_path):
             await export_run(connection, "default", tmp_path)
 
 
+@pytest.mark.results
 async def test_themes_of_every_level_export_with_their_parent(levelled_conn, tmp_path):
     await export_run(levelled_conn, "default", tmp_path / "levels")
     themes = pq.read_table(tmp_path / "levels" / "themes.parquet").to_pandas()

@@ -20,21 +20,15 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_interruption import CORPUS, check_whole, database, duplicates, fetch, run_in_process, value
 
 from app.backend import CPU
 from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import sample_rows, write_sample_corpus
 from app.settings import RunSettings
-from support import insert_corpus, offline_env, with_database
-
-
-@pytest.fixture
-def env(database_url, monkeypatch, tmp_path):
-    """The environment of an in-process ``firmtopics`` command: the test's database,
-    JSON logs, no LLM key."""
-    return offline_env(monkeypatch, database_url, tmp_path)
+from support import (
+    CORPUS, check_whole, database, duplicates, fetch, insert_corpus, run_in_process, value, with_database,
+)
 
 
 def error_lines(text: str) -> list[str]:
@@ -143,6 +137,7 @@ async def run_result(pool, run_name: str) -> dict:
         }
 
 
+@pytest.mark.results
 async def test_a_dropped_connection_anywhere_in_a_run_is_retried_and_changes_nothing(pool, embedder,
                                                                                      database_url):
     await insert_corpus(pool, sample_rows(firms=3, sentences_per_subject=24))
@@ -185,6 +180,7 @@ def own_server():
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.mark.results
 def test_a_blip_is_ridden_out_and_an_outage_ends_the_run_resumably(own_server, monkeypatch, tmp_path, capfd):
     admin_url = own_server.get_uri()
     fetch(admin_url, "CREATE DATABASE outage")
@@ -251,6 +247,7 @@ def test_a_blip_is_ridden_out_and_an_outage_ends_the_run_resumably(own_server, m
     assert value(url, "SELECT status FROM runs") == "complete"
 
 
+@pytest.mark.results
 def test_an_outage_shorter_than_the_retry_window_is_ridden_out(own_server, monkeypatch, tmp_path, capfd):
     """The server goes away for 12 s (longer than the old fixed retries, about 7 s, and
     than a restart; shorter than the default window) and comes back: the run waits and
@@ -317,6 +314,7 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+@pytest.mark.results
 def test_a_failing_firm_is_listed_by_status_and_taken_again_with_retry_failed(env, tmp_path, capsys):
     from app.cli import main
 

@@ -30,6 +30,7 @@ async def table_counts(pool):
                 for t in ("run_firms", "topics", "themes", "sentence_topics")}
 
 
+@pytest.mark.results
 async def test_resume_skips_done_firms_and_a_finished_run_does_nothing(pool, embedder):
     everything = list(sample_rows())
     await insert_corpus(pool, [r for r in everything if r["firm_id"] != "PRS"])
@@ -66,6 +67,7 @@ async def test_firms_are_taken_largest_first_with_ties_in_id_order(pool):
     assert [(f.firm_id, f.n_sentences) for f in todo] == [("C", 5), ("E", 4), ("A", 3), ("B", 3), ("D", 1)]
 
 
+@pytest.mark.results
 async def test_resuming_with_other_settings_is_refused(pool, embedder):
     await insert_corpus(pool, sample_rows(firms=1))
     await job(pool, embedder)
@@ -84,6 +86,7 @@ async def test_a_model_of_another_dimension_is_refused(pool, embedder):
         await job(pool, embedder)
 
 
+@pytest.mark.results
 async def test_same_settings_give_the_same_topics(pool, embedder):
     await insert_corpus(pool, sample_rows(firms=2))
     await job(pool, embedder, run="one")
@@ -98,6 +101,7 @@ async def test_same_settings_give_the_same_topics(pool, embedder):
     assert one == two and len(one) > 0
 
 
+@pytest.mark.results
 async def test_edge_cases_are_recorded_with_their_reason(pool, embedder):
     rows = list(sample_rows(firms=1))
     # All sentences the same (in different calls): HDBSCAN finds no cluster.
@@ -141,6 +145,7 @@ class BadLabelNamer(OfflineNamer):
         return Label("x", "y", "not-a-source")  # violates a CHECK: the writer fails
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("namer, error", [(BrokenNamer(), "the namer broke"), (BadLabelNamer(), "name_source")])
 async def test_an_error_in_any_stage_ends_the_run_with_that_error(pool, embedder, namer, error):
     await insert_corpus(pool, sample_rows(firms=3))
@@ -150,6 +155,7 @@ async def test_an_error_in_any_stage_ends_the_run_with_that_error(pool, embedder
         assert await conn.fetchval("SELECT status FROM runs") == "failed"
 
 
+@pytest.mark.results
 async def test_starting_a_run_leaves_the_indexes_of_another_run(pool, embedder):
     """Each run builds HNSW indexes on its own rows; a later run drops and rebuilds only
     its own, so searches of a finished run are never slowed by a run being loaded."""

@@ -7,7 +7,6 @@ exact exchange; the key is in no kept row."""
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
 
@@ -24,25 +23,21 @@ from support import fake_llm_process, fetch, insert_corpus, is_broader_theme
 KEY = "xai-cache-test-key-0123456789abcdef"
 
 
-def requests_served(base_url: str) -> int:
-    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats") as answer:
-        return json.load(answer)["requests"]
-
-
 def usage_of(url: str, run: str) -> dict:
     return json.loads(fetch(url, "SELECT llm_usage::text AS u FROM runs WHERE name = $1", run)[0]["u"])
 
 
 @pytest.fixture
 def llm_env(database_url, monkeypatch, tmp_path):
-    """The CLI's environment with the fake server (as a process) and a key; yields its base URL."""
-    with fake_llm_process("--model", "grok-test", "--api-key", KEY) as base_url:
-        for name, value in {"DATABASE_URL": database_url, "LOG_FORMAT": "json", "XAI_BASE_URL": base_url,
+    """The CLI's environment with the fake server (as a process) and a key; yields the server."""
+    with fake_llm_process("--model", "grok-test", "--api-key", KEY) as server:
+        for name, value in {"DATABASE_URL": database_url, "LOG_FORMAT": "json", "XAI_BASE_URL": server.base_url,
                             "XAI_MODEL": "grok-test", "XAI_API_KEY": KEY, "LLM_CONCURRENCY": "4"}.items():
             monkeypatch.setenv(name, value)
-        yield base_url
+        yield server
 
 
+@pytest.mark.results
 def test_a_second_run_over_the_same_topics_asks_only_the_start_up_check(llm_env, database_url, sample_corpus,
                                                                           monkeypatch, capsys):
     assert main(["run", "--input", str(sample_corpus)]) == 0
@@ -52,11 +47,11 @@ def test_a_second_run_over_the_same_topics_asks_only_the_start_up_check(llm_env,
     assert main(["run", "--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert f"about {first['topics_named'] + first['themes_named']} of those requests" in dry
-    before = requests_served(llm_env)
+    before = llm_env.stats()["requests"]
     assert main(["run", "--run", "second"]) == 0
     second = usage_of(database_url, "second")
 
-    assert requests_served(llm_env) - before == 1  # the start-up check, nothing else
+    assert llm_env.stats()["requests"] - before == 1  # the start-up check, nothing else
     assert second["requests"] == 1 and second["cache_hits"] == first["topics_named"] + first["themes_named"]
     names = fetch(database_url, "SELECT r.name AS run, t.name FROM topics t JOIN runs r USING (run_id)"
                                 " ORDER BY t.firm_id, t.topic_no, r.name")
@@ -78,6 +73,7 @@ def test_a_second_run_over_the_same_topics_asks_only_the_start_up_check(llm_env,
     capsys.readouterr()
 
 
+@pytest.mark.results
 def test_show_prompt_prints_the_exact_exchange(llm_env, database_url, sample_corpus, capsys):
     assert main(["run", "--input", str(sample_corpus)]) == 0
     topic = fetch(database_url, "SELECT topic_id, name, name_request FROM topics ORDER BY topic_id LIMIT 1")[0]
@@ -108,6 +104,7 @@ class DiesOnABroaderTheme(LLMNamer):
         return await super().name_theme(theme)
 
 
+@pytest.mark.results
 async def test_a_run_killed_in_the_theme_stage_asks_nothing_again_on_resume(pool, embedder):
     await insert_corpus(pool, list(sample_rows()))
     run_settings = RunSettings(theme_top_level_size=3)

@@ -69,6 +69,7 @@ async def test_periods_are_stored_per_document_and_a_second_period_is_a_bad_row(
                        "No period here.": None, "Same period again.": "2021Q2"}
 
 
+@pytest.mark.results
 async def test_theme_periods_is_its_join(conn):
     view = {tuple(r) for r in await conn.fetch(
         "SELECT run_id, theme_id, period, n_firms, n_sentences, share_of_period FROM theme_periods")}
@@ -86,6 +87,7 @@ async def test_theme_periods_is_its_join(conn):
         assert sum(r[5] for r in view if r[2] == period) == pytest.approx(1, abs=1e-3)
 
 
+@pytest.mark.results
 def test_cli_trends_lists_themes_by_period(cli_env, capsys):
     assert main(["trends"]) == 0
     out = capsys.readouterr().out

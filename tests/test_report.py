@@ -10,6 +10,7 @@ import html
 from html.parser import HTMLParser
 
 import numpy as np
+import pytest
 from plotly.io.json import to_json_plotly
 
 from app.cli import main
@@ -80,6 +81,7 @@ def every_theme(themes: list[dict]):
         yield from every_theme(theme["children"])
 
 
+@pytest.mark.results
 async def test_report_is_self_contained_and_names_every_theme(conn, tmp_path):
     path = await write_report(conn, "default", tmp_path / "report")
     assert path == tmp_path / "report" / "report.html"
@@ -105,6 +107,7 @@ async def test_report_is_self_contained_and_names_every_theme(conn, tmp_path):
     assert "a single level of themes" in text
 
 
+@pytest.mark.results
 async def test_report_data_of_a_single_level_run_is_flat(conn):
     data = await report_data(conn, "default")
     assert data["levels"] == 1
@@ -115,6 +118,7 @@ async def test_report_data_of_a_single_level_run_is_flat(conn):
     assert data["topics"] and all(t["top_theme_id"] == t["theme_id"] for t in data["topics"])
 
 
+@pytest.mark.results
 async def test_report_data_of_a_levelled_run_is_a_tree_down_from_the_top(levelled_conn):
     data = await report_data(levelled_conn, "default")
     rows = await levelled_conn.fetch("SELECT theme_id, level, parent_theme_id, n_topics FROM themes")
@@ -145,6 +149,7 @@ async def test_report_data_of_a_levelled_run_is_a_tree_down_from_the_top(levelle
     assert data["counts"][f"themes at level {data['levels']}"] == len(tops)
 
 
+@pytest.mark.results
 async def test_report_of_a_levelled_run_shows_the_tree(levelled_conn, tmp_path):
     text = (await write_report(levelled_conn, "default", tmp_path)).read_text(encoding="utf-8")
     page = Page()
@@ -184,11 +189,13 @@ def test_project_2d_uses_pca_for_few_topics_and_umap_for_many():
     assert coords.shape == (80, 2) and np.isfinite(coords).all()
 
 
+@pytest.mark.results
 def test_cli_report_writes_the_page(cli_env, tmp_path, capsys):
     assert main(["report", "--out", str(tmp_path / "r")]) == 0
     assert str(tmp_path / "r" / "report.html") in capsys.readouterr().out
     assert (tmp_path / "r" / "report.html").stat().st_size > 10_000
 
 
+@pytest.mark.results
 def test_cli_report_of_an_unknown_run_exits_2(cli_env, tmp_path, capsys):
     assert "no run named 'nope'" in one_line_error(capsys, ["report", "--out", str(tmp_path), "--run", "nope"])

@@ -65,6 +65,7 @@ class DevTools:
         return await asyncio.wait_for(wait(), timeout)
 
 
+@pytest.mark.results
 async def test_the_page_loads_offline_and_a_hover_shows_the_topic(conn, tmp_path):
     page = await write_report(conn, "default", tmp_path / "report")
     browser = subprocess.Popen(

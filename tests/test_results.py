@@ -20,6 +20,7 @@ def run(sample_run):
     return open_run("default", database_url=sample_run)
 
 
+@pytest.mark.results
 def test_themes_and_topics_are_the_tables(run, sample_run):
     themes = run.themes()
     assert sorted(themes["theme_id"]) == [r["theme_id"] for r in fetch(sample_run, "SELECT theme_id FROM themes ORDER BY 1")]
@@ -30,6 +31,7 @@ def test_themes_and_topics_are_the_tables(run, sample_run):
     assert topics["top_theme_id"].notna().all()  # every topic is linked to a theme, so has a top one
 
 
+@pytest.mark.results
 def test_sentences_carry_their_period_and_embeddings_on_request(run, sample_run):
     frame = run.sentences()
     assert len(frame) == fetch(sample_run, "SELECT count(*) AS n FROM sentence_topics")[0]["n"]
@@ -42,12 +44,14 @@ def test_sentences_carry_their_period_and_embeddings_on_request(run, sample_run)
     np.testing.assert_allclose(vectors[0], json.loads(first), rtol=1e-6)
 
 
+@pytest.mark.results
 def test_periods_are_the_view(run, sample_run):
     periods = run.periods()
     stored = fetch(sample_run, "SELECT theme_id, period, n_sentences FROM theme_periods ORDER BY period, theme_id")
     assert list(zip(periods["theme_id"], periods["period"], periods["n_sentences"])) == [tuple(r) for r in stored]
 
 
+@pytest.mark.results
 def test_search_gives_the_clis_hits(run, cli_env, capsys):
     assert main(["search", "supply chain costs", "--json", "--limit", "5"]) == 0
     cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -56,11 +60,13 @@ def test_search_gives_the_clis_hits(run, cli_env, capsys):
     assert [round(h["distance"], 6) for h in api] == [round(h["distance"], 6) for h in cli]
 
 
+@pytest.mark.results
 async def test_it_works_inside_a_running_event_loop(sample_run):
     run = open_run("default", database_url=sample_run)  # as a notebook cell would, with a loop running
     assert len(run.themes()) > 0
 
 
+@pytest.mark.results
 def test_an_unknown_run_is_a_clear_error(sample_run):
     with pytest.raises(UsageError, match="no run named 'nope'"):
         open_run("nope", database_url=sample_run)

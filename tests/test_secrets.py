@@ -13,10 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.parquet as pq
 import pytest
-from test_interruption import fake_llm, fetch, run_in_process
 
 from app.cli import COMMANDS
 from app.sample import write_sample_corpus
+from support import fake_llm_process, fetch, run_in_process
 
 APP = Path(__file__).resolve().parents[1] / "app"
 
@@ -61,13 +61,14 @@ def columns_holding(url: str, needle: str) -> list[str]:
     return found
 
 
+@pytest.mark.results
 def test_the_key_and_the_password_never_leak(secret_database, monkeypatch, tmp_path, capfd):
     corpus = write_sample_corpus(tmp_path / "corpus.jsonl.gz", firms=3, sentences_per_subject=24)
     base = {"DATABASE_URL": secret_database, "LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "d")}
     output = []
 
     # 20% of requests fail (503), so retries and their error texts are logged too.
-    with fake_llm(api_key=KEY, error_rate=0.2, seed=3) as llm:
+    with fake_llm_process("--api-key", KEY, "--error-rate", "0.2", "--seed", "3", latency=0) as llm:
         llm_env = {"XAI_API_KEY": KEY, "XAI_BASE_URL": llm.base_url, "XAI_MODEL": "fake-model"}
         assert run_in_process(monkeypatch, {**base, **llm_env}, "run", "--input", str(corpus)) == 0
         output.append(capfd.readouterr())
@@ -91,12 +92,13 @@ def test_the_key_and_the_password_never_leak(secret_database, monkeypatch, tmp_p
         assert columns_holding(secret_database, secret) == []
 
 
+@pytest.mark.results
 def test_exports_hold_no_secret(secret_database, monkeypatch, tmp_path, capfd):
     if "export" not in COMMANDS:
         pytest.skip("firmtopics export is not part of this build")
     corpus = write_sample_corpus(tmp_path / "corpus.jsonl.gz", firms=1, sentences_per_subject=24)
     env = {"DATABASE_URL": secret_database, "LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "d")}
-    with fake_llm(api_key=KEY) as llm:
+    with fake_llm_process("--api-key", KEY, latency=0) as llm:
         env.update(XAI_API_KEY=KEY, XAI_BASE_URL=llm.base_url, XAI_MODEL="fake-model")
         assert run_in_process(monkeypatch, env, "run", "--input", str(corpus)) == 0
     out_dir = tmp_path / "export"

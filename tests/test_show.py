@@ -13,6 +13,7 @@ from app.show import (SENTENCE_SAMPLE, firm_detail, format_theme, format_topic, 
 from support import offline_env, one_line_error
 
 
+@pytest.mark.results
 async def test_a_topics_theme_lists_that_topic(conn):
     topics = await conn.fetch("SELECT topic_id, firm_id, theme_id FROM topics ORDER BY topic_id")
     assert topics
@@ -25,6 +26,7 @@ async def test_a_topics_theme_lists_that_topic(conn):
         assert detail["theme"]["theme_id"] == topic["theme_id"]
 
 
+@pytest.mark.results
 async def test_a_theme_lists_exactly_its_topics_with_evidence_from_them(conn):
     theme_id = await conn.fetchval("SELECT theme_id FROM themes ORDER BY n_topics DESC, theme_id LIMIT 1")
     detail = await theme_detail(conn, theme_id)
@@ -42,6 +44,7 @@ async def test_a_theme_lists_exactly_its_topics_with_evidence_from_them(conn):
     assert len(set(firsts)) == len(firsts)
 
 
+@pytest.mark.results
 async def test_a_topic_shows_its_firm_and_a_sample_of_its_sentences(conn):
     topic = await conn.fetchrow("SELECT * FROM topics ORDER BY n_sentences DESC, topic_id LIMIT 1")
     detail = await topic_detail(conn, topic["topic_id"])
@@ -58,6 +61,7 @@ async def test_a_topic_shows_its_firm_and_a_sample_of_its_sentences(conn):
     assert f"and {detail['n_sentences'] - SENTENCE_SAMPLE} more" in text
 
 
+@pytest.mark.results
 async def test_a_firms_topics_are_the_topics_table(conn):
     for firm in await conn.fetch("SELECT firm_id FROM run_firms WHERE status = 'done'"):
         detail = await firm_detail(conn, firm["firm_id"], "default")
@@ -67,12 +71,14 @@ async def test_a_firms_topics_are_the_topics_table(conn):
         assert detail["state"]["n_topics"] == len(rows)
 
 
+@pytest.mark.results
 async def test_a_skipped_firm_says_why(conn):
     skipped = await conn.fetchval("SELECT firm_id FROM run_firms WHERE status = 'skipped'")
     text = await show(conn, "firm", skipped, None)
     assert "skipped" in text and "reason: " in text
 
 
+@pytest.mark.results
 async def test_run_is_checked_against_the_id(conn):
     theme_id = await conn.fetchval("SELECT min(theme_id) FROM themes")
     assert "theme" in await show(conn, "theme", str(theme_id), "default")
@@ -80,6 +86,7 @@ async def test_run_is_checked_against_the_id(conn):
         await show(conn, "theme", str(theme_id), "other")
 
 
+@pytest.mark.results
 def test_cli_show_prints_each_level(cli_env, capsys):
     assert main(["show", "firm", "NWL"]) == 0
     out = capsys.readouterr().out
@@ -96,6 +103,7 @@ def test_cli_show_prints_each_level(cli_env, capsys):
     assert out.startswith(f"theme {theme_id}:") and f"topic {topic_id}:" in out and "evidence" in out
 
 
+@pytest.mark.results
 def test_cli_show_unknown_ids_exit_2_with_one_line(cli_env, capsys):
     assert "no theme 999999" in one_line_error(capsys, ["show", "theme", "999999"])
     assert "no topic 999999" in one_line_error(capsys, ["show", "topic", "999999"])
@@ -106,6 +114,7 @@ def test_cli_show_unknown_ids_exit_2_with_one_line(cli_env, capsys):
     assert "--prompt goes with a theme or a topic" in one_line_error(capsys, ["show", "firm", "NWL", "--prompt"])
 
 
+@pytest.mark.results
 def test_cli_show_prompt_of_a_keyword_name_says_no_request_was_made(cli_env, capsys):
     assert main(["show", "topic", "1", "--prompt"]) == 0
     out = capsys.readouterr().out
@@ -121,6 +130,7 @@ def levelled_cli_env(levelled_run, monkeypatch, tmp_path):
     return offline_env(monkeypatch, levelled_run, tmp_path)
 
 
+@pytest.mark.results
 async def test_a_fine_theme_names_its_parent_and_the_parent_lists_it(levelled_conn):
     fine = await levelled_conn.fetch(
         "SELECT theme_id, name, parent_theme_id FROM themes WHERE level = 1 ORDER BY theme_id")
@@ -143,6 +153,7 @@ async def test_a_fine_theme_names_its_parent_and_the_parent_lists_it(levelled_co
         assert theme["theme_id"] in [c["theme_id"] for c in parent["children"]]
 
 
+@pytest.mark.results
 async def test_a_top_theme_says_it_is_at_the_top(levelled_conn):
     tops = await levelled_conn.fetch("SELECT theme_id FROM themes WHERE parent_theme_id IS NULL")
     assert 2 <= len(tops) <= 3
@@ -159,6 +170,7 @@ async def test_a_top_theme_says_it_is_at_the_top(levelled_conn):
             assert f"\n  {firm_id}" in text
 
 
+@pytest.mark.results
 async def test_the_children_of_a_theme_add_up_to_it(levelled_conn):
     for top in await levelled_conn.fetch("SELECT theme_id, n_topics FROM themes WHERE level = 2"):
         detail = await theme_detail(levelled_conn, top["theme_id"])
@@ -175,6 +187,7 @@ async def test_the_children_of_a_theme_add_up_to_it(levelled_conn):
         assert detail["evidence"]
 
 
+@pytest.mark.results
 async def test_a_topics_theme_path_goes_up_to_the_top(levelled_conn):
     for topic in await levelled_conn.fetch("SELECT topic_id, theme_id FROM topics ORDER BY topic_id"):
         detail = await topic_detail(levelled_conn, topic["topic_id"])
@@ -187,6 +200,7 @@ async def test_a_topics_theme_path_goes_up_to_the_top(levelled_conn):
                 f"{path[1]['theme_id']}: {path[1]['name']} (level 2)") in format_topic(detail)
 
 
+@pytest.mark.results
 async def test_a_single_level_run_is_at_the_top_with_no_path(conn):
     theme_id = await conn.fetchval("SELECT min(theme_id) FROM themes")
     detail = await theme_detail(conn, theme_id)
@@ -198,6 +212,7 @@ async def test_a_single_level_run_is_at_the_top_with_no_path(conn):
     assert f"  theme: {theme_id}: {detail['theme']['name']}\n" in format_topic(topic)  # as before levels
 
 
+@pytest.mark.results
 def test_cli_show_walks_the_theme_levels(levelled_cli_env, capsys):
     import asyncpg
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import anyio.from_thread
 import pytest
 from fake_llm_server import FakeLLMServer, ok, rate_limited, server_error
-from test_interruption import Job, duplicates, fetch, fresh_database, half_written_firms, job_env, run_in_process, value
 
 from app.sample import FIRMS, sample_rows
+from support import Job, duplicates, fetch, fresh_database, half_written_firms, job_env, run_in_process, value
 
 N_FIRMS = int(os.environ.get("SOAK_FIRMS", "60"))
 FIRM_KILLS = int(os.environ.get("SOAK_FIRM_KILLS", "20"))  # random kills in the firm stage, at most
@@ -81,6 +81,7 @@ def rows_lost(url: str, corpus_rows: int) -> dict:
     }
 
 
+@pytest.mark.results
 @pytest.mark.soak
 def test_random_sigkills_until_the_run_completes(database_url, server_url, tmp_path, monkeypatch):
     rng = random.Random(SEED)

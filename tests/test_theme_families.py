@@ -101,6 +101,7 @@ async def family_run(pool, embedder):
     return pool, subject_of
 
 
+@pytest.mark.results
 async def test_the_top_level_recovers_the_families(family_run):
     pool, subject_of = family_run
     async with pool.acquire() as conn:
@@ -119,6 +120,7 @@ async def test_the_top_level_recovers_the_families(family_run):
     assert len(rows) >= 0.9 * sentences  # the figures speak for nearly every sentence
 
 
+@pytest.mark.results
 async def test_the_fine_level_recovers_the_subjects(family_run):
     pool, subject_of = family_run
     async with pool.acquire() as conn:

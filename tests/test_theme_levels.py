@@ -24,6 +24,7 @@ async def levelled_run(pool, embedder):
     return pool
 
 
+@pytest.mark.results
 async def test_every_theme_below_the_top_has_a_parent_one_level_up(levelled_run):
     async with levelled_run.acquire() as conn:
         themes = await conn.fetch("SELECT theme_id, level, parent_theme_id, name, summary, n_topics FROM themes")
@@ -44,6 +45,7 @@ async def test_every_theme_below_the_top_has_a_parent_one_level_up(levelled_run)
             assert children and sum(c["n_topics"] for c in children) == theme["n_topics"]
 
 
+@pytest.mark.results
 async def test_topics_link_to_the_fine_level(levelled_run):
     async with levelled_run.acquire() as conn:
         levels = await conn.fetch("SELECT DISTINCT th.level FROM topics t JOIN themes th USING (theme_id)")
@@ -51,6 +53,7 @@ async def test_topics_link_to_the_fine_level(levelled_run):
     assert [r["level"] for r in levels] == [1] and unlinked == 0
 
 
+@pytest.mark.results
 async def test_the_top_theme_view_agrees_with_the_joins(levelled_run):
     async with levelled_run.acquire() as conn:
         view = await conn.fetch("SELECT sentence_id, top_theme_id FROM sentence_top_themes ORDER BY sentence_id")
@@ -69,6 +72,7 @@ async def test_the_top_theme_view_agrees_with_the_joins(levelled_run):
     assert [(r["sentence_id"], r["top_theme_id"]) for r in view] == expected
 
 
+@pytest.mark.results
 async def test_a_run_with_few_themes_has_one_level(pool, embedder):
     await insert_corpus(pool, list(sample_rows()))
     await run_job(pool, RunSettings(), run_name="flat", embedder=embedder, backend=CPU, namer=OfflineNamer())
@@ -80,6 +84,7 @@ async def test_a_run_with_few_themes_has_one_level(pool, embedder):
     assert "theme levels: one" in await run_status(pool, "flat")
 
 
+@pytest.mark.results
 async def test_a_broader_theme_counts_the_sentences_under_it(levelled_run):
     async with levelled_run.acquire() as conn:
         rows = await conn.fetch("SELECT theme_id, level, parent_theme_id, n_sentences FROM theme_overview")
@@ -90,6 +95,7 @@ async def test_a_broader_theme_counts_the_sentences_under_it(levelled_run):
                 assert row["n_sentences"] == children
 
 
+@pytest.mark.results
 async def test_status_says_how_many_levels(levelled_run):
     from app.status import run_status
 
@@ -111,6 +117,7 @@ class FailsOnABroaderTheme(OfflineNamer):
         return await super().name_theme(theme)
 
 
+@pytest.mark.results
 async def test_a_run_that_dies_in_the_level_stage_resumes_to_the_same_tree(pool, embedder):
     await insert_corpus(pool, list(sample_rows()))
     settings = RunSettings(theme_top_level_size=3)

@@ -14,8 +14,9 @@ import pytest
 from app.backend import CPU
 from app.clustering import attach_outliers, broader_levels, cluster_firm, theme_count, theme_keywords, theme_labels
 from app.quality import label_scores
-from app.sample import SUBJECTS, sentence_about
+from app.sample import sentence_about
 from app.settings import RunSettings
+from support import subject_of
 
 
 def generated_firm(sizes: dict[str, int], seed: int = 3) -> tuple[list[str], list[str]]:
@@ -32,14 +33,6 @@ def generated_firm(sizes: dict[str, int], seed: int = 3) -> tuple[list[str], lis
     return texts, subjects
 
 
-def subject_of(text: str) -> str:
-    """The generated subject a sample sentence speaks about (its subject phrase says so)."""
-    lowered = text.lower()
-    found = [s for s, parts in SUBJECTS.items() if any(p.lower() in lowered for p in parts["subjects"])]
-    assert len(found) == 1, text
-    return found[0]
-
-
 # --- firm topics ----------------------------------------------------------------------
 
 
@@ -52,6 +45,7 @@ def uneven_firm(embedder):
     return texts, subjects, embedder.encode(texts)
 
 
+@pytest.mark.results
 def test_every_topic_speaks_about_one_subject_and_every_subject_has_a_topic(uneven_firm):
     texts, subjects, embeddings = uneven_firm
     clustering = cluster_firm(texts, embeddings, RunSettings(), CPU)
@@ -64,6 +58,7 @@ def test_every_topic_speaks_about_one_subject_and_every_subject_has_a_topic(unev
     assert covered == set(subjects)
 
 
+@pytest.mark.results
 def test_no_topic_holds_more_of_the_firm_than_its_subject_does(uneven_firm):
     texts, subjects, embeddings = uneven_firm
     clustering = cluster_firm(texts, embeddings, RunSettings(), CPU)
@@ -72,6 +67,7 @@ def test_no_topic_holds_more_of_the_firm_than_its_subject_does(uneven_firm):
     assert largest <= 200 / len(texts) + 0.05
 
 
+@pytest.mark.results
 def test_the_minimum_topic_size_follows_the_firm(uneven_firm):
     """A larger share per topic gives fewer topics; the floor holds for a small firm."""
     texts, _, embeddings = uneven_firm
@@ -134,6 +130,7 @@ def grouped_vectors(groups: int, per_group: int, seed: int = 0) -> tuple[np.ndar
     return unit(directions[truth] + 0.3 * rng.normal(size=(len(truth), 64))), truth
 
 
+@pytest.mark.results
 def test_ward_recovers_known_groups_numbered_by_first_appearance():
     vectors, truth = grouped_vectors(groups=6, per_group=9)
     labels = theme_labels(vectors, 6)
@@ -152,6 +149,7 @@ def test_theme_keywords_come_from_the_topics_texts():
     assert {"dividend", "shareholders"} <= set(keywords[1])
 
 
+@pytest.mark.results
 async def test_the_sample_run_has_themes_by_subject_with_no_template_word(conn):
     """The sample corpus: 8 firms speaking about 3-4 of 6 subjects. Each topic's subject
     is its sentences' majority; the themes must group topics by subject."""
@@ -173,6 +171,7 @@ async def test_the_sample_run_has_themes_by_subject_with_no_template_word(conn):
         assert not template & set(keywords["keywords"])
 
 
+@pytest.mark.results
 def test_broader_levels_recover_known_families():
     """Three families of three subjects each, four topics a subject: the fine themes are the
     subjects, the level above the families."""
@@ -187,11 +186,13 @@ def test_broader_levels_recover_known_families():
     assert label_scores(families_level[fine], subject_of_topic // 3)["nmi"] == 1.0
 
 
+@pytest.mark.results
 def test_a_small_fine_level_is_the_only_level():
     vectors, _ = grouped_vectors(groups=6, per_group=4)
     assert broader_levels(vectors, theme_labels(vectors, 6), top_size=20) == []
 
 
+@pytest.mark.results
 def test_levels_go_up_until_the_top_is_small_enough():
     vectors, _ = grouped_vectors(groups=200, per_group=3)
     levels = broader_levels(vectors, theme_labels(vectors, 200), top_size=8)

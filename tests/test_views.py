@@ -4,6 +4,8 @@ embedding dimension (PostgreSQL refuses to retype a column a view reads)."""
 
 from __future__ import annotations
 
+import pytest
+
 from app.schema import fix_embedding_dimension
 
 VIEWS = ("sentence_assignments", "theme_sentences", "firm_themes", "topic_overview", "theme_overview")
@@ -13,12 +15,14 @@ async def rows(conn, sql) -> set[tuple]:
     return {tuple(r.values()) for r in await conn.fetch(sql)}
 
 
+@pytest.mark.results
 async def test_views_are_created_by_the_migrations(conn):
     names = {r["viewname"] for r in await conn.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
     assert set(VIEWS) <= names
     assert await conn.fetchval("SELECT max(version) FROM schema_migrations") >= 2
 
 
+@pytest.mark.results
 async def test_theme_sentences_is_the_join_from_themes_to_sentences(conn):
     view = await rows(conn, "SELECT run_id, run_name, theme_id, theme_name, topic_id, topic_name, firm_id,"
                             " firm_name, sentence_id, doc_id, text, theme_via FROM theme_sentences")
@@ -39,6 +43,7 @@ async def test_theme_sentences_is_the_join_from_themes_to_sentences(conn):
         "SELECT count(*) FROM sentence_topics WHERE topic_id IS NOT NULL OR theme_id IS NOT NULL")
 
 
+@pytest.mark.results
 async def test_sentence_assignments_keeps_every_sentence_including_outliers(conn):
     view = await rows(conn, "SELECT run_id, sentence_id, firm_id, doc_id, text, topic_id, topic_name, theme_id,"
                             " theme_name, theme_via FROM sentence_assignments")
@@ -53,6 +58,7 @@ async def test_sentence_assignments_keeps_every_sentence_including_outliers(conn
     assert len(view) == await conn.fetchval("SELECT count(*) FROM sentence_topics")
 
 
+@pytest.mark.results
 async def test_firm_themes_counts_each_firms_topics_and_sentences_per_theme(conn):
     view = await rows(conn, "SELECT run_id, firm_id, firm_name, theme_id, theme_name, n_topics, n_sentences"
                             " FROM firm_themes")
@@ -67,6 +73,7 @@ async def test_firm_themes_counts_each_firms_topics_and_sentences_per_theme(conn
         "SELECT count(*) FROM theme_sentences WHERE theme_via = 'topic'")
 
 
+@pytest.mark.results
 async def test_topic_and_theme_overviews_have_one_row_each(conn):
     view = await rows(conn, "SELECT topic_id, firm_name, topic_name, theme_name FROM topic_overview")
     join = await rows(conn, "SELECT t.topic_id, f.firm_name, t.name, th.name FROM topics t JOIN firms f USING (firm_id)"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,9 +24,8 @@ from app.runs import open_run
 from app.sample import sample_rows
 from app.schema import fix_embedding_dimension
 from app.settings import RunSettings
-from support import bare_run, fetch, insert_corpus
+from support import ROOT, bare_run, fetch, insert_corpus, job_env
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def twelve_firms() -> list[dict]:
@@ -39,10 +37,8 @@ def twelve_firms() -> list[dict]:
 
 
 def environment(database_url: str, tmp_path: Path, name: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XAI_API_KEY", "XAI_BASE_URL")}
-    env.update(DATABASE_URL=database_url, LOG_FORMAT="json", FIRMTOPICS_DATA_DIR=str(tmp_path / name),
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return env
+    """A worker's environment: ``job_env`` with a data folder of its own."""
+    return job_env(database_url, tmp_path, FIRMTOPICS_DATA_DIR=str(tmp_path / name))
 
 
 def worker(database_url: str, tmp_path: Path, name: str, run: str = "shared") -> subprocess.Popen:
@@ -84,6 +80,7 @@ def assert_every_firm_done_once(database_url: str, run: str = "shared") -> None:
     assert fetch(database_url, "SELECT count(DISTINCT theme_no) = count(*) AS once FROM themes WHERE level = 1")[0]["once"]
 
 
+@pytest.mark.results
 def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
     ingest_twelve_firms(database_url, tmp_path)
     workers = [worker(database_url, tmp_path, f"w{i}") for i in range(3)]
@@ -118,6 +115,7 @@ def test_three_workers_one_killed_share_a_run(database_url, tmp_path):
     assert topics_by_firm(database_url, "shared") == topics_by_firm(database_url, "alone")
 
 
+@pytest.mark.results
 def test_two_workers_ride_out_every_connection_dropped_at_once(database_url, tmp_path):
     # A failover as the workers see it: every session of the database ends at once, the
     # claims with them, while both workers hold firms. Each takes its claims again (or
