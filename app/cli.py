@@ -24,7 +24,15 @@ from pathlib import Path
 import anyio
 
 from app import logs
-from app.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_message, exit_code_for, is_expected
+from app.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    error_message,
+    exit_code_for,
+    first_error,
+    is_expected,
+)
 from app.settings import Settings, SettingsError, redact
 
 
@@ -149,12 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED, settings)
     except Exception as exc:  # turn expected failures into one line; unexpected ones too, plus a logged traceback
-        if isinstance(exc, BaseExceptionGroup):  # a task group's error: report the one that started it
-            from app.pipeline import first_error
-
-            exc = first_error(exc)
+        exc = first_error(exc)  # a task group's error: report the one that started it
         code = exit_code_for(exc)
-        if code == EXIT_FAILURE and not is_expected(exc):
+        if not is_expected(exc):
             logs.get_logger("cli").error("unexpected_error", exc_info=True)
         return _fail(error_message(exc), code, settings)
     finally:
@@ -199,9 +204,8 @@ async def cmd_run(settings: Settings, args) -> int:
             outcome = await run_with_signals(pool, settings, run_name=args.run, retry_failed=args.retry_failed)
         except Exception as exc:
             from app.database import RETRYABLE, DatabaseUnavailable
-            from app.pipeline import first_error
 
-            error = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            error = first_error(exc)
             if isinstance(error, RETRYABLE):  # the database went away and stayed away through the retries
                 detail = ": ".join([type(error).__name__, *str(error).strip().splitlines()[:1]])
                 raise DatabaseUnavailable(

@@ -23,6 +23,7 @@ import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
 
+from app.errors import ExpectedFailure
 from app.logs import get_logger
 from app.settings import Settings, redact
 
@@ -50,7 +51,7 @@ RETRYABLE = (
 )
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(ExpectedFailure, RuntimeError):
     """The database cannot be reached; the message says which and why, without secrets."""
 
 

@@ -53,6 +53,7 @@ import aiohttp
 
 from app import prompts
 from app.claims import LLMSlots
+from app.errors import ExpectedFailure
 from app.exchanges import ExchangeLog, request_key
 from app.logs import get_logger
 from app.naming import (
@@ -103,7 +104,7 @@ _KEY_WORDS = re.compile(r"api[ _-]?key|authenticat|unauthori[sz]ed|credentials",
 log = get_logger("llm")
 
 
-class LLMConfigError(Exception):
+class LLMConfigError(ExpectedFailure):
     """The LLM cannot be used at all: bad key, unknown model, unreachable server, no credits.
 
     The message is one line, safe to print (no secret), and says which setting to fix.

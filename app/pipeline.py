@@ -40,6 +40,7 @@ from app.claims import FirmClaims
 from app.clustering import TooFewToCluster, attach_outliers, cluster_firm
 from app.database import with_connection_retry
 from app.embedding import Embedder
+from app.errors import first_error
 from app.logs import get_logger
 from app.memory import release_free_memory
 from app.naming import Namer, TopicToName
@@ -172,14 +173,6 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
         raise
     progress.maybe_report(force=True)
     return completed
-
-
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first leaf exception inside a (possibly nested) exception group."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 class TopicBacklog:

@@ -31,7 +31,7 @@ RECORDED_PACKAGES = (
 RUN_STATES = ("running", "firms_done", "themes_done", "complete", "interrupted", "failed")
 
 
-class SettingsChanged(ValueError):
+class SettingsChanged(UsageError, ValueError):
     """Resuming a run with other result-changing settings than it was started with."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import asyncpg
 
+from app.errors import UsageError
 from app.logs import get_logger
 
 log = get_logger("schema")
@@ -36,7 +37,7 @@ _LOCK_KEY = 7_424_001  # arbitrary, fixed: "firmtopics schema" advisory lock
 EMBEDDING_COLUMNS = (("sentence_topics", "embedding"), ("topics", "embedding"), ("themes", "embedding"))
 
 
-class DimensionMismatch(ValueError):
+class DimensionMismatch(UsageError, ValueError):
     """The run's model has another embedding dimension than the database holds."""
 
 

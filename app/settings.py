@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.errors import UsageError
+
 DEFAULT_XAI_BASE_URL = "https://api.x.ai/v1"
 DEFAULT_XAI_MODEL = "grok-4-fast-non-reasoning"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """A setting has a value the program cannot use (a usage error: exit code 2)."""
 
 

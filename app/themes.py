@@ -37,9 +37,9 @@ from app.backend import ClusteringBackend
 from app.clustering import broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
 from app.database import with_connection_retry
 from app.embedding import Embedder
+from app.errors import first_error
 from app.logs import get_logger
 from app.naming import Label, MemberTopic, Namer, ThemeToName
-from app.pipeline import first_error
 from app.settings import RunSettings
 
 log = get_logger("themes")
