@@ -25,6 +25,7 @@ from app import prompts
 from app.clustering import theme_count
 from app.exchanges import request_key
 from app.naming import TopicToName
+from app.runs import latest_complete_run
 from app.settings import RunSettings, Settings
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text and OpenAI-style tokenisers
@@ -92,8 +93,7 @@ async def finished_run(conn: asyncpg.Connection) -> dict | None:
     tokens of a topic request (rebuilt from its stored topics) and the names kept in the
     exchange log's cache; None when there is none."""
     try:
-        run = await conn.fetchrow("SELECT run_id, name FROM runs WHERE status = 'complete'"
-                                  " ORDER BY finished_at DESC NULLS LAST, run_id DESC LIMIT 1")
+        run = await latest_complete_run(conn)
     except asyncpg.UndefinedTableError:
         return None
     if run is None:

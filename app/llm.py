@@ -336,7 +336,7 @@ class LLMNamer:
                 log.info("llm_ready", model=self._settings.xai_model, base_url=self._clean(self._settings.xai_base_url))
                 return
             if problem.kind != RETRY or problem.unreachable:
-                raise LLMConfigError(self._config_message(problem, attempts=attempt)) from None
+                raise LLMConfigError(self._config_message(problem)) from None
             wait_s = retry_wait(attempt, problem.retry_after, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)
             if loop.time() + wait_s > deadline:
                 self._started_busy = True
@@ -619,7 +619,7 @@ class LLMNamer:
             consequence="no more LLM requests this run; remaining topics and themes are named from keywords",
         )
 
-    def _config_message(self, failure: _Failure, attempts: int) -> str:
+    def _config_message(self, failure: _Failure) -> str:
         """One clear, secret-free line for ``LLMConfigError``."""
         model = self._settings.xai_model
         base_url = self._clean(self._settings.xai_base_url)

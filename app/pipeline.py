@@ -126,24 +126,7 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
     async def writer() -> None:
         async with to_write_receive:
             async for result in to_write_receive:
-                started = time.perf_counter()
-                written = await write_firm_with_retry(stage.pool, stage.run_id, result)
-                result.seconds["write"] = time.perf_counter() - started
-                stage.in_flight.discard(result.firm_id)
-                if stage.claims is not None:
-                    await stage.claims.release(result.firm_id)
-                if not written:
-                    # Another worker wrote it (this one's claim was lost with its connection):
-                    # that copy stands, and this one is dropped; the firm is that worker's.
-                    log.warning("firm_written_by_another_worker", firm=result.firm_id,
-                                reason="this worker's claim was lost with its connection; the other copy stands")
-                    continue
-                progress.firm_finished(result.status, result.n_sentences, result.seconds)
-                log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
-                         sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,
-                         seconds={k: round(v, 3) for k, v in result.seconds.items()},
-                         firms_finished=progress.firms_finished, firms_total=progress.total_firms)
-                progress.maybe_report()
+                await write_one(stage, result, progress)
         finished.set()
         stop_watch.cancel()
 
@@ -173,6 +156,29 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
         raise
     progress.maybe_report(force=True)
     return completed
+
+
+async def write_one(stage: FirmStage, result: FirmResult, progress: Progress) -> None:
+    """The writer stage's work on one named firm: write it whole, give its claim back,
+    count it and log it."""
+    started = time.perf_counter()
+    written = await write_firm_with_retry(stage.pool, stage.run_id, result)
+    result.seconds["write"] = time.perf_counter() - started
+    stage.in_flight.discard(result.firm_id)
+    if stage.claims is not None:
+        await stage.claims.release(result.firm_id)
+    if not written:
+        # Another worker wrote it (this one's claim was lost with its connection):
+        # that copy stands, and this one is dropped; the firm is that worker's.
+        log.warning("firm_written_by_another_worker", firm=result.firm_id,
+                    reason="this worker's claim was lost with its connection; the other copy stands")
+        return
+    progress.firm_finished(result.status, result.n_sentences, result.seconds)
+    log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
+             sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,
+             seconds={k: round(v, 3) for k, v in result.seconds.items()},
+             firms_finished=progress.firms_finished, firms_total=progress.total_firms)
+    progress.maybe_report()
 
 
 class TopicBacklog:

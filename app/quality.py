@@ -148,15 +148,14 @@ def run_quality(
     firms: list[dict],
     theme_sizes: list[int],
     linked_by_cluster: int,
-    linked_by_nearest: int,
     n_topics: int,
     sentences_by_theme: dict[str, int] | None = None,
 ) -> dict:
     """Quality figures for a whole run, from its firms' ``firm_quality`` dicts.
 
     Takes the firms' dicts (each may carry ``"firm_id"``), the number of firm topics in
-    each cross-firm theme, how many topics were linked to a theme by clustering and by
-    nearness, and the number of firm topics. Returns a JSON-ready dict with ``"firms"``
+    each cross-firm theme, how many topics the theme clustering linked to a theme, and
+    the number of firm topics. Returns a JSON-ready dict with ``"firms"``
     (means over firms; sentence shares weighted by each firm's sentences, so a small firm
     does not count as much as a large one), ``"themes"`` and ``"worst_firms"`` (the firms
     whose largest topic is largest, so a researcher knows where to look first).
@@ -200,8 +199,7 @@ def run_quality(
             {"min": min(sizes), "median": _round(float(np.median(sizes))), "max": max(sizes)} if sizes else None
         ),
         "linked_by_cluster": int(linked_by_cluster),
-        "linked_by_nearest": int(linked_by_nearest),
-        "unlinked": int(n_topics - linked_by_cluster - linked_by_nearest),
+        "unlinked": int(n_topics - linked_by_cluster),
     }
     if sentences_by_theme and sentences_by_theme.get("sentences"):
         total = sentences_by_theme["sentences"]
@@ -305,7 +303,7 @@ def format_quality(quality: dict | None) -> list[str]:
         lines.append(
             f"  themes: {themes.get('themes', 0)}, largest {_pct(themes.get('largest_theme_share'), 0)} "
             f"of {themes.get('topics', 0)} topics; linked {themes.get('linked_by_cluster', 0)} by cluster, "
-            f"{themes.get('linked_by_nearest', 0)} by nearest, {themes.get('unlinked', 0)} unlinked"
+            f"{themes.get('unlinked', 0)} unlinked"
         )
         if themes.get("sentences_in_no_theme_share") is not None:
             lines.append(

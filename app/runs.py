@@ -96,6 +96,40 @@ async def find_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None
     return await conn.fetchrow("SELECT * FROM runs WHERE name = $1", name)
 
 
+async def run_by_id(conn: asyncpg.Connection, run_id: int) -> asyncpg.Record | None:
+    """The ``runs`` row of ``run_id``, or None."""
+    return await conn.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
+
+
+async def run_status(conn: asyncpg.Connection, run_id: int) -> str | None:
+    """Where run ``run_id`` stands now (one of ``RUN_STATES``)."""
+    return await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id)
+
+
+async def latest_complete_run(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    """``run_id`` and ``name`` of the run finished last, or None."""
+    return await conn.fetchrow("SELECT run_id, name FROM runs WHERE status = 'complete'"
+                               " ORDER BY finished_at DESC NULLS LAST, run_id DESC LIMIT 1")
+
+
+async def runs_overview(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every run, oldest first: ``run_id``, ``name``, ``status``, ``model``, ``started_at``,
+    ``finished_at``, ``firms_done``, ``firms_skipped``, ``topics`` and fine ``themes``."""
+    return await conn.fetch(
+        "SELECT r.run_id, r.name, r.status, r.model, r.started_at, r.finished_at,"
+        " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'done') AS firms_done,"
+        " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'skipped') AS firms_skipped,"
+        " (SELECT count(*) FROM topics t WHERE t.run_id = r.run_id) AS topics,"
+        " (SELECT count(*) FROM themes th WHERE th.run_id = r.run_id AND th.level = 1) AS themes"
+        " FROM runs r ORDER BY r.run_id")
+
+
+def run_brief(run: asyncpg.Record) -> dict:
+    """The few fields of a run every read command shows with its results: ``run_id``,
+    ``name``, ``status``."""
+    return {"run_id": run["run_id"], "name": run["name"], "status": run["status"]}
+
+
 async def load_run(conn: asyncpg.Connection, name: str, *, complete: bool = True) -> asyncpg.Record:
     """The ``runs`` row of run ``name``, for the commands that read a run's results
     (search, show, export, report).
@@ -135,10 +169,11 @@ async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **field
     )
 
 
-async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
+async def store_run_quality(conn: asyncpg.Connection, run_id: int, *, topics: int, linked: int) -> dict:
     """Compute the run's quality figures from what is stored (each clustered firm's
-    figures, the themes' sizes, how topics were linked), keep them in ``runs.quality``
-    and return them. Called after the theme stage; safe to repeat."""
+    figures, the themes' sizes) and from the theme stage's ``topics`` and the topics it
+    ``linked`` to a theme; keep them in ``runs.quality`` and return them. Called after
+    the theme stage; safe to repeat."""
     # Imported here: scikit-learn (under app.quality) takes seconds to import, and the
     # read commands (show, search, ...) that import this module for ``load_run`` need none.
     from app.quality import run_quality
@@ -149,13 +184,6 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
         run_id,
     )
     sizes = await conn.fetch("SELECT n_topics FROM themes WHERE run_id = $1 AND level = 1 ORDER BY theme_id", run_id)
-    links = await conn.fetchrow(
-        "SELECT count(*) AS topics,"
-        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
-        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
-        " FROM topics WHERE run_id = $1",
-        run_id,
-    )
     by_theme = await conn.fetchrow(
         "SELECT count(*) AS sentences,"
         " count(*) FILTER (WHERE t.theme_id IS NOT NULL) AS topic,"
@@ -166,9 +194,8 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
     quality = run_quality(
         [{"firm_id": r["firm_id"], **json.loads(r["quality"])} for r in firms],
         [r["n_topics"] for r in sizes],
-        links["by_cluster"],
-        links["by_nearest"],
-        links["topics"],
+        linked,
+        topics,
         sentences_by_theme=dict(by_theme),
     )
     await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, json.dumps(quality))

@@ -33,7 +33,6 @@ import anyio
 import asyncpg
 import numpy as np
 
-from app.backend import ClusteringBackend
 from app.clustering import broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
 from app.database import with_connection_retry
 from app.embedding import Embedder
@@ -54,8 +53,7 @@ class ThemeOutcome:
 
     topics: int
     themes: int
-    linked_by_cluster: int
-    linked_by_nearest: int
+    linked_by_cluster: int  # topics linked to a theme: Ward's clustering links every one
     reason: str | None = None
     levels: list[int] = field(default_factory=list)  # themes per level, fine level first
 
@@ -106,16 +104,14 @@ async def run_theme_stage(
     run_id: int,
     settings: RunSettings,
     embedder: Embedder,
-    backend: ClusteringBackend,
     namer: Namer,
     limiter: anyio.CapacityLimiter | None = None,
 ) -> ThemeOutcome:
     """Represent the run's topics, group them into themes, name and store the themes.
 
     Returns a ``ThemeOutcome``. With fewer than ``MIN_TOPICS`` topics, the topics still
-    get their vectors and no theme is made (the reason says why). ``backend`` is not
-    used by the grouping itself (Ward runs on the CPU in seconds even for thousands of
-    topics); it is kept so every stage is called alike.
+    get their vectors and no theme is made (the reason says why). The grouping needs no
+    clustering backend: Ward runs on the CPU in seconds even for thousands of topics.
     """
     # In firm and topic order, not topic_id order: topic ids follow the order in which
     # firms happened to be written (LLM answers come back in any order), and the theme
@@ -130,7 +126,7 @@ async def run_theme_stage(
         reason = f"only {len(rows)} topics; at least {MIN_TOPICS} needed to form themes"
         log.warning("no_themes", reason=reason)
         await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], attach_threshold=None)
-        return ThemeOutcome(len(rows), 0, 0, 0, reason)
+        return ThemeOutcome(len(rows), 0, 0, reason)
 
     n_themes = theme_count(len(rows), settings)
     labels = await anyio.to_thread.run_sync(theme_labels, embeddings, n_themes, limiter=limiter)
@@ -161,7 +157,7 @@ async def run_theme_stage(
                             attach_threshold=settings.theme_outlier_threshold)
     log.info("themes_formed", themes=len(fine), topics=len(rows), levels=[len(level) for level in levels],
              largest=int(max(t.to_name.n_topics for t in fine)), sentences_attached=attached)
-    return ThemeOutcome(len(rows), len(fine), len(assignment), 0, levels=[len(level) for level in levels])
+    return ThemeOutcome(len(rows), len(fine), len(assignment), levels=[len(level) for level in levels])
 
 
 async def stored_themes(conn: asyncpg.Connection, run_id: int) -> ThemeOutcome:
@@ -171,12 +167,11 @@ async def stored_themes(conn: asyncpg.Connection, run_id: int) -> ThemeOutcome:
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM themes WHERE run_id = $1 AND level = 1) AS themes,"
         " count(*) AS topics,"
-        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
-        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
+        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster"
         " FROM topics WHERE run_id = $1",
         run_id,
     )
-    return ThemeOutcome(row["topics"], row["themes"], row["by_cluster"], row["by_nearest"])
+    return ThemeOutcome(row["topics"], row["themes"], row["by_cluster"])
 
 
 @dataclass

@@ -376,7 +376,7 @@ def option_rows(n_firms: int) -> list[list]:
             seconds += time.perf_counter() - started
             final = clustering.attach_outliers(embeddings, result.labels, settings.outlier_threshold)
             figures.append(firm_quality(result.labels, final, [c.keywords for c in result.clusters], texts))
-        run = run_quality(figures, [], 0, 0, 0)["firms"]
+        run = run_quality(figures, [], 0, 0)["firms"]
         topics = [f["topics"] for f in figures]
         rows.append([name, f"{run['mean_topics']:.1f} ({min(topics)}-{max(topics)})",
                      f"{run['firms_with_catch_all']} of {len(figures)}", f"{run['mean_largest_topic_share']:.0%}",
