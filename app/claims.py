@@ -34,7 +34,7 @@ import socket
 import anyio
 import asyncpg
 
-from app.database import RETRYABLE, with_connection_retry
+from app.database import RETRYABLE, retry_connection_errors
 from app.logs import get_logger
 
 log = get_logger("claims")
@@ -52,7 +52,7 @@ class _LockSession:
 
     A lost connection (a restart, a failover) loses its session's locks: the next query
     takes a new connection, first takes again what was held (``_take_again``), and is
-    retried, for as long as the run's retry window allows (``with_connection_retry``)."""
+    retried, for as long as the run's retry window allows (``retry_connection_errors``)."""
 
     kind = "locks"  # what the locks are, for the log
 
@@ -103,7 +103,7 @@ class _LockSession:
             except RETRYABLE:  # a connection the pool took back answers nothing
                 return False
 
-        async def attempt(_unused):
+        async def attempt():
             if not usable():
                 await self._disconnect()
                 await self._connect()
@@ -115,7 +115,7 @@ class _LockSession:
                 raise
 
         async with self._lock:
-            return await with_connection_retry(_NoPool(), attempt, what=what)
+            return await retry_connection_errors(attempt, what=what)
 
 
 class FirmClaims(_LockSession):
@@ -238,33 +238,9 @@ class LLMSlots(_LockSession):
                                                               self._first_key + slot), what="release an LLM slot")
 
 
-class _NoPool:
-    """``with_connection_retry`` takes its connections from a pool; the claims keep their
-    own, so this stand-in hands ``None`` to the action, which uses the claims connection."""
-
-    @staticmethod
-    def acquire():
-        return contextlib.nullcontext()
-
-
 def worker_name() -> str:
     """This worker as ``status`` shows it: ``firmtopics worker HOST pid PID``."""
     return f"firmtopics worker {socket.gethostname()[:40]} pid {os.getpid()}"
-
-
-async def workers_in_flight(conn: asyncpg.Connection, run_id: int) -> list[dict]:
-    """The firms of ``run_id`` claimed right now, by which worker and since when (the
-    worker's claims connection's start): ``worker``, ``firm_id``, ``since`` (ISO), from the
-    server's own lock table, so a dead worker's claims are simply gone."""
-    rows = await conn.fetch(
-        "SELECT a.application_name AS worker, f.firm_id, a.backend_start AS since"
-        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " JOIN firms f ON l.objid = (hashtext(f.firm_id)::bigint & 4294967295)::oid"
-        " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.classid = $1::oid"
-        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " ORDER BY a.application_name, f.firm_id", run_id)
-    return [{"worker": r["worker"], "firm_id": r["firm_id"], "since": r["since"].isoformat(timespec="seconds")}
-            for r in rows]
 
 
 async def take_theme_lock(conn: asyncpg.Connection, run_id: int) -> bool:

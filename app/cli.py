@@ -35,7 +35,6 @@ from app.errors import (
 )
 from app.settings import Settings, SettingsError, redact
 
-
 EXAMPLES = """examples:
   firmtopics demo                                   a sample corpus, end to end, offline
   firmtopics run --input sentences.jsonl.gz         ingest, firm topics, themes, indexes
@@ -222,7 +221,7 @@ async def cmd_status(settings: Settings, args) -> int:
     import json
 
     from app.database import open_database
-    from app.status import format_status, status_detail
+    from app.read.status import format_status, status_detail
 
     async with open_database(settings) as pool:
         detail = await status_detail(pool, args.run)
@@ -235,7 +234,7 @@ async def cmd_runs(settings: Settings, args) -> int:
     import json
 
     from app.database import open_database
-    from app.status import format_runs, runs_list
+    from app.read.status import format_runs, runs_list
 
     async with open_database(settings) as pool:
         runs = await runs_list(pool)
@@ -253,7 +252,7 @@ async def cmd_demo(settings: Settings, args) -> int:
 async def cmd_read(settings: Settings, args) -> int:
     """``search``, ``show``, ``trends``, ``export``, ``report``: the commands that read a
     run's results live in modules of their own, each with a ``command`` function."""
-    from app import export, report, search, show, trends
+    from app.read import export, report, search, show, trends
 
     module = {"search": search, "show": show, "trends": trends, "export": export, "report": report}[args.command]
     return await module.command(settings, args)

@@ -265,6 +265,9 @@ def attach_outliers(embeddings: np.ndarray, labels: np.ndarray, threshold: float
     return final
 
 
+MIN_TOPICS = 4  # fewer topics than this make no themes: a theme of one topic groups nothing
+
+
 def theme_count(n_topics: int, settings: RunSettings) -> int:
     """How many themes ``n_topics`` topics are grouped into: ``settings.theme_count`` when
     set, else the square root of the number of topics (so a theme holds about as many
@@ -311,13 +314,20 @@ def broader_levels(vectors: np.ndarray, fine: np.ndarray, top_size: int) -> list
     """
     levels = []
     labels = fine
-    while (count := int(labels.max()) + 1) > top_size:
-        root = round(math.sqrt(count))
-        wanted = root if root > top_size else min(top_size, max(2, round(count / 3)))
+    while (wanted := level_above(count := int(labels.max()) + 1, top_size)) is not None:
         parents = theme_labels(centres(vectors, labels, count), wanted)
         levels.append(parents)
         labels = parents[labels]
     return levels
+
+
+def level_above(count: int, top_size: int) -> int | None:
+    """How many themes the level above a level of ``count`` themes has (the rule
+    ``broader_levels`` describes), or None when ``count`` is small enough for the top."""
+    if count <= top_size:
+        return None
+    root = round(math.sqrt(count))
+    return root if root > top_size else min(top_size, max(2, round(count / 3)))
 
 
 def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int) -> list[list[str]]:

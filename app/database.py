@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -28,9 +30,6 @@ from app.logs import get_logger
 from app.settings import Settings, redact
 
 log = get_logger("database")
-# ``db_retry`` is logged under the logger name it had before the retries moved here from
-# ``app.writer``, so its log lines are unchanged.
-retry_log = get_logger("writer")
 
 # Connection-level failures worth retrying with a fresh connection: a dropped
 # connection, a server restarting (failover, crash recovery) or refusing connections
@@ -71,8 +70,13 @@ def start_embedded_server(data_dir: Path) -> str:
     return server.get_uri()
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await register_vector(conn)
+async def _init_connection(conn: asyncpg.Connection, *, vector: bool) -> None:
+    """Teach a new connection the types the program exchanges: ``jsonb`` as Python
+    values (dicts and lists in, dicts and lists out) and, with ``vector``, pgvector's
+    ``vector`` as numpy arrays."""
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    if vector:
+        await register_vector(conn)
 
 
 def resolve_url(settings: Settings) -> str:
@@ -83,7 +87,8 @@ def resolve_url(settings: Settings) -> str:
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, vector: bool = True) -> asyncpg.Pool:
-    """An asyncpg pool on ``url``; with ``vector`` each connection gets the pgvector codec.
+    """An asyncpg pool on ``url`` whose connections read and write ``jsonb`` as Python
+    values; with ``vector`` each connection gets the pgvector codec too.
 
     ``vector=False`` is for the first connection of a fresh database, before the
     ``vector`` extension exists (the codec lookup would fail).
@@ -94,7 +99,7 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, vector:
             url,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection if vector else None,
+            init=partial(_init_connection, vector=vector),
             command_timeout=None,
             timeout=15,
         )
@@ -157,19 +162,31 @@ async def with_connection_retry(
     failover is ridden out; an outage longer than the window raises the last error, and
     the run ends, resumable.
     """
+    async def on_a_pooled_connection():
+        async with pool.acquire() as conn:
+            return await action(conn)
+
+    return await retry_connection_errors(on_a_pooled_connection, what=what, window_s=window_s,
+                                         base_delay=base_delay)
+
+
+async def retry_connection_errors(attempt_once, *, what: str, window_s: float | None = None,
+                                  base_delay: float = 0.5):
+    """``await attempt_once()``, retried on connection failures (``RETRYABLE``) as
+    ``with_connection_retry`` says; for a caller that keeps a connection of its own and
+    replaces it itself when it is lost (``app.claims``). Returns what it returns."""
     window = retry_window_s if window_s is None else window_s
     started = time.monotonic()
     attempt = 0
     while True:
         try:
-            async with pool.acquire() as conn:
-                return await action(conn)
+            return await attempt_once()
         except RETRYABLE as exc:
             attempt += 1
             delay = min(MAX_RETRY_DELAY_S, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
             if time.monotonic() - started + delay > window:
                 raise
-            retry_log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__,
+            log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__,
                               wait_s=round(delay, 2), window_s=window)
             await asyncio.sleep(delay)
 

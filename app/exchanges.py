@@ -77,7 +77,7 @@ class ExchangeLog:
                 "INSERT INTO llm_exchanges (request_key, run_id, subject, model, request, status, reply, usable,"
                 " prompt_tokens, completion_tokens, latency_ms)"
                 " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11)",
-                key, self.run_id, subject, str(payload.get("model")), json.dumps(payload), status, reply, usable,
+                key, self.run_id, subject, str(payload.get("model")), payload, status, reply, usable,
                 tokens("prompt_tokens"), tokens("completion_tokens"), max(0, round(latency_s * 1000)),
             ),
             what="record an LLM exchange",

@@ -30,7 +30,7 @@ import anyio
 import asyncpg
 
 from app.backend import ClusteringBackend, choose_backend
-from app.claims import FirmClaims, release_theme_lock, take_theme_lock, workers_in_flight
+from app.claims import FirmClaims, release_theme_lock, take_theme_lock
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
 from app.embedding import Embedder, load_embedder
@@ -48,15 +48,13 @@ from app.runs import (
     run_status,
     set_status,
     store_run_quality,
+    workers_in_flight,
 )
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
 from app.settings import RunSettings, Settings
 from app.themes import run_theme_stage, stored_themes
 
 log = get_logger("job")
-# The events of the signal handling are logged under the logger name they had before it
-# moved here from the command line module, so their log lines are unchanged.
-signal_log = get_logger("cli")
 
 # Seconds to let in-flight firms finish after SIGTERM before dropping them (a spot
 # instance gives about 120 s notice; the rest of the budget is for closing cleanly).
@@ -95,17 +93,17 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
             lambda: load_embedder(settings.run.embedding_model, batch_size=settings.embedding_batch_size)
         )
         backend = choose_backend()
-        signal_log.info("backend_chosen", clustering=backend.name, device=embedder.device)
+        log.info("backend_chosen", clustering=backend.name, device=embedder.device)
         async with anyio.create_task_group() as tg:
 
             async def watch_signals(scope: anyio.CancelScope) -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
                         if stop.is_set():
-                            signal_log.warning("second_signal", signal=signal.Signals(signum).name)
+                            log.warning("second_signal", signal=signal.Signals(signum).name)
                             scope.cancel()
                             return
-                        signal_log.warning("signal_received", signal=signal.Signals(signum).name,
+                        log.warning("signal_received", signal=signal.Signals(signum).name,
                                            drain_s=DRAIN_SECONDS)
                         stop.set()
                         scope.deadline = anyio.current_time() + DRAIN_SECONDS
@@ -179,8 +177,8 @@ async def run_job(
                              backend={**backend.describe(), "device": embedder.device,
                                       "fp16": embedder.device == "cuda"})
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
-    job = _Job(pool, run.run_id, settings, embedder, backend, namer, stop or anyio.Event(),
-               JobOutcome(run.run_id, run_name, "complete"))
+    job = _Job(pool, run.run_id, JobOutcome(run.run_id, run_name, "complete"), stop or anyio.Event(),
+               settings, embedder, backend, namer)
     if run.status == "complete" and not todo:
         job.outcome.status = "nothing_to_do"
         job.outcome.firms = await job.firm_counts()
@@ -214,12 +212,12 @@ class _Job:
 
     pool: asyncpg.Pool
     run_id: int
+    outcome: JobOutcome
+    stop: anyio.Event
     settings: RunSettings
     embedder: Embedder
     backend: ClusteringBackend
     namer: Namer
-    stop: anyio.Event
-    outcome: JobOutcome
     took_any: bool = False  # this start wrote at least one firm
 
     async def retried(self, action, what: str):

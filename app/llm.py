@@ -412,7 +412,7 @@ class LLMNamer:
         cached = await self._exchanges.cached(key) if self._exchanges is not None else None
         if cached is not None:
             try:
-                label = prompts.parse_label(_reply_content(json.loads(cached)))
+                label = prompts.parse_label(prompts.reply_content(json.loads(cached)))
             except (ValueError, prompts.ReplyError):
                 pass  # kept as usable by an older parser: ask again
             else:
@@ -424,7 +424,7 @@ class LLMNamer:
         for attempt in range(1, self._max_attempts + 1):
             try:
                 label = await self._post(messages, prompts.MAX_REPLY_TOKENS, subject=subject,
-                                         read=lambda body: prompts.parse_label(_reply_content(body)))
+                                         read=lambda body: prompts.parse_label(prompts.reply_content(body)))
             except _Stopped:
                 break
             except _Failure as failure:
@@ -640,17 +640,6 @@ class LLMNamer:
     def _clean(self, text: str) -> str:
         """``text`` with every secret masked: for anything that may reach a log or an error."""
         return redact(text, self._settings.secrets())
-
-
-def _reply_content(body: dict) -> str:
-    """The assistant message's text in a chat-completion body; ``ReplyError`` when absent."""
-    try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise prompts.ReplyError("the reply has no choices[0].message.content") from None
-    if not isinstance(content, str):
-        raise prompts.ReplyError("the reply's message content is not text")
-    return content
 
 
 def _whole(value: object) -> int:

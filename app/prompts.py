@@ -131,6 +131,17 @@ def _messages(user_text: str) -> list[dict]:
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 
 
+def reply_content(body: dict) -> str:
+    """The assistant message's text in a chat-completion body; ``ReplyError`` when absent."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ReplyError("the reply has no choices[0].message.content") from None
+    if not isinstance(content, str):
+        raise ReplyError("the reply's message content is not text")
+    return content
+
+
 def parse_label(content: str) -> Label:
     """The ``Label`` (source ``"llm"``) in a model's reply.
 

@@ -11,7 +11,6 @@ commands that read a run's results (search, show, export, report) start.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -71,15 +70,15 @@ async def open_run(
         "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, backend, started_at)"
         " VALUES ($1, $2::jsonb, $3, $4, $5::jsonb, $6::jsonb, now()) ON CONFLICT (name) DO NOTHING RETURNING run_id",
         name,
-        json.dumps(settings.as_dict()),
+        settings.as_dict(),
         settings.embedding_model,
         embedding_dim,
-        json.dumps(package_versions()),
-        json.dumps(backend),
+        package_versions(),
+        backend,
     )
     if run_id is None:
         row = await conn.fetchrow("SELECT run_id, status, settings FROM runs WHERE name = $1", name)
-        recorded = json.loads(row["settings"])
+        recorded = row["settings"]
         differences = settings.differences(recorded)
         if differences:
             listed = "; ".join(f"{k}: run has {old!r}, now {new!r}" for k, (old, new) in differences.items())
@@ -164,8 +163,8 @@ async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **field
         " WHERE run_id = $1",
         run_id,
         status,
-        json.dumps(fields["timings"]) if fields.get("timings") else None,
-        json.dumps(fields["llm_usage"]) if fields.get("llm_usage") else None,
+        fields.get("timings") or None,
+        fields.get("llm_usage") or None,
     )
 
 
@@ -192,13 +191,13 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int, *, topics: in
         run_id,
     )
     quality = run_quality(
-        [{"firm_id": r["firm_id"], **json.loads(r["quality"])} for r in firms],
+        [{"firm_id": r["firm_id"], **r["quality"]} for r in firms],
         [r["n_topics"] for r in sizes],
         linked,
         topics,
         sentences_by_theme=dict(by_theme),
     )
-    await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, json.dumps(quality))
+    await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, quality)
     return quality
 
 
@@ -253,3 +252,19 @@ async def firm_counts(conn: asyncpg.Connection, run_id: int) -> dict[str, int]:
     counts["total"] = total
     counts["left"] = max(total - counts["done"] - counts["skipped"] - counts["failed"], 0)
     return counts
+
+
+async def workers_in_flight(conn: asyncpg.Connection, run_id: int) -> list[dict]:
+    """The firms of ``run_id`` claimed right now, by which worker and since when (the
+    worker's claims connection's start): ``worker``, ``firm_id``, ``since`` (ISO), from the
+    server's own lock table, so a dead worker's claims are simply gone. A claim is the
+    advisory lock (run id, hashtext(firm id)) that ``app.claims.FirmClaims`` takes."""
+    rows = await conn.fetch(
+        "SELECT a.application_name AS worker, f.firm_id, a.backend_start AS since"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " JOIN firms f ON l.objid = (hashtext(f.firm_id)::bigint & 4294967295)::oid"
+        " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.classid = $1::oid"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " ORDER BY a.application_name, f.firm_id", run_id)
+    return [{"worker": r["worker"], "firm_id": r["firm_id"], "since": r["since"].isoformat(timespec="seconds")}
+            for r in rows]

@@ -33,7 +33,7 @@ import anyio
 import asyncpg
 import numpy as np
 
-from app.clustering import broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
+from app.clustering import MIN_TOPICS, broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
 from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.errors import first_error
@@ -44,7 +44,6 @@ from app.settings import RunSettings
 log = get_logger("themes")
 
 MEMBER_SAMPLE = 12  # member topics shown to the namer per theme
-MIN_TOPICS = 4  # fewer topics than this make no themes: a theme of one topic groups nothing
 
 
 @dataclass(frozen=True)

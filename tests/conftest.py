@@ -17,8 +17,14 @@ import anyio
 import asyncpg
 import pytest
 from pgvector.asyncpg import register_vector
+
 from support import (
-    create_database, drop_database, embedded_url_for_tests, finished_run, offline_env, with_database,
+    create_database,
+    drop_database,
+    embedded_url_for_tests,
+    finished_run,
+    offline_env,
+    with_database,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

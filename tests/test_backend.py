@@ -15,7 +15,6 @@ import sys
 import types
 
 import pytest
-
 from app import backend
 from app.backend import CPU, CUML, ClusteringBackend, choose_backend, cuml_importable
 
@@ -240,7 +239,6 @@ def test_the_run_settings_reach_umap_and_hdbscan():
     import dataclasses
 
     import numpy as np
-
     from app.clustering import cluster_firm
     from app.settings import RunSettings
 

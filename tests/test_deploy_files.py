@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,9 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from structlog.testing import capture_logs
-
 from app.corpus import IngestError, IngestReport, Row, read_chunks
+from structlog.testing import capture_logs
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from app import prompts
 from app.naming import Label, MemberTopic, ThemeToName, TopicToName
 

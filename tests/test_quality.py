@@ -7,17 +7,15 @@ import math
 
 import numpy as np
 import pytest
-
 from app.quality import (
     firm_quality,
-    format_quality,
     label_scores,
     npmi_coherence,
     run_quality,
     tokenizer,
     topic_diversity,
 )
-
+from app.read.text import format_quality
 
 # --- tokenizer -------------------------------------------------------------------------
 

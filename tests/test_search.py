@@ -10,10 +10,11 @@ import anyio
 import asyncpg
 import numpy as np
 import pytest
-
 from app.cli import main
-from app.search import nearest, search
+from app.read.search import nearest, search
+
 from support import drop_database, finished_run, one_line_error
+
 
 async def run_id(conn) -> int:
     return await conn.fetchval("SELECT run_id FROM runs WHERE name = 'default'")

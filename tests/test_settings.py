@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from app.settings import RunSettings, Settings, SettingsError, database_password, redact
 
 

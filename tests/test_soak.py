@@ -20,10 +20,10 @@ from pathlib import Path
 
 import anyio.from_thread
 import pytest
+from app.sample import FIRMS, sample_rows
+
 from fake_llm_server import FakeLLMServer, ok, rate_limited, server_error
 from test_interruption import Job, duplicates, fetch, fresh_database, half_written_firms, job_env, run_in_process, value
-
-from app.sample import FIRMS, sample_rows
 
 N_FIRMS = int(os.environ.get("SOAK_FIRMS", "60"))
 FIRM_KILLS = int(os.environ.get("SOAK_FIRM_KILLS", "20"))  # random kills in the firm stage, at most

@@ -5,12 +5,12 @@ a sentence up to its top theme and from a top theme down to its sentences."""
 from __future__ import annotations
 
 import pytest
-
 from app.backend import CPU
 from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import sample_rows
 from app.settings import RunSettings
+
 from support import insert_corpus, is_broader_theme
 
 
@@ -75,7 +75,7 @@ async def test_a_run_with_few_themes_has_one_level(pool, embedder):
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT max(level) FROM themes") == 1
         assert await conn.fetchval("SELECT count(*) FROM themes WHERE parent_theme_id IS NOT NULL") == 0
-    from app.status import run_status
+    from app.read.status import run_status
 
     assert "theme levels: one" in await run_status(pool, "flat")
 
@@ -91,7 +91,7 @@ async def test_a_broader_theme_counts_the_sentences_under_it(levelled_run):
 
 
 async def test_status_says_how_many_levels(levelled_run):
-    from app.status import run_status
+    from app.read.status import run_status
 
     text = await run_status(levelled_run, "levels")
     fine, top = [line for line in text.splitlines() if "theme levels" in line][0].split(": ")[-1].split(" -> ")

@@ -21,6 +21,8 @@ import json
 import asyncpg
 
 from app.errors import UsageError
+from app.prompts import reply_content
+from app.read.text import clip
 from app.runs import load_run, run_brief, run_by_id
 
 KINDS = ("theme", "topic", "firm")
@@ -148,7 +150,7 @@ def format_theme(detail: dict) -> str:
     if detail["evidence"]:
         lines += ["", "evidence (sentences shown to the namer of each topic):"]
         for s in detail["evidence"]:
-            lines.append(f"  {s['firm_id']}, topic {s['topic_id']}: {_clip(s['text'], 160)}")
+            lines.append(f"  {s['firm_id']}, topic {s['topic_id']}: {clip(s['text'], 160)}")
     if detail["level"] > 1 and detail["children"]:
         lines += ["", f"next: firmtopics show theme {detail['children'][0]['theme_id']}"]
     else:
@@ -260,7 +262,7 @@ def format_topic(detail: dict) -> str:
                                           if shown < total else " (* = evidence shown to the namer):"))
     for s in detail["sentences"]:
         mark = "*" if s["evidence"] else " "
-        lines.append(f" {mark}[{s['sentence_id']}] {_clip(s['text'], 160)}")
+        lines.append(f" {mark}[{s['sentence_id']}] {clip(s['text'], 160)}")
     if shown < total:
         lines.append(f"  ... and {total - shown} more: SELECT text FROM sentence_assignments"
                      f" WHERE topic_id = {topic['topic_id']};")
@@ -346,10 +348,10 @@ async def prompt_detail(conn: asyncpg.Connection, kind: str, item_id: int, run_n
     detail = {"kind": kind, "id": item_id, "name": row["name"], "name_source": row["name_source"],
               "run": run_brief(run), "exchange": None}
     if exchange is not None:
-        request, reply = json.loads(exchange["request"]), exchange["reply"]
+        request, reply = exchange["request"], exchange["reply"]
         try:
-            reply = json.loads(reply)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            reply = reply_content(json.loads(reply))
+        except ValueError:  # not JSON, or no message in it
             pass  # shown as received
         from_run = (await run_by_id(conn, exchange["run_id"]))["name"]
         detail["exchange"] = {
@@ -435,7 +437,3 @@ def _firm_label(firm_id: str, firm_name: str | None) -> str:
 def _source(name_source: str) -> str:
     return "its keywords (no LLM key was set)" if name_source == "keywords" else "the LLM"
 
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
