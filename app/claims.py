@@ -1,5 +1,8 @@
 """Firm claims: several workers (``firmtopics run`` processes) share one run through
-PostgreSQL, and no firm is ever computed by two of them at once.
+PostgreSQL, and each firm is computed by the worker that claims it. Only a worker that
+loses its claims connection (a failover) can lose a claim while it computes the firm;
+another worker may then take the firm too, and the first copy written stands
+(``FirmClaims._take_again``, ``app.writer.write_firm_with_retry``).
 
 A worker claims a firm by taking a session-level advisory lock on (run, firm) on a
 connection of its own, held from before the firm is loaded until it is written. The lock
@@ -22,7 +25,7 @@ With ``LLM_RUN_CONCURRENCY`` set, LLM requests are limited for the whole run, ac
 workers, the same way: a request is sent while its worker holds one of that many slots
 (``LLMSlots``), each an advisory lock of the run.
 
-One worker alone takes every claim it asks for, and behaves as before.
+One worker alone takes every claim it asks for.
 """
 
 from __future__ import annotations

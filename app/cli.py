@@ -3,13 +3,8 @@
 Each command is a small async function: it calls the module that does the work
 (``app.job``, ``app.status``, ``app.demo``, the read commands) and prints what comes
 back. ``main`` parses arguments, sets up logging, runs the command and turns expected
-failures into one clear line on stderr and an exit code (``app.errors`` says which):
-
-* 0 success
-* 1 anything else (database unreachable, LLM key refused, an unexpected error)
-* 2 usage or input errors (bad arguments, bad settings, a bad input file, a run resumed
-  with other settings, a model of another dimension)
-* 3 interrupted by SIGTERM/SIGINT: the run is resumable, start the same command again
+failures into one clear line on stderr and an exit code (``app.errors`` lists them and
+says which an error gets).
 
 Command output (summaries, tables) goes to stdout; logs go to stderr.
 """
@@ -24,15 +19,7 @@ from pathlib import Path
 import anyio
 
 from app import logs
-from app.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    error_message,
-    exit_code_for,
-    first_error,
-    is_expected,
-)
+from app.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_message, exit_code_for, first_error, is_expected
 from app.settings import Settings, SettingsError, redact
 
 EXAMPLES = """examples:

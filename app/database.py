@@ -95,14 +95,9 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, vector:
     Raises ``DatabaseUnavailable`` with a one-line, secret-free reason.
     """
     try:
-        return await asyncpg.create_pool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            init=partial(_init_connection, vector=vector),
-            command_timeout=None,
-            timeout=15,
-        )
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                         init=partial(_init_connection, vector=vector), command_timeout=None,
+                                         timeout=15)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {redact(str(exc) or type(exc).__name__)}") from None
 
@@ -140,11 +135,9 @@ def as_array(vector) -> np.ndarray:
     return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
 
-# How long an operation keeps retrying a lost connection before the run ends (resumable).
-# Set from DB_RETRY_WINDOW_S by open_database; the default outlasts a managed database's
-# failover (RDS: one to two minutes), so a failover does not end a run of many hours.
-DEFAULT_RETRY_WINDOW_S = 120.0
-retry_window_s = DEFAULT_RETRY_WINDOW_S
+# How long an operation keeps retrying a lost connection before the run ends (resumable):
+# the DB_RETRY_WINDOW_S setting of the process, which open_database sets.
+retry_window_s = Settings.db_retry_window_s
 MAX_RETRY_DELAY_S = 10.0  # waits double from base_delay up to this, then stay there
 
 

@@ -16,7 +16,7 @@ A run that is already complete, with no new firm, does nothing and says so.
 
 SIGTERM and SIGINT drain the run (``run_with_signals``): the first stops new firms and
 lets the ones in flight finish for up to ``DRAIN_SECONDS``; a second, or the end of that
-time, cancels them. ``describe_outcome`` is the summary the commands print at the end;
+time, cancels them. ``describe_outcome`` is the summary the commands print at the end.
 """
 
 from __future__ import annotations
@@ -135,11 +135,9 @@ def describe_outcome(outcome: JobOutcome) -> str:
     if outcome.status == "interrupted":
         return (f"run {outcome.run_name!r} interrupted: {_firm_line(outcome.firms)}; "
                 "run the same command again to resume")
-    lines = [
-        f"run {outcome.run_name!r} complete: {_firm_line(outcome.firms)}",
-        f"  topics: {outcome.topics}, themes: {outcome.themes}",
-        f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s",
-    ]
+    lines = [ f"run {outcome.run_name!r} complete: {_firm_line(outcome.firms)}",
+             f"  topics: {outcome.topics}, themes: {outcome.themes}",
+             f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s"]
     if outcome.llm_usage:
         lines.append(f"  naming: {json.dumps(outcome.llm_usage)}")
     return "\n".join(lines)
@@ -151,17 +149,9 @@ def _firm_line(firms: dict) -> str:
     return ", ".join(f"{firms.get(k, 0)} {k}" for k in ("done", "skipped", "failed", "left"))
 
 
-async def run_job(
-    pool: asyncpg.Pool,
-    settings: RunSettings,
-    *,
-    run_name: str,
-    embedder: Embedder,
-    backend: ClusteringBackend,
-    namer: Namer,
-    retry_failed: bool = False,
-    stop: anyio.Event | None = None,
-) -> JobOutcome:
+async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, embedder: Embedder,
+                  backend: ClusteringBackend, namer: Namer, retry_failed: bool = False,
+                  stop: anyio.Event | None = None) -> JobOutcome:
     """Run (or resume) the job ``run_name``; returns a ``JobOutcome``.
 
     ``stop``, when set (by a signal handler), makes the firm stage stop taking new firms

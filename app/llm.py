@@ -247,15 +247,8 @@ class LLMNamer:
     one HTTP session for the run), call ``check()`` once, then name.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        semaphore: asyncio.Semaphore | None = None,
-        *,
-        backoff_base_s: float = 1.0,
-        backoff_cap_s: float = 30.0,
-        max_retry_after_s: float = 300.0,
-    ) -> None:
+    def __init__(self, settings: Settings, semaphore: asyncio.Semaphore | None = None, *, backoff_base_s: float = 1.0,
+                 backoff_cap_s: float = 30.0, max_retry_after_s: float = 300.0) -> None:
         if not settings.llm_wanted:
             raise ValueError("LLMNamer needs XAI_API_KEY (or a local XAI_BASE_URL); use make_namer to fall back"
                              " to offline naming")
@@ -362,20 +355,14 @@ class LLMNamer:
         (``source="keywords"``) when every attempt failed or LLM calls were stopped.
         """
         self._counts["topics_named"] += 1
-        return await self._name(
-            prompts.topic_messages(topic),
-            fallback=topic_label_from_keywords(topic),
-            subject=f"topic {topic.firm_id}#{topic.topic_no}",
-        )
+        return await self._name(prompts.topic_messages(topic), fallback=topic_label_from_keywords(topic),
+                                subject=f"topic {topic.firm_id}#{topic.topic_no}")
 
     async def name_theme(self, theme: ThemeToName) -> Label:
         """Name one cross-firm theme; never raises for this theme's trouble (see ``name_topic``)."""
         self._counts["themes_named"] += 1
-        return await self._name(
-            prompts.theme_messages(theme),
-            fallback=theme_label_from_keywords(theme),
-            subject=f"theme {theme.theme_no}",
-        )
+        return await self._name(prompts.theme_messages(theme), fallback=theme_label_from_keywords(theme),
+                                subject=f"theme {theme.theme_no}")
 
     def usage(self) -> dict:
         """Counts for ``runs.llm_usage`` and the end-of-run summary (JSON-ready, no secrets).
@@ -544,12 +531,8 @@ class LLMNamer:
                 finally:
                     await self._keep(payload, subject, status, text, usable, latency_s, body)
                 return result
-            failure = _Failure(
-                failure_kind(status, text),
-                f"HTTP {status}: {self._clean(error_message(text))}",
-                status=status,
-                retry_after=retry_after_seconds(headers, self._max_retry_after_s),
-            )
+            failure = _Failure(failure_kind(status, text), f"HTTP {status}: {self._clean(error_message(text))}",
+                               status=status, retry_after=retry_after_seconds(headers, self._max_retry_after_s))
             await self._keep(payload, subject, status, text, False, latency_s, None)
             if failure.kind in (QUOTA, AUTH):
                 # Decided while still holding the semaphore, so no queued request slips out.
@@ -613,11 +596,8 @@ class LLMNamer:
         else:
             self._stopped_reason = f"API key rejected ({failure.detail})"
             event = "llm_key_rejected"
-        log.error(
-            event,
-            reason=failure.detail,
-            consequence="no more LLM requests this run; remaining topics and themes are named from keywords",
-        )
+        log.error(event, reason=failure.detail,
+                  consequence="no more LLM requests this run; remaining topics and themes are named from keywords")
 
     def _config_message(self, failure: _Failure) -> str:
         """One clear, secret-free line for ``LLMConfigError``."""

@@ -210,12 +210,8 @@ class TopicBacklog:
             self._room.set()
 
 
-async def naming_stage(
-    namer: Namer,
-    receive: MemoryObjectReceiveStream[ClusteredFirm],
-    send: MemoryObjectSendStream[FirmResult],
-    backlog: TopicBacklog,
-) -> None:
+async def naming_stage(namer: Namer, receive: MemoryObjectReceiveStream[ClusteredFirm],
+                       send: MemoryObjectSendStream[FirmResult], backlog: TopicBacklog) -> None:
     """Take clustered firms while the backlog has room; name each firm's topics
     concurrently with every other firm's; send each firm on when all its topics are
     named (firms may leave in another order than they came)."""
@@ -248,13 +244,8 @@ async def name_firm(namer: Namer, clustered: ClusteredFirm, on_named=None) -> Fi
             tg.start_soon(one, i, topic)
     result = clustered.result
     result.topics = [
-        TopicResult(
-            topic_no=topic.topic_no,
-            keywords=topic.keywords,
-            label=label,
-            n_sentences=topic.n_sentences,
-            evidence_sentence_ids=topic.sentence_ids,
-        )
+        TopicResult(topic_no=topic.topic_no, keywords=topic.keywords, label=label, n_sentences=topic.n_sentences,
+                    evidence_sentence_ids=topic.sentence_ids)
         for topic, label in zip(clustered.to_name, labels)
     ]
     result.seconds["name"] = time.perf_counter() - started

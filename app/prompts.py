@@ -84,12 +84,8 @@ def topic_messages(topic: TopicToName) -> list[dict]:
     huge topic cannot make one request expensive.
     """
     firm = topic.firm_name or topic.firm_id
-    lines = [
-        TOPIC_INSTRUCTIONS,
-        f"Company: {firm}",
-        f"Keywords: {', '.join(topic.keywords[:MAX_KEYWORDS])}",
-        f"The topic has {topic.n_sentences} sentences. The most representative ones:",
-    ]
+    lines = [TOPIC_INSTRUCTIONS, f"Company: {firm}", f"Keywords: {', '.join(topic.keywords[:MAX_KEYWORDS])}",
+             f"The topic has {topic.n_sentences} sentences. The most representative ones:"]
     for number, sentence in enumerate(topic.sentences[:MAX_SENTENCES], start=1):
         lines.append(f"{number}. {_shorten(sentence, MAX_SENTENCE_CHARS)}")
     return _messages("\n".join(lines))
@@ -106,12 +102,8 @@ def theme_messages(theme: ThemeToName) -> list[dict]:
         intro = f"A sample of {len(shown)} of its topics (name: summary):"
     else:
         intro = "Its topics (name: summary):"
-    lines = [
-        THEME_INSTRUCTIONS,
-        f"The theme spans {theme.n_topics} topics from {theme.n_firms} companies.",
-        f"Keywords: {', '.join(theme.keywords[:MAX_KEYWORDS])}",
-        intro,
-    ]
+    lines = [THEME_INSTRUCTIONS, f"The theme spans {theme.n_topics} topics from {theme.n_firms} companies.",
+             f"Keywords: {', '.join(theme.keywords[:MAX_KEYWORDS])}", intro]
     for member in shown:
         lines.append(f"- {_shorten(member.name, 80)}: {_shorten(member.summary, MAX_MEMBER_SUMMARY_CHARS)}")
     return _messages("\n".join(lines))

@@ -144,13 +144,8 @@ def firm_quality(cluster_labels, final_labels, topic_keywords: list[list[str]], 
     }
 
 
-def run_quality(
-    firms: list[dict],
-    theme_sizes: list[int],
-    linked_by_cluster: int,
-    n_topics: int,
-    sentences_by_theme: dict[str, int] | None = None,
-) -> dict:
+def run_quality(firms: list[dict], theme_sizes: list[int], linked_by_cluster: int, n_topics: int,
+                sentences_by_theme: dict[str, int] | None = None) -> dict:
     """Quality figures for a whole run, from its firms' ``firm_quality`` dicts.
 
     Takes the firms' dicts (each may carry ``"firm_id"``), the number of firm topics in
@@ -259,13 +254,9 @@ def label_scores(predicted: Iterable[Hashable], truth: Iterable[Hashable]) -> di
     table = contingency_matrix(classes, clusters)  # rows: classes, columns: clusters
     purity = table.max(axis=0).sum() / n
     inverse = table.max(axis=1).sum() / n
-    scores.update(
-        nmi=_round(normalized_mutual_info_score(classes, clusters)),
-        ari=_round(adjusted_rand_score(classes, clusters)),
-        purity=_round(purity),
-        inverse_purity=_round(inverse),
-        harmonic_purity=_round(2 * purity * inverse / (purity + inverse)),
-    )
+    scores.update(nmi=_round(normalized_mutual_info_score(classes, clusters)),
+                  ari=_round(adjusted_rand_score(classes, clusters)), purity=_round(purity),
+                  inverse_purity=_round(inverse), harmonic_purity=_round(2 * purity * inverse / (purity + inverse)))
     return scores
 
 

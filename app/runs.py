@@ -190,13 +190,8 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int, *, topics: in
         " FROM sentence_topics st LEFT JOIN topics t ON t.topic_id = st.topic_id WHERE st.run_id = $1",
         run_id,
     )
-    quality = run_quality(
-        [{"firm_id": r["firm_id"], **r["quality"]} for r in firms],
-        [r["n_topics"] for r in sizes],
-        linked,
-        topics,
-        sentences_by_theme=dict(by_theme),
-    )
+    quality = run_quality([{"firm_id": r["firm_id"], **r["quality"]} for r in firms], [r["n_topics"] for r in sizes],
+                          linked, topics, sentences_by_theme=dict(by_theme))
     await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, quality)
     return quality
 

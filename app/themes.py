@@ -98,14 +98,8 @@ async def topic_vectors(rows, embedder: Embedder, limiter=None) -> tuple[np.ndar
     return np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, embedder.dimension), np.float32), texts
 
 
-async def run_theme_stage(
-    pool: asyncpg.Pool,
-    run_id: int,
-    settings: RunSettings,
-    embedder: Embedder,
-    namer: Namer,
-    limiter: anyio.CapacityLimiter | None = None,
-) -> ThemeOutcome:
+async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings, embedder: Embedder, namer: Namer,
+                          limiter: anyio.CapacityLimiter | None = None) -> ThemeOutcome:
     """Represent the run's topics, group them into themes, name and store the themes.
 
     Returns a ``ThemeOutcome``. With fewer than ``MIN_TOPICS`` topics, the topics still

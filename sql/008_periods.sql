@@ -1,6 +1,7 @@
 -- firmtopics schema, version 8: time. A document may carry a period (any text that sorts
 -- in time order: '2020Q4', '2021'), given by the corpus's optional `period` column; its
--- sentences inherit it. A corpus without periods has no rows here and works as before.
+-- sentences inherit it. A corpus without periods has no rows here; nothing else
+-- depends on it.
 CREATE TABLE documents (
     firm_id text NOT NULL REFERENCES firms (firm_id),
     doc_id  text NOT NULL,

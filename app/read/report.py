@@ -11,7 +11,7 @@ Themes may come in levels (``themes.level``, 1 the finest; see ``sql/005_theme_l
 Then the page shows the tree: each top theme (no parent) as a block that opens onto its
 children, and theirs in turn, and the map colours topics by their top theme, since a
 few broad colours read better than dozens of fine ones. A run with a single level reads
-as a flat table, as before.
+as a flat table.
 
 The map places topics by their embeddings (the ones the themes were clustered from),
 reduced to two dimensions: by UMAP (cosine) when there are enough topics for UMAP's

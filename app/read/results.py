@@ -19,7 +19,6 @@ import concurrent.futures
 from dataclasses import dataclass
 
 import anyio
-import asyncpg
 import numpy as np
 import pandas as pd
 
@@ -65,6 +64,21 @@ def _in_own_loop(work):
         return pool.submit(anyio.run, work).result()
 
 
+def _on_a_connection(url: str, action):
+    """``action(conn)`` on a connection of its own to ``url``, opened and closed around
+    it, on an event loop of its own (``_in_own_loop``); returns what it returns."""
+
+    async def work():
+        pool = await create_pool(url, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                return await action(conn)
+        finally:
+            await pool.close()
+
+    return _in_own_loop(work)
+
+
 @dataclass(frozen=True)
 class Run:
     """One finished run of a database; build it with ``open_run``."""
@@ -73,16 +87,8 @@ class Run:
     run_id: int
     url: str
 
-    async def _fetch(self, sql: str, *args) -> list[asyncpg.Record]:
-        pool = await create_pool(self.url, min_size=1, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                return await conn.fetch(sql, *args)
-        finally:
-            await pool.close()
-
     def _frame(self, sql: str, *args) -> pd.DataFrame:
-        rows = _in_own_loop(lambda: self._fetch(sql, self.run_id, *args))
+        rows = _on_a_connection(self.url, lambda conn: conn.fetch(sql, self.run_id, *args))
         return pd.DataFrame([dict(r) for r in rows], columns=list(rows[0].keys()) if rows else None)
 
     def themes(self) -> pd.DataFrame:
@@ -125,16 +131,8 @@ class Run:
         first; ``distance`` is the cosine distance."""
         from app.read.search import search
 
-        async def go():
-            pool = await create_pool(self.url, min_size=1, max_size=1)
-            try:
-                async with pool.acquire() as conn:
-                    return await search(conn, text, run_name=self.name, level=level, firm_id=firm, limit=limit,
-                                        theme_level=theme_level)
-            finally:
-                await pool.close()
-
-        return pd.DataFrame(_in_own_loop(go))
+        return pd.DataFrame(_on_a_connection(self.url, lambda conn: search(
+            conn, text, run_name=self.name, level=level, firm_id=firm, limit=limit, theme_level=theme_level)))
 
 
 def open_run(name: str = "default", *, database_url: str | None = None) -> Run:
@@ -145,15 +143,7 @@ def open_run(name: str = "default", *, database_url: str | None = None) -> Run:
     settings = Settings.from_env()
     url = database_url or resolve_url(settings)
 
-    async def find():
-        pool = await create_pool(url, min_size=1, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                return await load_run(conn, name)
-        finally:
-            await pool.close()
-
-    run = _in_own_loop(find)
+    run = _on_a_connection(url, lambda conn: load_run(conn, name))
     return Run(name=name, run_id=run["run_id"], url=url)
 
 
