@@ -59,8 +59,9 @@ class _LockSession:
 
     kind = "locks"  # what the locks are, for the log
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, window_s: float | None = None) -> None:
         self._pool = pool
+        self._window_s = window_s  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
         self._acquired = None  # the pool's acquire context of the connection
         self._conn: asyncpg.Connection | None = None
         self._lock = anyio.Lock()  # one query at a time on the connection
@@ -118,7 +119,7 @@ class _LockSession:
                 raise
 
         async with self._lock:
-            return await retry_connection_errors(attempt, what=what)
+            return await retry_connection_errors(attempt, what=what, window_s=self._window_s)
 
 
 class FirmClaims(_LockSession):
@@ -130,8 +131,8 @@ class FirmClaims(_LockSession):
 
     kind = "firm claims"
 
-    def __init__(self, pool: asyncpg.Pool, run_id: int) -> None:
-        super().__init__(pool)
+    def __init__(self, pool: asyncpg.Pool, run_id: int, *, window_s: float | None = None) -> None:
+        super().__init__(pool, window_s=window_s)
         self.run_id = run_id
         self.held: set[str] = set()
 
@@ -185,8 +186,8 @@ class LLMSlots(_LockSession):
     kind = "LLM slots"
 
     def __init__(self, pool: asyncpg.Pool, run_id: int, slots: int, *,
-                 poll_s: tuple[float, float] = (0.01, 0.05)) -> None:
-        super().__init__(pool)
+                 poll_s: tuple[float, float] = (0.01, 0.05), window_s: float | None = None) -> None:
+        super().__init__(pool, window_s=window_s)
         if not 0 < slots < 1024:
             raise ValueError(f"slots must be between 1 and 1023, not {slots}")
         self.slots = slots

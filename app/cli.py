@@ -12,6 +12,7 @@ Command output (summaries, tables) goes to stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from pathlib import Path
@@ -205,8 +206,6 @@ async def cmd_run(settings: Settings, args) -> int:
 
 async def cmd_status(settings: Settings, args) -> int:
     """``firmtopics status [--json]``: firms done/skipped/failed/left, topics, themes, timings."""
-    import json
-
     from app.database import open_database
     from app.read.status import format_status, status_detail
 
@@ -218,8 +217,6 @@ async def cmd_status(settings: Settings, args) -> int:
 
 async def cmd_runs(settings: Settings, args) -> int:
     """``firmtopics runs [--json]``: every run with its status, counts, model and dates."""
-    import json
-
     from app.database import open_database
     from app.read.status import format_runs, runs_list
 

@@ -70,7 +70,7 @@ def start_embedded_server(data_dir: Path) -> str:
     return server.get_uri()
 
 
-async def _init_connection(conn: asyncpg.Connection, *, vector: bool) -> None:
+async def init_connection(conn: asyncpg.Connection, *, vector: bool = True) -> None:
     """Teach a new connection the types the program exchanges: ``jsonb`` as Python
     values (dicts and lists in, dicts and lists out) and, with ``vector``, pgvector's
     ``vector`` as numpy arrays."""
@@ -96,7 +96,7 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, vector:
     """
     try:
         return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                         init=partial(_init_connection, vector=vector), command_timeout=None,
+                                         init=partial(init_connection, vector=vector), command_timeout=None,
                                          timeout=15)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {redact(str(exc) or type(exc).__name__)}") from None
@@ -111,8 +111,6 @@ async def open_database(settings: Settings, *, max_size: int = 4, migrate: bool 
     """
     from app.schema import apply_migrations
 
-    global retry_window_s
-    retry_window_s = settings.db_retry_window_s
     url = await asyncio.to_thread(resolve_url, settings)
     if migrate:
         bootstrap = await create_pool(url, min_size=1, max_size=1, vector=False)
@@ -135,9 +133,9 @@ def as_array(vector) -> np.ndarray:
     return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
 
-# How long an operation keeps retrying a lost connection before the run ends (resumable):
-# the DB_RETRY_WINDOW_S setting of the process, which open_database sets.
-retry_window_s = Settings.db_retry_window_s
+# How long a lost connection is retried when the caller does not say (the job passes the
+# DB_RETRY_WINDOW_S setting down to every stage): that setting's default.
+DEFAULT_RETRY_WINDOW_S = Settings.db_retry_window_s
 MAX_RETRY_DELAY_S = 10.0  # waits double from base_delay up to this, then stay there
 
 
@@ -150,17 +148,16 @@ async def with_connection_retry(
     (the pool replaces a dropped one), so ``action`` must be safe to repeat: a read, one
     transaction (a dropped connection rolls it back), or an idempotent statement. Waits
     grow exponentially with jitter (``base_delay`` x 1, 2, 4, ..., at most
-    ``MAX_RETRY_DELAY_S``) for as long as ``window_s`` allows (``retry_window_s``, the
-    ``DB_RETRY_WINDOW_S`` setting, when not given): a dropped connection, a restart or a
-    failover is ridden out; an outage longer than the window raises the last error, and
-    the run ends, resumable.
+    ``MAX_RETRY_DELAY_S``) for as long as ``window_s`` allows (the ``DB_RETRY_WINDOW_S``
+    setting, passed down by the job; its default when not given): a dropped connection, a
+    restart or a failover is ridden out; an outage longer than the window raises the last
+    error, and the run ends, resumable.
     """
     async def on_a_pooled_connection():
         async with pool.acquire() as conn:
             return await action(conn)
 
-    return await retry_connection_errors(on_a_pooled_connection, what=what, window_s=window_s,
-                                         base_delay=base_delay)
+    return await retry_connection_errors(on_a_pooled_connection, what=what, window_s=window_s, base_delay=base_delay)
 
 
 async def retry_connection_errors(attempt_once, *, what: str, window_s: float | None = None,
@@ -168,7 +165,7 @@ async def retry_connection_errors(attempt_once, *, what: str, window_s: float | 
     """``await attempt_once()``, retried on connection failures (``RETRYABLE``) as
     ``with_connection_retry`` says; for a caller that keeps a connection of its own and
     replaces it itself when it is lost (``app.claims``). Returns what it returns."""
-    window = retry_window_s if window_s is None else window_s
+    window = DEFAULT_RETRY_WINDOW_S if window_s is None else window_s
     started = time.monotonic()
     attempt = 0
     while True:

@@ -112,7 +112,8 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
                 nonlocal outcome
                 with scope:
                     outcome = await run_job(pool, settings.run, run_name=run_name, embedder=embedder,
-                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop)
+                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop,
+                                            retry_window_s=settings.db_retry_window_s)
                 tg.cancel_scope.cancel()  # the job is over: stop watching signals
 
             job_scope = anyio.CancelScope()
@@ -151,14 +152,15 @@ def _firm_line(firms: dict) -> str:
 
 async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, embedder: Embedder,
                   backend: ClusteringBackend, namer: Namer, retry_failed: bool = False,
-                  stop: anyio.Event | None = None) -> JobOutcome:
+                  stop: anyio.Event | None = None, retry_window_s: float | None = None) -> JobOutcome:
     """Run (or resume) the job ``run_name``; returns a ``JobOutcome``.
 
     ``stop``, when set (by a signal handler), makes the firm stage stop taking new firms
     and keeps any later stage from starting; the run is then left ``interrupted`` (or at
     the stage it finished: ``firms_done``, ``themes_done``) and a later start resumes it.
     Any error marks the run ``failed`` (also resumable) and is raised. A dropped database
-    connection between and inside the stages is retried (``with_connection_retry``).
+    connection between and inside the stages is retried (``with_connection_retry``) for
+    ``retry_window_s`` (the ``DB_RETRY_WINDOW_S`` setting; its default when not given).
     """
     started = time.perf_counter()
     async with pool.acquire() as conn:
@@ -168,7 +170,7 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
                                       "fp16": embedder.device == "cuda"})
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
     job = _Job(pool, run.run_id, JobOutcome(run.run_id, run_name, "complete"), stop or anyio.Event(),
-               settings, embedder, backend, namer)
+               settings, embedder, backend, namer, retry_window_s)
     if run.status == "complete" and not todo:
         job.outcome.status = "nothing_to_do"
         job.outcome.firms = await job.firm_counts()
@@ -208,17 +210,18 @@ class _Job:
     embedder: Embedder
     backend: ClusteringBackend
     namer: Namer
+    retry_window_s: float | None  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
     took_any: bool = False  # this start wrote at least one firm
 
     async def retried(self, action, what: str):
         """``action(conn)`` on a pooled connection, retried over a dropped one."""
-        return await with_connection_retry(self.pool, action, what=what)
+        return await with_connection_retry(self.pool, action, what=what, window_s=self.retry_window_s)
 
     async def record(self, status: str, **fields) -> None:
         """Set the run's status (one UPDATE: safe to repeat, so retried, not fatal)."""
         await self.retried(lambda conn: set_status(conn, self.run_id, status, **fields), f"run status {status}")
 
-    async def firm_counts(self) -> dict:
+    async def firm_counts(self) -> dict:  # app.runs.firm_counts, retried
         return await self.retried(lambda conn: firm_counts(conn, self.run_id), "firm counts")
 
     async def firm_passes(self, todo: list[FirmToDo]) -> JobOutcome | None:
@@ -256,9 +259,9 @@ class _Job:
         sentences = sum(f.n_sentences for f in todo)
         log.info("stage_started", stage="firms", firms=len(todo), sentences=sentences)
         progress = Progress(total_firms=len(todo), total_sentences=sentences)
-        async with FirmClaims(self.pool, self.run_id) as claims:
+        async with FirmClaims(self.pool, self.run_id, window_s=self.retry_window_s) as claims:
             stage = FirmStage(self.pool, self.run_id, self.settings, self.embedder, self.backend, self.namer,
-                              stop=self.stop, claims=claims)
+                              stop=self.stop, claims=claims, retry_window_s=self.retry_window_s)
             completed = await run_firm_stage(stage, todo, progress)
         timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
         timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
@@ -297,7 +300,8 @@ class _Job:
         if redo:
             stage_started = time.perf_counter()
             log.info("stage_started", stage="themes")
-            themes = await run_theme_stage(self.pool, self.run_id, self.settings, self.embedder, self.namer)
+            themes = await run_theme_stage(self.pool, self.run_id, self.settings, self.embedder, self.namer,
+                                           retry_window_s=self.retry_window_s)
             self.outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
             log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
                      linked_by_cluster=themes.linked_by_cluster, reason=themes.reason, seconds=self.outcome.timings["themes_s"])

@@ -344,9 +344,10 @@ class LLMNamer:
         and answer a request kept before from there (unless ``LLM_CACHE=off``); with
         ``LLM_RUN_CONCURRENCY`` set, send a request only while holding one of the run's
         slots (``LLMSlots``), on top of this worker's own ``LLM_CONCURRENCY``."""
-        self._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache)
+        window_s = self._settings.db_retry_window_s
+        self._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache, window_s=window_s)
         if self._settings.llm_run_concurrency:
-            self._run_slots = LLMSlots(pool, run_id, self._settings.llm_run_concurrency)
+            self._run_slots = LLMSlots(pool, run_id, self._settings.llm_run_concurrency, window_s=window_s)
 
     async def name_topic(self, topic: TopicToName) -> Label:
         """Name one firm topic; never raises for this topic's trouble.

@@ -75,6 +75,7 @@ class FirmStage:
     # Other workers may share the run (app.claims): a firm is taken only when claimed.
     claims: FirmClaims | None = None
     taken_elsewhere: int = 0  # firms passed over because another worker holds them
+    retry_window_s: float | None = None  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
 
 
 @dataclass
@@ -162,7 +163,7 @@ async def write_one(stage: FirmStage, result: FirmResult, progress: Progress) ->
     """The writer stage's work on one named firm: write it whole, give its claim back,
     count it and log it."""
     started = time.perf_counter()
-    written = await write_firm_with_retry(stage.pool, stage.run_id, result)
+    written = await write_firm_with_retry(stage.pool, stage.run_id, result, window_s=stage.retry_window_s)
     result.seconds["write"] = time.perf_counter() - started
     stage.in_flight.discard(result.firm_id)
     if stage.claims is not None:
@@ -256,9 +257,8 @@ async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
     """Load, embed and cluster one firm. Never raises for the firm's own trouble: a
     firm that cannot be processed comes back with status ``failed`` and the error."""
     started = time.perf_counter()
-    rows = await with_connection_retry(
-        stage.pool, lambda conn: firm_sentences(conn, firm.firm_id), what=f"load firm {firm.firm_id}"
-    )
+    rows = await with_connection_retry(stage.pool, lambda conn: firm_sentences(conn, firm.firm_id),
+                                       what=f"load firm {firm.firm_id}", window_s=stage.retry_window_s)
     sentence_ids = np.fromiter((r["sentence_id"] for r in rows), dtype=np.int64, count=len(rows))
     texts = [r["text"] for r in rows]
     result = FirmResult(firm.firm_id, firm.firm_name, status="done", sentence_ids=sentence_ids)

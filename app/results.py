@@ -1,5 +1,4 @@
-"""The notebook API at its published address, ``from app.results import open_run``: it
-lives in ``app.read.results``."""
+"""The notebook API at its published address (``from app.results import open_run``): ``app.read.results``."""
 
 from app.read.results import Run, UsageError, open_run
 

@@ -112,9 +112,8 @@ async def _drop_views(conn: asyncpg.Connection) -> None:
 
 async def _create_views(conn: asyncpg.Connection, *, fresh: bool) -> None:
     """Create the views of ``views.sql`` again, in one transaction, when migrations were
-    applied now (``fresh``), the file's text is not the one that made the views, or a
-    view is missing; otherwise leave them be (a start that changes nothing writes
-    nothing)."""
+    applied now (``fresh``), the file is not the text that made them, or one is missing;
+    else leave them be (a start that changes nothing writes nothing)."""
     sql = sql_file("views.sql")
     digest = hashlib.sha256(sql.encode("utf-8")).hexdigest()
     names = _view_names(sql)

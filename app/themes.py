@@ -99,18 +99,20 @@ async def topic_vectors(rows, embedder: Embedder, limiter=None) -> tuple[np.ndar
 
 
 async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings, embedder: Embedder, namer: Namer,
-                          limiter: anyio.CapacityLimiter | None = None) -> ThemeOutcome:
+                          limiter: anyio.CapacityLimiter | None = None,
+                          retry_window_s: float | None = None) -> ThemeOutcome:
     """Represent the run's topics, group them into themes, name and store the themes.
 
     Returns a ``ThemeOutcome``. With fewer than ``MIN_TOPICS`` topics, the topics still
-    get their vectors and no theme is made (the reason says why). The grouping needs no
-    clustering backend: Ward runs on the CPU in seconds even for thousands of topics.
+    get their vectors and no theme is made (the reason says why). A dropped connection is
+    retried for ``retry_window_s`` (``DB_RETRY_WINDOW_S``). The grouping needs no clustering
+    backend: Ward runs on the CPU in seconds even for thousands of topics.
     """
     # In firm and topic order, not topic_id order: topic ids follow the order in which
     # firms happened to be written (LLM answers come back in any order), and the theme
     # numbering follows the order of its input.
     rows = await with_connection_retry(pool, lambda conn: conn.fetch(_TOPICS_FOR_THEMES, run_id),
-                                       what="load topics for themes")
+                                       what="load topics for themes", window_s=retry_window_s)
     topic_ids = [r["topic_id"] for r in rows]
     log.info("theme_stage_started", topics=len(rows))
     embeddings, texts = await topic_vectors(rows, embedder, limiter)
@@ -118,7 +120,8 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
     if len(rows) < MIN_TOPICS:
         reason = f"only {len(rows)} topics; at least {MIN_TOPICS} needed to form themes"
         log.warning("no_themes", reason=reason)
-        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], attach_threshold=None)
+        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], attach_threshold=None,
+                     window_s=retry_window_s)
         return ThemeOutcome(len(rows), 0, 0, reason)
 
     n_themes = theme_count(len(rows), settings)
@@ -147,7 +150,7 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
             child.parent_no = int(parents[child.to_name.theme_no])
         levels.append(level)
     attached = await _store(pool, run_id, topic_ids, embeddings, levels=levels, assignment=assignment,
-                            attach_threshold=settings.theme_outlier_threshold)
+                            attach_threshold=settings.theme_outlier_threshold, window_s=retry_window_s)
     log.info("themes_formed", themes=len(fine), topics=len(rows), levels=[len(level) for level in levels],
              largest=int(max(t.to_name.n_topics for t in fine)), sentences_attached=attached)
     return ThemeOutcome(len(rows), len(fine), len(assignment), levels=[len(level) for level in levels])
@@ -220,7 +223,7 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
     return [FormedTheme(t, label, vector) for t, label, vector in zip(to_name, names, vectors)]
 
 
-async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, attach_threshold) -> int:
+async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, attach_threshold, window_s) -> int:
     """Replace the run's themes and topic links, and attach the sentences in no topic, in
     one transaction (retried whole on a dropped connection: the transaction rolled back,
     so a retry starts clean). Returns how many sentences were attached to a theme."""
@@ -232,7 +235,7 @@ async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, att
                 return 0
             return await attach_sentences_to_themes(conn, run_id, attach_threshold)
 
-    return await with_connection_retry(pool, store, what="store themes")
+    return await with_connection_retry(pool, store, what="store themes", window_s=window_s)
 
 
 # The centre of each fine theme is the mean of its topics' sentences (pgvector's avg; the

@@ -79,7 +79,6 @@ from app import clustering  # noqa: E402
 from app.backend import CPU, ClusteringBackend  # noqa: E402
 from app.quality import CATCH_ALL_SHARE, firm_quality, run_quality  # noqa: E402
 from app.settings import RunSettings  # noqa: E402
-
 from common import ECTSUM, SHARED_DATA, machine, table  # noqa: E402
 
 CACHE = Path("/tmp/firmtopics-bench-cache")

@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.embedding import load_embedder  # noqa: E402
 from app.settings import DEFAULT_EMBEDDING_MODEL  # noqa: E402
-
 from common import ECTSUM, machine, table  # noqa: E402
 
 

@@ -40,7 +40,6 @@ from app.runs import firms_to_do, open_run  # noqa: E402
 from app.schema import fix_embedding_dimension  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.writer import write_firm_with_retry  # noqa: E402
-
 from common import corpus, embedded_database, fake_llm_server, machine, table  # noqa: E402
 
 

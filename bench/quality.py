@@ -57,7 +57,6 @@ from app.job import run_job  # noqa: E402
 from app.naming import OfflineNamer  # noqa: E402
 from app.quality import label_scores  # noqa: E402
 from app.settings import RunSettings, Settings  # noqa: E402
-
 from common import ECTSUM, SHARED_DATA, embedded_database, first_firms, machine, table  # noqa: E402
 
 BBC = SHARED_DATA / "topic_labels_bbc.jsonl.gz"

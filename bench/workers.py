@@ -122,6 +122,7 @@ async def naming_wall(database_url: str, base_url: str, workers: int, run_wide: 
     """Seconds for ``workers`` namers of one run (``LLM_CONCURRENCY`` 8 each, the run-wide
     limit ``run_wide``) to name ``topics`` topics, split between them, at the fake server."""
     import anyio
+
     from app.database import create_pool
     from app.llm import LLMNamer
     from app.naming import TopicToName

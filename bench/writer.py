@@ -53,7 +53,6 @@ from app.runs import open_run  # noqa: E402
 from app.schema import fix_embedding_dimension  # noqa: E402
 from app.settings import RunSettings, Settings  # noqa: E402
 from app.writer import FirmResult, TopicResult, insert_topics, write_firm  # noqa: E402
-
 from common import ECTSUM, embedded_database, machine, table  # noqa: E402
 
 DIM = 384

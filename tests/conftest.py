@@ -16,8 +16,8 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from pgvector.asyncpg import register_vector
 
+from app.database import init_connection
 from support import (
     create_database,
     drop_database,
@@ -141,7 +141,7 @@ def levelled_run(request, server_url, sample_corpus, tmp_path_factory) -> str:
 async def levelled_conn(levelled_run):
     """A vector-aware connection to the levelled run's database."""
     connection = await asyncpg.connect(levelled_run)
-    await register_vector(connection)
+    await init_connection(connection)  # as the program's own connections: vector, jsonb
     yield connection
     await connection.close()
 
@@ -150,7 +150,7 @@ async def levelled_conn(levelled_run):
 async def conn(sample_run):
     """A vector-aware connection to the sample run's database."""
     connection = await asyncpg.connect(sample_run)
-    await register_vector(connection)
+    await init_connection(connection)  # as the program's own connections: vector, jsonb
     yield connection
     await connection.close()
 

@@ -15,6 +15,7 @@ import sys
 import types
 
 import pytest
+
 from app import backend
 from app.backend import CPU, CUML, ClusteringBackend, choose_backend, cuml_importable
 
@@ -239,6 +240,7 @@ def test_the_run_settings_reach_umap_and_hdbscan():
     import dataclasses
 
     import numpy as np
+
     from app.clustering import cluster_firm
     from app.settings import RunSettings
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from app.cli import main
 
+from app.cli import main
 from support import TABLES, fetch, offline_env
 
 

@@ -7,8 +7,8 @@ import json
 import time
 
 import pytest
-from app.cli import main
 
+from app.cli import main
 from support import fake_llm_process, fetch
 
 GOOD_KEY = "xai-test-good-key-0123456789"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ from app.cli import main
 from app.estimate import themes_for
 from app.sample import sample_rows
 from app.settings import RunSettings
-
 from support import TABLES, fetch, offline_env
 
 

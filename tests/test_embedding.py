@@ -3,6 +3,7 @@ input order, the device is chosen at start, and a model that cannot load is one 
 
 import numpy as np
 import pytest
+
 from app.embedding import Embedder, ModelUnavailable, choose_device, load_embedder, resolve_model_path
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from app.cli import main
 from app.errors import UsageError
 from app.read.export import export_run
-
 from support import one_line_error
 
 

@@ -20,12 +20,12 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from app.backend import CPU
 from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import sample_rows, write_sample_corpus
 from app.settings import RunSettings
-
 from support import insert_corpus, offline_env, with_database
 from test_interruption import CORPUS, check_whole, database, duplicates, fetch, run_in_process, value
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from app.ingest import IngestError, ingest_file
 from structlog.testing import capture_logs
+
+from app.ingest import IngestError, ingest_file
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

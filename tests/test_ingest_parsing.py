@@ -15,8 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from app.corpus import IngestError, IngestReport, Row, read_chunks
 from structlog.testing import capture_logs
+
+from app.corpus import IngestError, IngestReport, Row, read_chunks
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -30,9 +30,9 @@ from pathlib import Path
 import anyio.from_thread
 import asyncpg
 import pytest
+
 from app.cli import main
 from app.sample import write_sample_corpus
-
 from support import TABLES, create_database, drop_database, fetch, with_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -501,13 +501,13 @@ class StoppingNamer:
 @pytest.mark.parametrize("stop_in, status", [("last firm", "firms_done"), ("theme stage", "themes_done")])
 async def test_a_stop_after_the_last_firm_was_taken_starts_no_further_stage(pool, embedder, stop_in, status):
     import anyio
+
     from app.backend import CPU
     from app.job import run_job
     from app.runs import firms_to_do
     from app.sample import sample_rows
     from app.schema import vector_indexes_present
     from app.settings import RunSettings
-
     from support import insert_corpus
 
     # Two firms, the last of them with topics: when its topics are named, every firm has

@@ -5,6 +5,7 @@ import dataclasses
 
 import anyio
 import pytest
+
 from app.backend import CPU
 from app.job import run_job
 from app.naming import Label, OfflineNamer
@@ -12,7 +13,6 @@ from app.runs import SettingsChanged
 from app.sample import sample_rows
 from app.schema import DimensionMismatch, vector_indexes_present
 from app.settings import RunSettings
-
 from support import insert_corpus
 
 SETTINGS = RunSettings()

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import structlog
+
 from app.llm import (
     LLMConfigError,
     LLMNamer,
@@ -30,7 +31,6 @@ from app.naming import (
     topic_label_from_keywords,
 )
 from app.settings import Settings
-
 from fake_llm_server import (
     FakeLLMServer,
     content,

@@ -10,6 +10,7 @@ import json
 import urllib.request
 
 import pytest
+
 from app.backend import CPU
 from app.cli import main
 from app.exchanges import request_key
@@ -17,7 +18,6 @@ from app.job import run_job
 from app.llm import LLMNamer
 from app.sample import sample_rows
 from app.settings import RunSettings, Settings
-
 from fake_llm_server import FakeLLMServer
 from support import fake_llm_process, fetch, insert_corpus, is_broader_theme
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
+
 from app.claims import LLMSlots
 from app.llm import LLMNamer
 from app.naming import TopicToName
 from app.settings import Settings, SettingsError
-
 from fake_llm_server import FakeLLMServer
 from support import bare_run
 

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+
 from app import logs
 
 PROGRESS = {"firms_finished": 409, "firms_total": 716, "firms_done": 400, "firms_skipped": 9, "firms_failed": 0,

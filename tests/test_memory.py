@@ -4,6 +4,7 @@ import gc
 
 import psutil
 import pytest
+
 from app.memory import CAN_RELEASE, release_free_memory
 
 pytestmark = pytest.mark.skipif(not CAN_RELEASE, reason="this C library has no malloc_trim (not glibc)")

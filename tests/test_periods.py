@@ -8,6 +8,7 @@ import gzip
 import json
 
 import pytest
+
 from app.cli import main
 from app.corpus import IngestReport, check_fields, read_chunks
 from app.ingest import ingest_file

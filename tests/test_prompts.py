@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from app import prompts
 from app.naming import Label, MemberTopic, ThemeToName, TopicToName
 

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from app.quality import (
     firm_quality,
     label_scores,

@@ -10,10 +10,10 @@ import html
 from html.parser import HTMLParser
 
 import numpy as np
-from app.cli import main
-from app.read.report import project_2d, report_data, write_report
 from plotly.io.json import to_json_plotly
 
+from app.cli import main
+from app.read.report import project_2d, report_data, write_report
 from support import one_line_error
 
 

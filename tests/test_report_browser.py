@@ -16,6 +16,7 @@ import subprocess
 
 import aiohttp
 import pytest
+
 from app.read.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

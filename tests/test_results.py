@@ -8,10 +8,10 @@ import json
 
 import numpy as np
 import pytest
+
 from app.cli import main
 from app.errors import UsageError
 from app.results import open_run
-
 from support import fetch
 
 

@@ -5,6 +5,7 @@ import asyncio
 import asyncpg
 import numpy as np
 import pytest
+
 from app.database import create_pool
 from app.schema import (
     DimensionMismatch,
@@ -15,7 +16,6 @@ from app.schema import (
     migrations,
     vector_indexes_present,
 )
-
 from support import bare_run
 
 

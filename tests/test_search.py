@@ -10,9 +10,9 @@ import anyio
 import asyncpg
 import numpy as np
 import pytest
+
 from app.cli import main
 from app.read.search import nearest, search
-
 from support import drop_database, finished_run, one_line_error
 
 

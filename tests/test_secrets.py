@@ -13,9 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.parquet as pq
 import pytest
+
 from app.cli import COMMANDS
 from app.sample import write_sample_corpus
-
 from test_interruption import fake_llm, fetch, run_in_process
 
 APP = Path(__file__).resolve().parents[1] / "app"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+
 from app.sample import SMALL_FIRM
 from app.settings import RunSettings
 from app.themes import attach_sentences_to_themes
-
 from test_topic_quality import subject_of
 
 THRESHOLD = RunSettings().theme_outlier_threshold
@@ -92,7 +92,7 @@ async def test_the_threshold_decides_how_many_are_attached(conn):
 
 
 async def test_the_run_quality_counts_the_sentences_in_no_theme(conn):
-    quality = await conn.fetchval("SELECT quality FROM runs WHERE name = 'default'")["themes"]
+    quality = (await conn.fetchval("SELECT quality FROM runs WHERE name = 'default'"))["themes"]
     counts = await conn.fetchrow(
         "SELECT count(*) AS n, count(*) FILTER (WHERE theme_via = 'nearest') AS attached,"
         " count(*) FILTER (WHERE theme_id IS NULL) AS none FROM sentence_assignments")

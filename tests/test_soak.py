@@ -20,8 +20,8 @@ from pathlib import Path
 
 import anyio.from_thread
 import pytest
-from app.sample import FIRMS, sample_rows
 
+from app.sample import FIRMS, sample_rows
 from fake_llm_server import FakeLLMServer, ok, rate_limited, server_error
 from test_interruption import Job, duplicates, fetch, fresh_database, half_written_firms, job_env, run_in_process, value
 

@@ -12,12 +12,12 @@ import collections
 import random
 
 import pytest
+
 from app.backend import CPU
 from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import OPENERS
 from app.settings import RunSettings
-
 from support import insert_corpus
 
 FAMILIES = {

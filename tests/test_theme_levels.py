@@ -5,12 +5,12 @@ a sentence up to its top theme and from a top theme down to its sentences."""
 from __future__ import annotations
 
 import pytest
+
 from app.backend import CPU
 from app.job import run_job
 from app.naming import OfflineNamer
 from app.sample import sample_rows
 from app.settings import RunSettings
-
 from support import insert_corpus, is_broader_theme
 
 

@@ -10,6 +10,7 @@ import random
 
 import numpy as np
 import pytest
+
 from app.backend import CPU
 from app.clustering import attach_outliers, broader_levels, cluster_firm, theme_count, theme_keywords, theme_labels
 from app.quality import label_scores

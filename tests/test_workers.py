@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import anyio
+
 from app.backend import CPU
 from app.claims import FirmClaims, release_theme_lock, take_theme_lock, worker_name
 from app.job import run_job
@@ -23,7 +24,6 @@ from app.runs import open_run, workers_in_flight
 from app.sample import sample_rows
 from app.schema import fix_embedding_dimension
 from app.settings import RunSettings
-
 from support import bare_run, fetch, insert_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+
 from app.naming import Label
 from app.runs import open_run
 from app.schema import fix_embedding_dimension
 from app.settings import RunSettings
 from app.writer import AlreadyWritten, FirmResult, TopicResult, write_firm, write_firm_with_retry
-
 from support import insert_corpus
 
 DIM = 4
