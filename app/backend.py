@@ -26,56 +26,46 @@ class ClusteringBackend:
         return {"clustering": self.name}
 
 
-def _cpu_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int, n_epochs: int | None = None):
+def _umap(umap_class, *, n_neighbors: int, n_components: int, min_dist: float, random_state: int,
+          n_epochs: int | None = None):
+    """A UMAP of either library (cuML's takes umap-learn's arguments) with the run's
+    parameters. A fixed random_state makes UMAP deterministic (and single-threaded): the
+    same input and settings give the same topics on the same machine. ``n_epochs`` None
+    is the library's choice (500 below 10,000 points, else 200)."""
+    return umap_class(n_neighbors=n_neighbors, n_components=n_components, min_dist=min_dist, metric="cosine",
+                      random_state=random_state, n_epochs=n_epochs)
+
+
+def _hdbscan(hdbscan_class, *, min_cluster_size: int, min_samples: int | None = None,
+             cluster_selection: str = "leaf"):
+    """An HDBSCAN of either library with the run's parameters; ``cluster_selection`` is
+    "leaf" or "eom" (``RunSettings.cluster_selection``)."""
+    return hdbscan_class(min_cluster_size=min_cluster_size, min_samples=min_samples, metric="euclidean",
+                         cluster_selection_method=cluster_selection, prediction_data=True)
+
+
+def _cpu_umap(**parameters):
     from umap import UMAP
 
-    # A fixed random_state makes UMAP deterministic (and single-threaded): the same input
-    # and settings give the same topics on the same machine.
-    return UMAP(
-        n_neighbors=n_neighbors,
-        n_components=n_components,
-        min_dist=min_dist,
-        metric="cosine",
-        random_state=random_state,
-        n_epochs=n_epochs,  # None: umap-learn's choice (500 below 10,000 points, else 200)
-    )
+    return _umap(UMAP, **parameters)
 
 
-def _cpu_hdbscan(*, min_cluster_size: int, min_samples: int | None = None, cluster_selection: str = "leaf"):
+def _cpu_hdbscan(**parameters):
     from hdbscan import HDBSCAN
 
-    return HDBSCAN(
-        min_cluster_size=min_cluster_size,
-        min_samples=min_samples,
-        metric="euclidean",
-        cluster_selection_method=cluster_selection,  # "leaf" or "eom" (RunSettings.cluster_selection)
-        prediction_data=True,
-    )
+    return _hdbscan(HDBSCAN, **parameters)
 
 
-def _cuml_umap(*, n_neighbors: int, n_components: int, min_dist: float, random_state: int, n_epochs: int | None = None):
+def _cuml_umap(**parameters):
     from cuml.manifold import UMAP
 
-    return UMAP(
-        n_neighbors=n_neighbors,
-        n_components=n_components,
-        min_dist=min_dist,
-        metric="cosine",
-        random_state=random_state,
-        n_epochs=n_epochs,  # None: cuML's choice (as umap-learn's)
-    )
+    return _umap(UMAP, **parameters)
 
 
-def _cuml_hdbscan(*, min_cluster_size: int, min_samples: int | None = None, cluster_selection: str = "leaf"):
+def _cuml_hdbscan(**parameters):
     from cuml.cluster import HDBSCAN
 
-    return HDBSCAN(
-        min_cluster_size=min_cluster_size,
-        min_samples=min_samples,
-        metric="euclidean",
-        cluster_selection_method=cluster_selection,  # "leaf" or "eom" (RunSettings.cluster_selection)
-        prediction_data=True,
-    )
+    return _hdbscan(HDBSCAN, **parameters)
 
 
 CPU = ClusteringBackend("cpu", _cpu_umap, _cpu_hdbscan)

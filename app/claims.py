@@ -1,5 +1,8 @@
 """Firm claims: several workers (``firmtopics run`` processes) share one run through
-PostgreSQL, and no firm is ever computed by two of them at once.
+PostgreSQL, and each firm is computed by the worker that claims it. Only a worker that
+loses its claims connection (a failover) can lose a claim while it computes the firm;
+another worker may then take the firm too, and the first copy written stands
+(``FirmClaims._take_again``, ``app.writer.write_firm_with_retry``).
 
 A worker claims a firm by taking a session-level advisory lock on (run, firm) on a
 connection of its own, held from before the firm is loaded until it is written. The lock
@@ -22,7 +25,7 @@ With ``LLM_RUN_CONCURRENCY`` set, LLM requests are limited for the whole run, ac
 workers, the same way: a request is sent while its worker holds one of that many slots
 (``LLMSlots``), each an advisory lock of the run.
 
-One worker alone takes every claim it asks for, and behaves as before.
+One worker alone takes every claim it asks for.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import socket
 import anyio
 import asyncpg
 
-from app.database import RETRYABLE, with_connection_retry
+from app.database import RETRYABLE, retry_connection_errors
 from app.logs import get_logger
 
 log = get_logger("claims")
@@ -52,12 +55,13 @@ class _LockSession:
 
     A lost connection (a restart, a failover) loses its session's locks: the next query
     takes a new connection, first takes again what was held (``_take_again``), and is
-    retried, for as long as the run's retry window allows (``with_connection_retry``)."""
+    retried, for as long as the run's retry window allows (``retry_connection_errors``)."""
 
     kind = "locks"  # what the locks are, for the log
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, window_s: float | None = None) -> None:
         self._pool = pool
+        self._window_s = window_s  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
         self._acquired = None  # the pool's acquire context of the connection
         self._conn: asyncpg.Connection | None = None
         self._lock = anyio.Lock()  # one query at a time on the connection
@@ -103,7 +107,7 @@ class _LockSession:
             except RETRYABLE:  # a connection the pool took back answers nothing
                 return False
 
-        async def attempt(_unused):
+        async def attempt():
             if not usable():
                 await self._disconnect()
                 await self._connect()
@@ -115,7 +119,7 @@ class _LockSession:
                 raise
 
         async with self._lock:
-            return await with_connection_retry(_NoPool(), attempt, what=what)
+            return await retry_connection_errors(attempt, what=what, window_s=self._window_s)
 
 
 class FirmClaims(_LockSession):
@@ -127,8 +131,8 @@ class FirmClaims(_LockSession):
 
     kind = "firm claims"
 
-    def __init__(self, pool: asyncpg.Pool, run_id: int) -> None:
-        super().__init__(pool)
+    def __init__(self, pool: asyncpg.Pool, run_id: int, *, window_s: float | None = None) -> None:
+        super().__init__(pool, window_s=window_s)
         self.run_id = run_id
         self.held: set[str] = set()
 
@@ -182,8 +186,8 @@ class LLMSlots(_LockSession):
     kind = "LLM slots"
 
     def __init__(self, pool: asyncpg.Pool, run_id: int, slots: int, *,
-                 poll_s: tuple[float, float] = (0.01, 0.05)) -> None:
-        super().__init__(pool)
+                 poll_s: tuple[float, float] = (0.01, 0.05), window_s: float | None = None) -> None:
+        super().__init__(pool, window_s=window_s)
         if not 0 < slots < 1024:
             raise ValueError(f"slots must be between 1 and 1023, not {slots}")
         self.slots = slots
@@ -238,33 +242,9 @@ class LLMSlots(_LockSession):
                                                               self._first_key + slot), what="release an LLM slot")
 
 
-class _NoPool:
-    """``with_connection_retry`` takes its connections from a pool; the claims keep their
-    own, so this stand-in hands ``None`` to the action, which uses the claims connection."""
-
-    @staticmethod
-    def acquire():
-        return contextlib.nullcontext()
-
-
 def worker_name() -> str:
     """This worker as ``status`` shows it: ``firmtopics worker HOST pid PID``."""
     return f"firmtopics worker {socket.gethostname()[:40]} pid {os.getpid()}"
-
-
-async def workers_in_flight(conn: asyncpg.Connection, run_id: int) -> list[dict]:
-    """The firms of ``run_id`` claimed right now, by which worker and since when (the
-    worker's claims connection's start): ``worker``, ``firm_id``, ``since`` (ISO), from the
-    server's own lock table, so a dead worker's claims are simply gone."""
-    rows = await conn.fetch(
-        "SELECT a.application_name AS worker, f.firm_id, a.backend_start AS since"
-        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " JOIN firms f ON l.objid = (hashtext(f.firm_id)::bigint & 4294967295)::oid"
-        " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.classid = $1::oid"
-        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " ORDER BY a.application_name, f.firm_id", run_id)
-    return [{"worker": r["worker"], "firm_id": r["firm_id"], "since": r["since"].isoformat(timespec="seconds")}
-            for r in rows]
 
 
 async def take_theme_lock(conn: asyncpg.Connection, run_id: int) -> bool:

@@ -3,13 +3,8 @@
 Each command is a small async function: it calls the module that does the work
 (``app.job``, ``app.status``, ``app.demo``, the read commands) and prints what comes
 back. ``main`` parses arguments, sets up logging, runs the command and turns expected
-failures into one clear line on stderr and an exit code (``app.errors`` says which):
-
-* 0 success
-* 1 anything else (database unreachable, LLM key refused, an unexpected error)
-* 2 usage or input errors (bad arguments, bad settings, a bad input file, a run resumed
-  with other settings, a model of another dimension)
-* 3 interrupted by SIGTERM/SIGINT: the run is resumable, start the same command again
+failures into one clear line on stderr and an exit code (``app.errors`` lists them and
+says which an error gets).
 
 Command output (summaries, tables) goes to stdout; logs go to stderr.
 """
@@ -17,6 +12,7 @@ Command output (summaries, tables) goes to stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from pathlib import Path
@@ -24,9 +20,8 @@ from pathlib import Path
 import anyio
 
 from app import logs
-from app.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_message, exit_code_for, is_expected
+from app.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_message, exit_code_for, first_error, is_expected
 from app.settings import Settings, SettingsError, redact
-
 
 EXAMPLES = """examples:
   firmtopics demo                                   a sample corpus, end to end, offline
@@ -149,12 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED, settings)
     except Exception as exc:  # turn expected failures into one line; unexpected ones too, plus a logged traceback
-        if isinstance(exc, BaseExceptionGroup):  # a task group's error: report the one that started it
-            from app.pipeline import first_error
-
-            exc = first_error(exc)
+        exc = first_error(exc)  # a task group's error: report the one that started it
         code = exit_code_for(exc)
-        if code == EXIT_FAILURE and not is_expected(exc):
+        if not is_expected(exc):
             logs.get_logger("cli").error("unexpected_error", exc_info=True)
         return _fail(error_message(exc), code, settings)
     finally:
@@ -199,9 +191,8 @@ async def cmd_run(settings: Settings, args) -> int:
             outcome = await run_with_signals(pool, settings, run_name=args.run, retry_failed=args.retry_failed)
         except Exception as exc:
             from app.database import RETRYABLE, DatabaseUnavailable
-            from app.pipeline import first_error
 
-            error = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            error = first_error(exc)
             if isinstance(error, RETRYABLE):  # the database went away and stayed away through the retries
                 detail = ": ".join([type(error).__name__, *str(error).strip().splitlines()[:1]])
                 raise DatabaseUnavailable(
@@ -215,10 +206,8 @@ async def cmd_run(settings: Settings, args) -> int:
 
 async def cmd_status(settings: Settings, args) -> int:
     """``firmtopics status [--json]``: firms done/skipped/failed/left, topics, themes, timings."""
-    import json
-
     from app.database import open_database
-    from app.status import format_status, status_detail
+    from app.read.status import format_status, status_detail
 
     async with open_database(settings) as pool:
         detail = await status_detail(pool, args.run)
@@ -228,10 +217,8 @@ async def cmd_status(settings: Settings, args) -> int:
 
 async def cmd_runs(settings: Settings, args) -> int:
     """``firmtopics runs [--json]``: every run with its status, counts, model and dates."""
-    import json
-
     from app.database import open_database
-    from app.status import format_runs, runs_list
+    from app.read.status import format_runs, runs_list
 
     async with open_database(settings) as pool:
         runs = await runs_list(pool)
@@ -249,7 +236,7 @@ async def cmd_demo(settings: Settings, args) -> int:
 async def cmd_read(settings: Settings, args) -> int:
     """``search``, ``show``, ``trends``, ``export``, ``report``: the commands that read a
     run's results live in modules of their own, each with a ``command`` function."""
-    from app import export, report, search, show, trends
+    from app.read import export, report, search, show, trends
 
     module = {"search": search, "show": show, "trends": trends, "export": export, "report": report}[args.command]
     return await module.command(settings, args)

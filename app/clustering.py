@@ -69,21 +69,10 @@ class Clustering:
         return int((self.labels == -1).sum())
 
 
-def cluster_documents(
-    docs: list[str],
-    embeddings: np.ndarray,
-    *,
-    backend: ClusteringBackend,
-    n_neighbors: int,
-    n_components: int,
-    min_dist: float,
-    min_cluster_size: int,
-    seed: int,
-    top_n_keywords: int = 10,
-    min_samples: int | None = None,
-    cluster_selection: str = "leaf",
-    n_epochs: int | None = None,
-) -> Clustering:
+def cluster_documents(docs: list[str], embeddings: np.ndarray, *, backend: ClusteringBackend, n_neighbors: int,
+                      n_components: int, min_dist: float, min_cluster_size: int, seed: int, top_n_keywords: int = 10,
+                      min_samples: int | None = None, cluster_selection: str = "leaf",
+                      n_epochs: int | None = None) -> Clustering:
     """Cluster ``docs`` (with their L2-normalised ``embeddings``) with BERTopic.
 
     UMAP's neighbourhood is capped below the number of documents, so small inputs work;
@@ -105,13 +94,8 @@ def cluster_documents(
 
         umap_model = BaseDimensionalityReduction()
     else:
-        umap_model = backend.make_umap(
-            n_neighbors=min(n_neighbors, n - 1),
-            n_components=min(n_components, n - 2),
-            min_dist=min_dist,
-            random_state=seed,
-            n_epochs=n_epochs,
-        )
+        umap_model = backend.make_umap(n_neighbors=min(n_neighbors, n - 1), n_components=min(n_components, n - 2),
+                                       min_dist=min_dist, random_state=seed, n_epochs=n_epochs)
         if backend.name == "cpu" and n < UMAP_EXACT_BELOW:
             # umap-learn would compute all pairwise distances itself, calling its metric
             # from Python for every pair: most of the clustering time of a firm of a few
@@ -119,14 +103,9 @@ def cluster_documents(
             umap_model.set_params(precomputed_knn=exact_neighbours(embeddings, umap_model.n_neighbors))
     hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples,
                                          cluster_selection=cluster_selection)
-    model = BERTopic(
-        umap_model=umap_model,
-        hdbscan_model=hdbscan_model,
-        vectorizer_model=CountVectorizer(stop_words="english"),
-        top_n_words=top_n_keywords,
-        calculate_probabilities=False,
-        verbose=False,
-    )
+    model = BERTopic(umap_model=umap_model, hdbscan_model=hdbscan_model,
+                     vectorizer_model=CountVectorizer(stop_words="english"), top_n_words=top_n_keywords,
+                     calculate_probabilities=False, verbose=False)
     with warnings.catch_warnings():
         # Given neighbours, umap-learn warns that it cannot transform new data: not needed.
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
@@ -137,12 +116,8 @@ def cluster_documents(
         members = np.flatnonzero(labels == number)
         words = model.get_topic(number) or []
         clusters.append(
-            Cluster(
-                number=number,
-                keywords=[w for w, _ in words if w][:top_n_keywords],
-                members=members,
-                representatives=most_central(embeddings, members, REPRESENTATIVES),
-            )
+            Cluster(number=number, keywords=[w for w, _ in words if w][:top_n_keywords], members=members,
+                    representatives=most_central(embeddings, members, REPRESENTATIVES))
         )
     return Clustering(labels=labels, clusters=clusters)
 
@@ -217,20 +192,12 @@ def firm_min_cluster_size(n_sentences: int, settings: RunSettings) -> int:
 
 def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend) -> Clustering:
     """Cluster one firm's sentences into topics with the run's settings."""
-    return cluster_documents(
-        docs,
-        embeddings,
-        backend=backend,
-        n_neighbors=settings.umap_n_neighbors,
-        n_components=settings.umap_n_components,
-        min_dist=settings.umap_min_dist,
-        n_epochs=settings.umap_n_epochs,
-        seed=settings.seed,
-        top_n_keywords=settings.top_n_keywords,
-        min_cluster_size=firm_min_cluster_size(len(docs), settings),
-        min_samples=settings.hdbscan_min_samples,
-        cluster_selection=settings.cluster_selection,
-    )
+    return cluster_documents(docs, embeddings, backend=backend, n_neighbors=settings.umap_n_neighbors,
+                             n_components=settings.umap_n_components, min_dist=settings.umap_min_dist,
+                             n_epochs=settings.umap_n_epochs, seed=settings.seed,
+                             top_n_keywords=settings.top_n_keywords,
+                             min_cluster_size=firm_min_cluster_size(len(docs), settings),
+                             min_samples=settings.hdbscan_min_samples, cluster_selection=settings.cluster_selection)
 
 
 def centres(embeddings: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -263,6 +230,9 @@ def attach_outliers(embeddings: np.ndarray, labels: np.ndarray, threshold: float
     close = similarity[np.arange(len(outliers)), best] >= threshold
     final[outliers[close]] = best[close]
     return final
+
+
+MIN_TOPICS = 4  # fewer topics than this make no themes: a theme of one topic groups nothing
 
 
 def theme_count(n_topics: int, settings: RunSettings) -> int:
@@ -311,13 +281,20 @@ def broader_levels(vectors: np.ndarray, fine: np.ndarray, top_size: int) -> list
     """
     levels = []
     labels = fine
-    while (count := int(labels.max()) + 1) > top_size:
-        root = round(math.sqrt(count))
-        wanted = root if root > top_size else min(top_size, max(2, round(count / 3)))
+    while (wanted := level_above(count := int(labels.max()) + 1, top_size)) is not None:
         parents = theme_labels(centres(vectors, labels, count), wanted)
         levels.append(parents)
         labels = parents[labels]
     return levels
+
+
+def level_above(count: int, top_size: int) -> int | None:
+    """How many themes the level above a level of ``count`` themes has (the rule
+    ``broader_levels`` describes), or None when ``count`` is small enough for the top."""
+    if count <= top_size:
+        return None
+    root = round(math.sqrt(count))
+    return root if root > top_size else min(top_size, max(2, round(count / 3)))
 
 
 def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int) -> list[list[str]]:

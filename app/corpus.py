@@ -30,6 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app.errors import UsageError
 from app.logs import get_logger
 
 FORMATS = {
@@ -63,7 +64,7 @@ _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class IngestError(Exception):
+class IngestError(UsageError):
     """The input cannot be ingested; ``str(exc)`` is one sentence naming the file."""
 
 

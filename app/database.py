@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
 
+from app.errors import ExpectedFailure
 from app.logs import get_logger
 from app.settings import Settings, redact
 
 log = get_logger("database")
-# ``db_retry`` is logged under the logger name it had before the retries moved here from
-# ``app.writer``, so its log lines are unchanged.
-retry_log = get_logger("writer")
 
 # Connection-level failures worth retrying with a fresh connection: a dropped
 # connection, a server restarting (failover, crash recovery) or refusing connections
@@ -50,7 +50,7 @@ RETRYABLE = (
 )
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(ExpectedFailure, RuntimeError):
     """The database cannot be reached; the message says which and why, without secrets."""
 
 
@@ -70,8 +70,13 @@ def start_embedded_server(data_dir: Path) -> str:
     return server.get_uri()
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await register_vector(conn)
+async def init_connection(conn: asyncpg.Connection, *, vector: bool = True) -> None:
+    """Teach a new connection the types the program exchanges: ``jsonb`` as Python
+    values (dicts and lists in, dicts and lists out) and, with ``vector``, pgvector's
+    ``vector`` as numpy arrays."""
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    if vector:
+        await register_vector(conn)
 
 
 def resolve_url(settings: Settings) -> str:
@@ -82,21 +87,17 @@ def resolve_url(settings: Settings) -> str:
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4, vector: bool = True) -> asyncpg.Pool:
-    """An asyncpg pool on ``url``; with ``vector`` each connection gets the pgvector codec.
+    """An asyncpg pool on ``url`` whose connections read and write ``jsonb`` as Python
+    values; with ``vector`` each connection gets the pgvector codec too.
 
     ``vector=False`` is for the first connection of a fresh database, before the
     ``vector`` extension exists (the codec lookup would fail).
     Raises ``DatabaseUnavailable`` with a one-line, secret-free reason.
     """
     try:
-        return await asyncpg.create_pool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            init=_init_connection if vector else None,
-            command_timeout=None,
-            timeout=15,
-        )
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                         init=partial(init_connection, vector=vector), command_timeout=None,
+                                         timeout=15)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {redact(str(exc) or type(exc).__name__)}") from None
 
@@ -110,8 +111,6 @@ async def open_database(settings: Settings, *, max_size: int = 4, migrate: bool 
     """
     from app.schema import apply_migrations
 
-    global retry_window_s
-    retry_window_s = settings.db_retry_window_s
     url = await asyncio.to_thread(resolve_url, settings)
     if migrate:
         bootstrap = await create_pool(url, min_size=1, max_size=1, vector=False)
@@ -134,11 +133,9 @@ def as_array(vector) -> np.ndarray:
     return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
 
-# How long an operation keeps retrying a lost connection before the run ends (resumable).
-# Set from DB_RETRY_WINDOW_S by open_database; the default outlasts a managed database's
-# failover (RDS: one to two minutes), so a failover does not end a run of many hours.
-DEFAULT_RETRY_WINDOW_S = 120.0
-retry_window_s = DEFAULT_RETRY_WINDOW_S
+# How long a lost connection is retried when the caller does not say (the job passes the
+# DB_RETRY_WINDOW_S setting down to every stage): that setting's default.
+DEFAULT_RETRY_WINDOW_S = Settings.db_retry_window_s
 MAX_RETRY_DELAY_S = 10.0  # waits double from base_delay up to this, then stay there
 
 
@@ -151,24 +148,35 @@ async def with_connection_retry(
     (the pool replaces a dropped one), so ``action`` must be safe to repeat: a read, one
     transaction (a dropped connection rolls it back), or an idempotent statement. Waits
     grow exponentially with jitter (``base_delay`` x 1, 2, 4, ..., at most
-    ``MAX_RETRY_DELAY_S``) for as long as ``window_s`` allows (``retry_window_s``, the
-    ``DB_RETRY_WINDOW_S`` setting, when not given): a dropped connection, a restart or a
-    failover is ridden out; an outage longer than the window raises the last error, and
-    the run ends, resumable.
+    ``MAX_RETRY_DELAY_S``) for as long as ``window_s`` allows (the ``DB_RETRY_WINDOW_S``
+    setting, passed down by the job; its default when not given): a dropped connection, a
+    restart or a failover is ridden out; an outage longer than the window raises the last
+    error, and the run ends, resumable.
     """
-    window = retry_window_s if window_s is None else window_s
+    async def on_a_pooled_connection():
+        async with pool.acquire() as conn:
+            return await action(conn)
+
+    return await retry_connection_errors(on_a_pooled_connection, what=what, window_s=window_s, base_delay=base_delay)
+
+
+async def retry_connection_errors(attempt_once, *, what: str, window_s: float | None = None,
+                                  base_delay: float = 0.5):
+    """``await attempt_once()``, retried on connection failures (``RETRYABLE``) as
+    ``with_connection_retry`` says; for a caller that keeps a connection of its own and
+    replaces it itself when it is lost (``app.claims``). Returns what it returns."""
+    window = DEFAULT_RETRY_WINDOW_S if window_s is None else window_s
     started = time.monotonic()
     attempt = 0
     while True:
         try:
-            async with pool.acquire() as conn:
-                return await action(conn)
+            return await attempt_once()
         except RETRYABLE as exc:
             attempt += 1
             delay = min(MAX_RETRY_DELAY_S, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
             if time.monotonic() - started + delay > window:
                 raise
-            retry_log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__,
+            log.warning("db_retry", what=what, attempt=attempt, error=type(exc).__name__,
                               wait_s=round(delay, 2), window_s=window)
             await asyncio.sleep(delay)
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.errors import UsageError
 from app.logs import get_logger
 from app.settings import DEFAULT_EMBEDDING_MODEL
 
 log = get_logger("embedding")
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(UsageError, RuntimeError):
     """The embedding model cannot be loaded (a usage error: wrong name or path, no network)."""
 
 

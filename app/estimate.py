@@ -15,16 +15,16 @@ requests the exchange log already answers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
 from app import prompts
-from app.clustering import theme_count
+from app.clustering import MIN_TOPICS, level_above, theme_count
 from app.exchanges import request_key
 from app.naming import TopicToName
+from app.runs import latest_complete_run
 from app.settings import RunSettings, Settings
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text and OpenAI-style tokenisers
@@ -53,15 +53,12 @@ class Estimate:
 
 def themes_for(topics: int, settings: RunSettings) -> int:
     """Themes at every level for ``topics`` topics, by the theme stage's rules
-    (``theme_count``, then ``broader_levels``' counts)."""
-    if topics < 4:
+    (``theme_count``, then ``level_above`` for each level of ``broader_levels``)."""
+    if topics < MIN_TOPICS:
         return 0
     count = theme_count(topics, settings)
     total = count
-    while count > settings.theme_top_level_size:
-        root = round(math.sqrt(count))
-        count = root if root > settings.theme_top_level_size else min(settings.theme_top_level_size,
-                                                                      max(2, round(count / 3)))
+    while (count := level_above(count, settings.theme_top_level_size)) is not None:
         total += count
     return total
 
@@ -92,8 +89,7 @@ async def finished_run(conn: asyncpg.Connection) -> dict | None:
     tokens of a topic request (rebuilt from its stored topics) and the names kept in the
     exchange log's cache; None when there is none."""
     try:
-        run = await conn.fetchrow("SELECT run_id, name FROM runs WHERE status = 'complete'"
-                                  " ORDER BY finished_at DESC NULLS LAST, run_id DESC LIMIT 1")
+        run = await latest_complete_run(conn)
     except asyncpg.UndefinedTableError:
         return None
     if run is None:

@@ -43,8 +43,10 @@ class ExchangeLog:
     Takes the pool and the run's id. Writes are retried over a dropped connection like
     the run's own (``with_connection_retry``)."""
 
-    def __init__(self, pool: asyncpg.Pool, run_id: int, *, use_cache: bool = True) -> None:
+    def __init__(self, pool: asyncpg.Pool, run_id: int, *, use_cache: bool = True,
+                 window_s: float | None = None) -> None:
         self._pool = pool
+        self._window_s = window_s  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
         self.run_id = run_id
         self.use_cache = use_cache
 
@@ -58,7 +60,7 @@ class ExchangeLog:
             lambda conn: conn.fetchval(
                 "SELECT reply FROM llm_exchanges WHERE request_key = $1 AND usable ORDER BY exchange_id DESC LIMIT 1",
                 key),
-            what="read the LLM cache",
+            what="read the LLM cache", window_s=self._window_s,
         )
 
     async def record(self, *, key: str, payload: dict, status: int, reply: str, usable: bool,
@@ -77,10 +79,10 @@ class ExchangeLog:
                 "INSERT INTO llm_exchanges (request_key, run_id, subject, model, request, status, reply, usable,"
                 " prompt_tokens, completion_tokens, latency_ms)"
                 " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11)",
-                key, self.run_id, subject, str(payload.get("model")), json.dumps(payload), status, reply, usable,
+                key, self.run_id, subject, str(payload.get("model")), payload, status, reply, usable,
                 tokens("prompt_tokens"), tokens("completion_tokens"), max(0, round(latency_s * 1000)),
             ),
-            what="record an LLM exchange",
+            what="record an LLM exchange", window_s=self._window_s,
         )
 
 

@@ -16,7 +16,7 @@ A run that is already complete, with no new firm, does nothing and says so.
 
 SIGTERM and SIGINT drain the run (``run_with_signals``): the first stops new firms and
 lets the ones in flight finish for up to ``DRAIN_SECONDS``; a second, or the end of that
-time, cancels them. ``describe_outcome`` is the summary the commands print at the end;
+time, cancels them. ``describe_outcome`` is the summary the commands print at the end.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import anyio
 import asyncpg
 
 from app.backend import ClusteringBackend, choose_backend
-from app.claims import FirmClaims, release_theme_lock, take_theme_lock, workers_in_flight
+from app.claims import FirmClaims, release_theme_lock, take_theme_lock
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
 from app.embedding import Embedder, load_embedder
@@ -39,15 +39,22 @@ from app.logs import get_logger
 from app.naming import Namer
 from app.pipeline import FirmStage, run_firm_stage
 from app.progress import Progress
-from app.runs import find_run, firm_counts, firms_to_do, open_run, set_status, store_run_quality
+from app.runs import (
+    FirmToDo,
+    find_run,
+    firm_counts,
+    firms_to_do,
+    open_run,
+    run_status,
+    set_status,
+    store_run_quality,
+    workers_in_flight,
+)
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
 from app.settings import RunSettings, Settings
 from app.themes import run_theme_stage, stored_themes
 
 log = get_logger("job")
-# The events of the signal handling are logged under the logger name they had before it
-# moved here from the command line module, so their log lines are unchanged.
-signal_log = get_logger("cli")
 
 # Seconds to let in-flight firms finish after SIGTERM before dropping them (a spot
 # instance gives about 120 s notice; the rest of the budget is for closing cleanly).
@@ -86,17 +93,17 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
             lambda: load_embedder(settings.run.embedding_model, batch_size=settings.embedding_batch_size)
         )
         backend = choose_backend()
-        signal_log.info("backend_chosen", clustering=backend.name, device=embedder.device)
+        log.info("backend_chosen", clustering=backend.name, device=embedder.device)
         async with anyio.create_task_group() as tg:
 
             async def watch_signals(scope: anyio.CancelScope) -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
                         if stop.is_set():
-                            signal_log.warning("second_signal", signal=signal.Signals(signum).name)
+                            log.warning("second_signal", signal=signal.Signals(signum).name)
                             scope.cancel()
                             return
-                        signal_log.warning("signal_received", signal=signal.Signals(signum).name,
+                        log.warning("signal_received", signal=signal.Signals(signum).name,
                                            drain_s=DRAIN_SECONDS)
                         stop.set()
                         scope.deadline = anyio.current_time() + DRAIN_SECONDS
@@ -105,7 +112,8 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
                 nonlocal outcome
                 with scope:
                     outcome = await run_job(pool, settings.run, run_name=run_name, embedder=embedder,
-                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop)
+                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop,
+                                            retry_window_s=settings.db_retry_window_s)
                 tg.cancel_scope.cancel()  # the job is over: stop watching signals
 
             job_scope = anyio.CancelScope()
@@ -128,11 +136,9 @@ def describe_outcome(outcome: JobOutcome) -> str:
     if outcome.status == "interrupted":
         return (f"run {outcome.run_name!r} interrupted: {_firm_line(outcome.firms)}; "
                 "run the same command again to resume")
-    lines = [
-        f"run {outcome.run_name!r} complete: {_firm_line(outcome.firms)}",
-        f"  topics: {outcome.topics}, themes: {outcome.themes}",
-        f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s",
-    ]
+    lines = [ f"run {outcome.run_name!r} complete: {_firm_line(outcome.firms)}",
+             f"  topics: {outcome.topics}, themes: {outcome.themes}",
+             f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s"]
     if outcome.llm_usage:
         lines.append(f"  naming: {json.dumps(outcome.llm_usage)}")
     return "\n".join(lines)
@@ -144,24 +150,17 @@ def _firm_line(firms: dict) -> str:
     return ", ".join(f"{firms.get(k, 0)} {k}" for k in ("done", "skipped", "failed", "left"))
 
 
-async def run_job(
-    pool: asyncpg.Pool,
-    settings: RunSettings,
-    *,
-    run_name: str,
-    embedder: Embedder,
-    backend: ClusteringBackend,
-    namer: Namer,
-    retry_failed: bool = False,
-    stop: anyio.Event | None = None,
-) -> JobOutcome:
+async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, embedder: Embedder,
+                  backend: ClusteringBackend, namer: Namer, retry_failed: bool = False,
+                  stop: anyio.Event | None = None, retry_window_s: float | None = None) -> JobOutcome:
     """Run (or resume) the job ``run_name``; returns a ``JobOutcome``.
 
     ``stop``, when set (by a signal handler), makes the firm stage stop taking new firms
     and keeps any later stage from starting; the run is then left ``interrupted`` (or at
     the stage it finished: ``firms_done``, ``themes_done``) and a later start resumes it.
     Any error marks the run ``failed`` (also resumable) and is raised. A dropped database
-    connection between and inside the stages is retried (``with_connection_retry``).
+    connection between and inside the stages is retried (``with_connection_retry``) for
+    ``retry_window_s`` (the ``DB_RETRY_WINDOW_S`` setting; its default when not given).
     """
     started = time.perf_counter()
     async with pool.acquire() as conn:
@@ -170,142 +169,203 @@ async def run_job(
                              backend={**backend.describe(), "device": embedder.device,
                                       "fp16": embedder.device == "cuda"})
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
-    outcome = JobOutcome(run.run_id, run_name, "complete")
+    job = _Job(pool, run.run_id, JobOutcome(run.run_id, run_name, "complete"), stop or anyio.Event(),
+               settings, embedder, backend, namer, retry_window_s)
     if run.status == "complete" and not todo:
-        outcome.status = "nothing_to_do"
-        async with pool.acquire() as conn:
-            outcome.firms = await firm_counts(conn, run.run_id)
-        log.info("run_already_complete", run=run_name, **outcome.firms)
-        return outcome
+        job.outcome.status = "nothing_to_do"
+        job.outcome.firms = await job.firm_counts()
+        log.info("run_already_complete", run=run_name, **job.outcome.firms)
+        return job.outcome
     namer.join_run(pool, run.run_id)
     log.info("run_started" if run.created else "run_resumed", run=run_name, run_id=run.run_id,
              firms_left=len(todo), previous_status=run.status, backend=backend.name, device=embedder.device)
-
-    async def record(status: str, **fields) -> None:
-        # One UPDATE: safe to repeat, so a dropped connection is retried, not fatal.
-        await with_connection_retry(pool, lambda conn: set_status(conn, run.run_id, status, **fields),
-                                    what=f"run status {status}")
-
-    async def stopped(reached: str | None) -> JobOutcome:
-        # A stop request (a signal) ends the run between stages. ``reached`` is the stage
-        # finished last, kept as the run's status so a resume starts after it; None means
-        # firms are left, and the run is recorded ``interrupted``, unless other workers
-        # hold firms of it: the run goes on with them, and says so.
-        outcome.status = "interrupted"
-        if reached is None:
-            others = await with_connection_retry(pool, lambda conn: workers_in_flight(conn, run.run_id),
-                                                 what="workers in flight")
-            if others:
-                log.info("run_goes_on_with_other_workers", workers=sorted({o["worker"] for o in others}))
-            else:
-                await record("interrupted", llm_usage=namer.usage())
-        else:
-            log.warning("stopped_between_stages", stopped_after=reached, reason="no stage starts after a stop")
-        outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
-                                                    what="firm counts")
-        return outcome
-
-    async def left_to_others(reason: str) -> JobOutcome:
-        # Other workers of the run hold what is left: the last of them finishes the run.
-        outcome.status = "left_to_others"
-        outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
-                                                    what="firm counts")
-        log.info("left_to_other_workers", reason=reason, **outcome.firms)
-        return outcome
-
     if run.status in ("interrupted", "failed") and todo:
-        await record("running")  # resumed: what status shows while firms are processed
+        await job.record("running")  # resumed: what status shows while firms are processed
     try:
-        # Passes over the firms not recorded: each is taken only when this worker claims it
-        # (app.claims). Firms another worker holds are passed over; a pass that takes none
-        # of them while some are left means other workers hold them all.
-        took_any = False
-        while todo:
-            completed, taken = await _firm_stage(pool, run.run_id, settings, embedder, backend, namer, todo,
-                                                 stop, outcome)
-            if not completed:
-                return await stopped(None)
-            took_any = took_any or taken > 0
-            todo = await with_connection_retry(pool, lambda conn: firms_to_do(conn, run.run_id),
-                                               what="firms left")
-            if todo and not taken:
-                return await left_to_others(f"{len(todo)} firms are in flight on other workers")
-        # A run whose themes are stored already (a worker died in the index stage) keeps
-        # that status when no firm was added since: the theme stage is then skipped below.
-        status_before = await with_connection_retry(
-            pool, lambda conn: conn.fetchval("SELECT status FROM runs WHERE run_id = $1", run.run_id),
-            what="run status")
-        if took_any or status_before not in ("themes_done", "complete"):
-            await record("firms_done")
-        if stop is not None and stop.is_set():
-            return await stopped("firms_done")
-
-        async with pool.acquire() as theme_lock:
-            # One worker runs the theme and index stages: the one holding this lock (a
-            # session lock: if it dies, a later start of any worker takes it again).
-            if not await take_theme_lock(theme_lock, run.run_id):
-                return await left_to_others("another worker is running the theme stage")
-            try:
-                status_now = await theme_lock.fetchval("SELECT status FROM runs WHERE run_id = $1", run.run_id)
-                if status_now == "complete" and not took_any:
-                    # Another worker finished the run while this one wrote its last firm.
-                    outcome.status = "nothing_to_do"
-                    outcome.firms = await firm_counts(theme_lock, run.run_id)
-                    return outcome
-                if status_now == "themes_done" and not took_any:
-                    # A worker died in the index stage, after the themes were stored: they
-                    # stand (no new firm since), so go straight to the indexes.
-                    themes = await with_connection_retry(pool, lambda conn: stored_themes(conn, run.run_id),
-                                                         what="count themes")
-                    log.info("stage_skipped", stage="themes", reason="themes already stored for this run",
-                             themes=themes.themes, topics=themes.topics)
-                else:
-                    stage_started = time.perf_counter()
-                    log.info("stage_started", stage="themes")
-                    themes = await run_theme_stage(pool, run.run_id, settings, embedder, backend, namer)
-                    outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
-                    log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
-                             linked_by_cluster=themes.linked_by_cluster,
-                             linked_by_nearest=themes.linked_by_nearest,
-                             reason=themes.reason, seconds=outcome.timings["themes_s"])
-                outcome.themes, outcome.topics = themes.themes, themes.topics
-                outcome.quality = await with_connection_retry(
-                    pool, lambda conn: store_run_quality(conn, run.run_id), what="run quality")
-                log.info("run_quality", **outcome.quality["firms"],
-                         **{f"theme_{k}": v for k, v in outcome.quality["themes"].items()})
-                await record("themes_done")
-                if stop is not None and stop.is_set():
-                    return await stopped("themes_done")
-
-                stage_started = time.perf_counter()
-                log.info("stage_started", stage="index")
-                await with_connection_retry(pool, lambda conn: _build_indexes(conn, run.run_id),
-                                            what="build vector indexes")
-                outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
-                log.info("stage_finished", stage="index", seconds=outcome.timings["index_s"])
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await release_theme_lock(theme_lock, run.run_id)
-
-        outcome.timings["wall_s"] = round(time.perf_counter() - started, 2)
-        outcome.llm_usage = namer.usage()
-        await record("complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
-        outcome.firms = await with_connection_retry(pool, lambda conn: firm_counts(conn, run.run_id),
-                                                    what="firm counts")
+        ended = await job.firm_passes(todo) or await job.themes_and_indexes()
+        if ended is not None:
+            return ended
+        await job.finish(started)
     except BaseException as exc:
-        # Cancelled (a signal's grace period ran out) is an interruption; anything else a failure.
-        # Both resume the same way: start the run again.
-        status = "interrupted" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
-        with anyio.CancelScope(shield=True):
-            try:
-                async with pool.acquire() as conn:
-                    await set_status(conn, run.run_id, status, llm_usage=namer.usage())
-            except Exception:  # the database may be what failed; the run stays resumable anyway
-                pass
+        await job.record_end(exc)
         raise
+    outcome = job.outcome
     log.info("run_finished", run=run_name, **outcome.firms, topics=outcome.topics, themes=outcome.themes,
              **outcome.timings, llm=outcome.llm_usage)
     return outcome
+
+
+@dataclass
+class _Job:
+    """One start of one run, step by step: the firm passes (``firm_passes``), the theme
+    and index stages under the run's theme lock (``themes_and_indexes``), the end
+    (``finish``). A step returns the outcome when the job ends there (a stop, other
+    workers holding the rest), None when the next step is to follow."""
+
+    pool: asyncpg.Pool
+    run_id: int
+    outcome: JobOutcome
+    stop: anyio.Event
+    settings: RunSettings
+    embedder: Embedder
+    backend: ClusteringBackend
+    namer: Namer
+    retry_window_s: float | None  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
+    took_any: bool = False  # this start wrote at least one firm
+
+    async def retried(self, action, what: str):
+        """``action(conn)`` on a pooled connection, retried over a dropped one."""
+        return await with_connection_retry(self.pool, action, what=what, window_s=self.retry_window_s)
+
+    async def record(self, status: str, **fields) -> None:
+        """Set the run's status (one UPDATE: safe to repeat, so retried, not fatal)."""
+        await self.retried(lambda conn: set_status(conn, self.run_id, status, **fields), f"run status {status}")
+
+    async def firm_counts(self) -> dict:  # app.runs.firm_counts, retried
+        return await self.retried(lambda conn: firm_counts(conn, self.run_id), "firm counts")
+
+    async def firm_passes(self, todo: list[FirmToDo]) -> JobOutcome | None:
+        """Passes over the firms not recorded: each is taken only when this worker claims
+        it (``app.claims``). Firms another worker holds are passed over; a pass that takes
+        none of them while some are left means other workers hold them all."""
+        while todo:
+            completed, taken = await self.firm_stage(todo)
+            if not completed:
+                return await self.stopped(None)
+            self.took_any = self.took_any or taken > 0
+            todo = await self.retried(lambda conn: firms_to_do(conn, self.run_id), "firms left")
+            if todo and not taken:
+                return await self.left_to_others(f"{len(todo)} firms are in flight on other workers")
+        # A run whose themes are stored already (a worker died in the index stage) keeps
+        # that status when no firm was added since: the theme stage is then skipped.
+        status_before = await self.retried(lambda conn: run_status(conn, self.run_id), "run status")
+        if self.took_any or status_before not in ("themes_done", "complete"):
+            await self.record("firms_done")
+        if self.stop.is_set():
+            return await self.stopped("firms_done")
+        return None
+
+    async def firm_stage(self, todo: list[FirmToDo]) -> tuple[bool, int]:
+        """Warm up, drop the vector indexes, process the firms this worker can claim;
+        returns (False if stopped early, how many firms this worker took)."""
+        timings = self.outcome.timings
+        async with self.pool.acquire() as conn:
+            # Bulk-loading rule: no vector index while loading; rebuilt once at the end.
+            await drop_vector_indexes(conn, self.run_id)
+        largest = max(f.n_sentences for f in todo)
+        warm_s = await anyio.to_thread.run_sync(lambda: warm_up(self.backend, self.settings, largest_firm=largest))
+        timings["warm_up_s"] = round(warm_s, 2)
+        stage_started = time.perf_counter()
+        sentences = sum(f.n_sentences for f in todo)
+        log.info("stage_started", stage="firms", firms=len(todo), sentences=sentences)
+        progress = Progress(total_firms=len(todo), total_sentences=sentences)
+        async with FirmClaims(self.pool, self.run_id, window_s=self.retry_window_s) as claims:
+            stage = FirmStage(self.pool, self.run_id, self.settings, self.embedder, self.backend, self.namer,
+                              stop=self.stop, claims=claims, retry_window_s=self.retry_window_s)
+            completed = await run_firm_stage(stage, todo, progress)
+        timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
+        timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
+        timings["sentences"] = progress.sentences_done
+        log.info("stage_finished", stage="firms", taken_by_other_workers=stage.taken_elsewhere,
+                 **progress.snapshot())
+        return completed, progress.firms_finished
+
+    async def themes_and_indexes(self) -> JobOutcome | None:
+        """The theme and index stages, run by the one worker that holds the run's theme
+        lock (a session lock: if that worker dies, a later start of any worker takes it)."""
+        async with self.pool.acquire() as theme_lock:
+            if not await take_theme_lock(theme_lock, self.run_id):
+                return await self.left_to_others("another worker is running the theme stage")
+            try:
+                status_now = await run_status(theme_lock, self.run_id)
+                if status_now == "complete" and not self.took_any:
+                    # Another worker finished the run while this one wrote its last firm.
+                    self.outcome.status = "nothing_to_do"
+                    self.outcome.firms = await firm_counts(theme_lock, self.run_id)
+                    return self.outcome
+                await self.themes(redo=status_now != "themes_done" or self.took_any)
+                await self.record("themes_done")
+                if self.stop.is_set():
+                    return await self.stopped("themes_done")
+                await self.indexes()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await release_theme_lock(theme_lock, self.run_id)
+        return None
+
+    async def themes(self, *, redo: bool) -> None:
+        """The theme stage and the run's quality figures. Without ``redo`` (a worker died
+        in the index stage, after the themes were stored, and no firm came since) the
+        stored themes stand and only their counts are read."""
+        if redo:
+            stage_started = time.perf_counter()
+            log.info("stage_started", stage="themes")
+            themes = await run_theme_stage(self.pool, self.run_id, self.settings, self.embedder, self.namer,
+                                           retry_window_s=self.retry_window_s)
+            self.outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
+            log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
+                     linked_by_cluster=themes.linked_by_cluster, reason=themes.reason, seconds=self.outcome.timings["themes_s"])
+        else:
+            themes = await self.retried(lambda conn: stored_themes(conn, self.run_id), "count themes")
+            log.info("stage_skipped", stage="themes", reason="themes already stored for this run",
+                     themes=themes.themes, topics=themes.topics)
+        self.outcome.themes, self.outcome.topics = themes.themes, themes.topics
+        quality = await self.retried(lambda conn: store_run_quality(
+            conn, self.run_id, topics=themes.topics, linked=themes.linked_by_cluster), "run quality")
+        self.outcome.quality = quality
+        log.info("run_quality", **quality["firms"], **{f"theme_{k}": v for k, v in quality["themes"].items()})
+
+    async def indexes(self) -> None:
+        """The HNSW indexes, built once at the end."""
+        stage_started = time.perf_counter()
+        log.info("stage_started", stage="index")
+        await self.retried(lambda conn: _build_indexes(conn, self.run_id), "build vector indexes")
+        self.outcome.timings["index_s"] = round(time.perf_counter() - stage_started, 2)
+        log.info("stage_finished", stage="index", seconds=self.outcome.timings["index_s"])
+
+    async def finish(self, started: float) -> None:
+        """Record the run complete, with its timings and LLM usage."""
+        outcome = self.outcome
+        outcome.timings["wall_s"] = round(time.perf_counter() - started, 2)
+        outcome.llm_usage = self.namer.usage()
+        await self.record("complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
+        outcome.firms = await self.firm_counts()
+
+    async def stopped(self, reached: str | None) -> JobOutcome:
+        """A stop request (a signal) ends the run between stages. ``reached`` is the stage
+        finished last, kept as the run's status so a resume starts after it; None means
+        firms are left, and the run is recorded ``interrupted``, unless other workers hold
+        firms of it: the run goes on with them, and says so."""
+        self.outcome.status = "interrupted"
+        if reached is None:
+            others = await self.retried(lambda conn: workers_in_flight(conn, self.run_id), "workers in flight")
+            if others:
+                log.info("run_goes_on_with_other_workers", workers=sorted({o["worker"] for o in others}))
+            else:
+                await self.record("interrupted", llm_usage=self.namer.usage())
+        else:
+            log.warning("stopped_between_stages", stopped_after=reached, reason="no stage starts after a stop")
+        self.outcome.firms = await self.firm_counts()
+        return self.outcome
+
+    async def left_to_others(self, reason: str) -> JobOutcome:
+        """Other workers of the run hold what is left: the last of them finishes the run."""
+        self.outcome.status = "left_to_others"
+        self.outcome.firms = await self.firm_counts()
+        log.info("left_to_other_workers", reason=reason, **self.outcome.firms)
+        return self.outcome
+
+    async def record_end(self, exc: BaseException) -> None:
+        """Record how the job ended on an error: cancelled (a signal's grace period ran
+        out) is an interruption, anything else a failure; both resume the same way."""
+        status = "interrupted" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self.pool.acquire() as conn:
+                    await set_status(conn, self.run_id, status, llm_usage=self.namer.usage())
+            except Exception as error:  # the database may be what failed; the run stays resumable anyway
+                log.warning("run_status_not_recorded", status=status, error=f"{type(error).__name__}: {error}",
+                            reason="the run stays resumable: start it again")
 
 
 async def _build_indexes(conn: asyncpg.Connection, run_id: int) -> None:
@@ -314,29 +374,3 @@ async def _build_indexes(conn: asyncpg.Connection, run_id: int) -> None:
     alone for as long as it takes, commits, and collides with the resumed run's build."""
     await abandon_if_client_gone(conn)
     await build_vector_indexes(conn, run_id)
-
-
-async def _firm_stage(pool, run_id, settings, embedder, backend, namer, todo, stop, outcome) -> tuple[bool, int]:
-    """Warm up, drop the vector indexes, process the firms this worker can claim; returns
-    (False if stopped early, how many firms this worker took)."""
-    async with pool.acquire() as conn:
-        # Bulk-loading rule: no vector index while loading; rebuilt once at the end.
-        await drop_vector_indexes(conn, run_id)
-    outcome.timings["warm_up_s"] = round(
-        await anyio.to_thread.run_sync(
-            lambda: warm_up(backend, settings, largest_firm=max(f.n_sentences for f in todo))
-        ),
-        2,
-    )
-    stage_started = time.perf_counter()
-    log.info("stage_started", stage="firms", firms=len(todo), sentences=sum(f.n_sentences for f in todo))
-    progress = Progress(total_firms=len(todo), total_sentences=sum(f.n_sentences for f in todo))
-    async with FirmClaims(pool, run_id) as claims:
-        stage = FirmStage(pool, run_id, settings, embedder, backend, namer, stop=stop or anyio.Event(),
-                          claims=claims)
-        completed = await run_firm_stage(stage, todo, progress)
-    outcome.timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
-    outcome.timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
-    outcome.timings["sentences"] = progress.sentences_done
-    log.info("stage_finished", stage="firms", taken_by_other_workers=stage.taken_elsewhere, **progress.snapshot())
-    return completed, progress.firms_finished

@@ -53,6 +53,7 @@ import aiohttp
 
 from app import prompts
 from app.claims import LLMSlots
+from app.errors import ExpectedFailure
 from app.exchanges import ExchangeLog, request_key
 from app.logs import get_logger
 from app.naming import (
@@ -103,7 +104,7 @@ _KEY_WORDS = re.compile(r"api[ _-]?key|authenticat|unauthori[sz]ed|credentials",
 log = get_logger("llm")
 
 
-class LLMConfigError(Exception):
+class LLMConfigError(ExpectedFailure):
     """The LLM cannot be used at all: bad key, unknown model, unreachable server, no credits.
 
     The message is one line, safe to print (no secret), and says which setting to fix.
@@ -246,15 +247,8 @@ class LLMNamer:
     one HTTP session for the run), call ``check()`` once, then name.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        semaphore: asyncio.Semaphore | None = None,
-        *,
-        backoff_base_s: float = 1.0,
-        backoff_cap_s: float = 30.0,
-        max_retry_after_s: float = 300.0,
-    ) -> None:
+    def __init__(self, settings: Settings, semaphore: asyncio.Semaphore | None = None, *, backoff_base_s: float = 1.0,
+                 backoff_cap_s: float = 30.0, max_retry_after_s: float = 300.0) -> None:
         if not settings.llm_wanted:
             raise ValueError("LLMNamer needs XAI_API_KEY (or a local XAI_BASE_URL); use make_namer to fall back"
                              " to offline naming")
@@ -335,7 +329,7 @@ class LLMNamer:
                 log.info("llm_ready", model=self._settings.xai_model, base_url=self._clean(self._settings.xai_base_url))
                 return
             if problem.kind != RETRY or problem.unreachable:
-                raise LLMConfigError(self._config_message(problem, attempts=attempt)) from None
+                raise LLMConfigError(self._config_message(problem)) from None
             wait_s = retry_wait(attempt, problem.retry_after, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)
             if loop.time() + wait_s > deadline:
                 self._started_busy = True
@@ -350,9 +344,10 @@ class LLMNamer:
         and answer a request kept before from there (unless ``LLM_CACHE=off``); with
         ``LLM_RUN_CONCURRENCY`` set, send a request only while holding one of the run's
         slots (``LLMSlots``), on top of this worker's own ``LLM_CONCURRENCY``."""
-        self._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache)
+        window_s = self._settings.db_retry_window_s
+        self._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache, window_s=window_s)
         if self._settings.llm_run_concurrency:
-            self._run_slots = LLMSlots(pool, run_id, self._settings.llm_run_concurrency)
+            self._run_slots = LLMSlots(pool, run_id, self._settings.llm_run_concurrency, window_s=window_s)
 
     async def name_topic(self, topic: TopicToName) -> Label:
         """Name one firm topic; never raises for this topic's trouble.
@@ -361,20 +356,14 @@ class LLMNamer:
         (``source="keywords"``) when every attempt failed or LLM calls were stopped.
         """
         self._counts["topics_named"] += 1
-        return await self._name(
-            prompts.topic_messages(topic),
-            fallback=topic_label_from_keywords(topic),
-            subject=f"topic {topic.firm_id}#{topic.topic_no}",
-        )
+        return await self._name(prompts.topic_messages(topic), fallback=topic_label_from_keywords(topic),
+                                subject=f"topic {topic.firm_id}#{topic.topic_no}")
 
     async def name_theme(self, theme: ThemeToName) -> Label:
         """Name one cross-firm theme; never raises for this theme's trouble (see ``name_topic``)."""
         self._counts["themes_named"] += 1
-        return await self._name(
-            prompts.theme_messages(theme),
-            fallback=theme_label_from_keywords(theme),
-            subject=f"theme {theme.theme_no}",
-        )
+        return await self._name(prompts.theme_messages(theme), fallback=theme_label_from_keywords(theme),
+                                subject=f"theme {theme.theme_no}")
 
     def usage(self) -> dict:
         """Counts for ``runs.llm_usage`` and the end-of-run summary (JSON-ready, no secrets).
@@ -411,7 +400,7 @@ class LLMNamer:
         cached = await self._exchanges.cached(key) if self._exchanges is not None else None
         if cached is not None:
             try:
-                label = prompts.parse_label(_reply_content(json.loads(cached)))
+                label = prompts.parse_label(prompts.reply_content(json.loads(cached)))
             except (ValueError, prompts.ReplyError):
                 pass  # kept as usable by an older parser: ask again
             else:
@@ -423,7 +412,7 @@ class LLMNamer:
         for attempt in range(1, self._max_attempts + 1):
             try:
                 label = await self._post(messages, prompts.MAX_REPLY_TOKENS, subject=subject,
-                                         read=lambda body: prompts.parse_label(_reply_content(body)))
+                                         read=lambda body: prompts.parse_label(prompts.reply_content(body)))
             except _Stopped:
                 break
             except _Failure as failure:
@@ -543,12 +532,8 @@ class LLMNamer:
                 finally:
                     await self._keep(payload, subject, status, text, usable, latency_s, body)
                 return result
-            failure = _Failure(
-                failure_kind(status, text),
-                f"HTTP {status}: {self._clean(error_message(text))}",
-                status=status,
-                retry_after=retry_after_seconds(headers, self._max_retry_after_s),
-            )
+            failure = _Failure(failure_kind(status, text), f"HTTP {status}: {self._clean(error_message(text))}",
+                               status=status, retry_after=retry_after_seconds(headers, self._max_retry_after_s))
             await self._keep(payload, subject, status, text, False, latency_s, None)
             if failure.kind in (QUOTA, AUTH):
                 # Decided while still holding the semaphore, so no queued request slips out.
@@ -612,13 +597,10 @@ class LLMNamer:
         else:
             self._stopped_reason = f"API key rejected ({failure.detail})"
             event = "llm_key_rejected"
-        log.error(
-            event,
-            reason=failure.detail,
-            consequence="no more LLM requests this run; remaining topics and themes are named from keywords",
-        )
+        log.error(event, reason=failure.detail,
+                  consequence="no more LLM requests this run; remaining topics and themes are named from keywords")
 
-    def _config_message(self, failure: _Failure, attempts: int) -> str:
+    def _config_message(self, failure: _Failure) -> str:
         """One clear, secret-free line for ``LLMConfigError``."""
         model = self._settings.xai_model
         base_url = self._clean(self._settings.xai_base_url)
@@ -639,17 +621,6 @@ class LLMNamer:
     def _clean(self, text: str) -> str:
         """``text`` with every secret masked: for anything that may reach a log or an error."""
         return redact(text, self._settings.secrets())
-
-
-def _reply_content(body: dict) -> str:
-    """The assistant message's text in a chat-completion body; ``ReplyError`` when absent."""
-    try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise prompts.ReplyError("the reply has no choices[0].message.content") from None
-    if not isinstance(content, str):
-        raise prompts.ReplyError("the reply's message content is not text")
-    return content
 
 
 def _whole(value: object) -> int:

@@ -39,9 +39,10 @@ def quiet_libraries() -> None:
                  # own reconnection attempts; the run's retries and final error line say it better.
                  "asyncpg.pool"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    # The clustering libraries warn about their own internals and their dependencies'
+    # deprecations (numba's compiler, scikit-learn's renamed arguments as UMAP calls
+    # them) on every firm: noise in a log that tails thousands of firms, and nothing a
+    # user can act on. Warnings raised from anywhere else still show.
     warnings.filterwarnings("ignore", module="numba")
     warnings.filterwarnings("ignore", module="umap")
     warnings.filterwarnings("ignore", module="sklearn")

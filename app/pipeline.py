@@ -40,6 +40,7 @@ from app.claims import FirmClaims
 from app.clustering import TooFewToCluster, attach_outliers, cluster_firm
 from app.database import with_connection_retry
 from app.embedding import Embedder
+from app.errors import first_error
 from app.logs import get_logger
 from app.memory import release_free_memory
 from app.naming import Namer, TopicToName
@@ -74,6 +75,7 @@ class FirmStage:
     # Other workers may share the run (app.claims): a firm is taken only when claimed.
     claims: FirmClaims | None = None
     taken_elsewhere: int = 0  # firms passed over because another worker holds them
+    retry_window_s: float | None = None  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
 
 
 @dataclass
@@ -125,24 +127,7 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
     async def writer() -> None:
         async with to_write_receive:
             async for result in to_write_receive:
-                started = time.perf_counter()
-                written = await write_firm_with_retry(stage.pool, stage.run_id, result)
-                result.seconds["write"] = time.perf_counter() - started
-                stage.in_flight.discard(result.firm_id)
-                if stage.claims is not None:
-                    await stage.claims.release(result.firm_id)
-                if not written:
-                    # Another worker wrote it (this one's claim was lost with its connection):
-                    # that copy stands, and this one is dropped; the firm is that worker's.
-                    log.warning("firm_written_by_another_worker", firm=result.firm_id,
-                                reason="this worker's claim was lost with its connection; the other copy stands")
-                    continue
-                progress.firm_finished(result.status, result.n_sentences, result.seconds)
-                log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
-                         sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,
-                         seconds={k: round(v, 3) for k, v in result.seconds.items()},
-                         firms_finished=progress.firms_finished, firms_total=progress.total_firms)
-                progress.maybe_report()
+                await write_one(stage, result, progress)
         finished.set()
         stop_watch.cancel()
 
@@ -174,12 +159,27 @@ async def run_firm_stage(stage: FirmStage, firms: list[FirmToDo], progress: Prog
     return completed
 
 
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first leaf exception inside a (possibly nested) exception group."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+async def write_one(stage: FirmStage, result: FirmResult, progress: Progress) -> None:
+    """The writer stage's work on one named firm: write it whole, give its claim back,
+    count it and log it."""
+    started = time.perf_counter()
+    written = await write_firm_with_retry(stage.pool, stage.run_id, result, window_s=stage.retry_window_s)
+    result.seconds["write"] = time.perf_counter() - started
+    stage.in_flight.discard(result.firm_id)
+    if stage.claims is not None:
+        await stage.claims.release(result.firm_id)
+    if not written:
+        # Another worker wrote it (this one's claim was lost with its connection):
+        # that copy stands, and this one is dropped; the firm is that worker's.
+        log.warning("firm_written_by_another_worker", firm=result.firm_id,
+                    reason="this worker's claim was lost with its connection; the other copy stands")
+        return
+    progress.firm_finished(result.status, result.n_sentences, result.seconds)
+    log.info("firm_finished", firm=result.firm_id, status=result.status, reason=result.reason,
+             sentences=result.n_sentences, topics=len(result.topics), outliers=result.n_outliers,
+             seconds={k: round(v, 3) for k, v in result.seconds.items()},
+             firms_finished=progress.firms_finished, firms_total=progress.total_firms)
+    progress.maybe_report()
 
 
 class TopicBacklog:
@@ -211,12 +211,8 @@ class TopicBacklog:
             self._room.set()
 
 
-async def naming_stage(
-    namer: Namer,
-    receive: MemoryObjectReceiveStream[ClusteredFirm],
-    send: MemoryObjectSendStream[FirmResult],
-    backlog: TopicBacklog,
-) -> None:
+async def naming_stage(namer: Namer, receive: MemoryObjectReceiveStream[ClusteredFirm],
+                       send: MemoryObjectSendStream[FirmResult], backlog: TopicBacklog) -> None:
     """Take clustered firms while the backlog has room; name each firm's topics
     concurrently with every other firm's; send each firm on when all its topics are
     named (firms may leave in another order than they came)."""
@@ -249,13 +245,8 @@ async def name_firm(namer: Namer, clustered: ClusteredFirm, on_named=None) -> Fi
             tg.start_soon(one, i, topic)
     result = clustered.result
     result.topics = [
-        TopicResult(
-            topic_no=topic.topic_no,
-            keywords=topic.keywords,
-            label=label,
-            n_sentences=topic.n_sentences,
-            evidence_sentence_ids=topic.sentence_ids,
-        )
+        TopicResult(topic_no=topic.topic_no, keywords=topic.keywords, label=label, n_sentences=topic.n_sentences,
+                    evidence_sentence_ids=topic.sentence_ids)
         for topic, label in zip(clustered.to_name, labels)
     ]
     result.seconds["name"] = time.perf_counter() - started
@@ -266,9 +257,8 @@ async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
     """Load, embed and cluster one firm. Never raises for the firm's own trouble: a
     firm that cannot be processed comes back with status ``failed`` and the error."""
     started = time.perf_counter()
-    rows = await with_connection_retry(
-        stage.pool, lambda conn: firm_sentences(conn, firm.firm_id), what=f"load firm {firm.firm_id}"
-    )
+    rows = await with_connection_retry(stage.pool, lambda conn: firm_sentences(conn, firm.firm_id),
+                                       what=f"load firm {firm.firm_id}", window_s=stage.retry_window_s)
     sentence_ids = np.fromiter((r["sentence_id"] for r in rows), dtype=np.int64, count=len(rows))
     texts = [r["text"] for r in rows]
     result = FirmResult(firm.firm_id, firm.firm_name, status="done", sentence_ids=sentence_ids)

@@ -84,12 +84,8 @@ def topic_messages(topic: TopicToName) -> list[dict]:
     huge topic cannot make one request expensive.
     """
     firm = topic.firm_name or topic.firm_id
-    lines = [
-        TOPIC_INSTRUCTIONS,
-        f"Company: {firm}",
-        f"Keywords: {', '.join(topic.keywords[:MAX_KEYWORDS])}",
-        f"The topic has {topic.n_sentences} sentences. The most representative ones:",
-    ]
+    lines = [TOPIC_INSTRUCTIONS, f"Company: {firm}", f"Keywords: {', '.join(topic.keywords[:MAX_KEYWORDS])}",
+             f"The topic has {topic.n_sentences} sentences. The most representative ones:"]
     for number, sentence in enumerate(topic.sentences[:MAX_SENTENCES], start=1):
         lines.append(f"{number}. {_shorten(sentence, MAX_SENTENCE_CHARS)}")
     return _messages("\n".join(lines))
@@ -106,12 +102,8 @@ def theme_messages(theme: ThemeToName) -> list[dict]:
         intro = f"A sample of {len(shown)} of its topics (name: summary):"
     else:
         intro = "Its topics (name: summary):"
-    lines = [
-        THEME_INSTRUCTIONS,
-        f"The theme spans {theme.n_topics} topics from {theme.n_firms} companies.",
-        f"Keywords: {', '.join(theme.keywords[:MAX_KEYWORDS])}",
-        intro,
-    ]
+    lines = [THEME_INSTRUCTIONS, f"The theme spans {theme.n_topics} topics from {theme.n_firms} companies.",
+             f"Keywords: {', '.join(theme.keywords[:MAX_KEYWORDS])}", intro]
     for member in shown:
         lines.append(f"- {_shorten(member.name, 80)}: {_shorten(member.summary, MAX_MEMBER_SUMMARY_CHARS)}")
     return _messages("\n".join(lines))
@@ -129,6 +121,17 @@ def _messages(user_text: str) -> list[dict]:
 # --- reading replies ------------------------------------------------------------------
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+
+
+def reply_content(body: dict) -> str:
+    """The assistant message's text in a chat-completion body; ``ReplyError`` when absent."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ReplyError("the reply has no choices[0].message.content") from None
+    if not isinstance(content, str):
+        raise ReplyError("the reply's message content is not text")
+    return content
 
 
 def parse_label(content: str) -> Label:

@@ -144,19 +144,13 @@ def firm_quality(cluster_labels, final_labels, topic_keywords: list[list[str]], 
     }
 
 
-def run_quality(
-    firms: list[dict],
-    theme_sizes: list[int],
-    linked_by_cluster: int,
-    linked_by_nearest: int,
-    n_topics: int,
-    sentences_by_theme: dict[str, int] | None = None,
-) -> dict:
+def run_quality(firms: list[dict], theme_sizes: list[int], linked_by_cluster: int, n_topics: int,
+                sentences_by_theme: dict[str, int] | None = None) -> dict:
     """Quality figures for a whole run, from its firms' ``firm_quality`` dicts.
 
     Takes the firms' dicts (each may carry ``"firm_id"``), the number of firm topics in
-    each cross-firm theme, how many topics were linked to a theme by clustering and by
-    nearness, and the number of firm topics. Returns a JSON-ready dict with ``"firms"``
+    each cross-firm theme, how many topics the theme clustering linked to a theme, and
+    the number of firm topics. Returns a JSON-ready dict with ``"firms"``
     (means over firms; sentence shares weighted by each firm's sentences, so a small firm
     does not count as much as a large one), ``"themes"`` and ``"worst_firms"`` (the firms
     whose largest topic is largest, so a researcher knows where to look first).
@@ -200,8 +194,7 @@ def run_quality(
             {"min": min(sizes), "median": _round(float(np.median(sizes))), "max": max(sizes)} if sizes else None
         ),
         "linked_by_cluster": int(linked_by_cluster),
-        "linked_by_nearest": int(linked_by_nearest),
-        "unlinked": int(n_topics - linked_by_cluster - linked_by_nearest),
+        "unlinked": int(n_topics - linked_by_cluster),
     }
     if sentences_by_theme and sentences_by_theme.get("sentences"):
         total = sentences_by_theme["sentences"]
@@ -261,61 +254,10 @@ def label_scores(predicted: Iterable[Hashable], truth: Iterable[Hashable]) -> di
     table = contingency_matrix(classes, clusters)  # rows: classes, columns: clusters
     purity = table.max(axis=0).sum() / n
     inverse = table.max(axis=1).sum() / n
-    scores.update(
-        nmi=_round(normalized_mutual_info_score(classes, clusters)),
-        ari=_round(adjusted_rand_score(classes, clusters)),
-        purity=_round(purity),
-        inverse_purity=_round(inverse),
-        harmonic_purity=_round(2 * purity * inverse / (purity + inverse)),
-    )
+    scores.update(nmi=_round(normalized_mutual_info_score(classes, clusters)),
+                  ari=_round(adjusted_rand_score(classes, clusters)), purity=_round(purity),
+                  inverse_purity=_round(inverse), harmonic_purity=_round(2 * purity * inverse / (purity + inverse)))
     return scores
-
-
-def format_quality(quality: dict | None) -> list[str]:
-    """A few readable lines summarising a ``run_quality`` dict (for ``firmtopics status``).
-
-    Takes the dict (or ``None``); returns the lines, indented by two spaces, with "n/a"
-    for any figure that is missing; ``[]`` when there is nothing to report.
-    """
-    if not quality:
-        return []
-    firms = quality.get("firms") or {}
-    themes = quality.get("themes") or {}
-    worst = quality.get("worst_firms") or []
-    lines = []
-
-    if firms:
-        n_firms = firms.get("firms", 0)
-        catch_all = firms.get("firms_with_catch_all", 0)
-        threshold = firms.get("catch_all_share_threshold", CATCH_ALL_SHARE)
-        lines.append(
-            f"  quality: {n_firms} {_plural(n_firms, 'firm')}, {_num(firms.get('mean_topics'), 1)} topics a firm, "
-            f"largest topic {_num(firms.get('mean_largest_topic_share'), 2)} of a firm's sentences (mean), "
-            f"{catch_all} {_plural(catch_all, 'firm')} with a catch-all topic (> {_pct(threshold, 0)})"
-        )
-        lines.append(
-            f"  sentences: {_pct(firms.get('unassigned_share'))} unassigned "
-            f"({_pct(firms.get('outlier_share'))} outliers, {_pct(firms.get('nearest_share'))} attached by nearness)"
-        )
-        lines.append(
-            f"  coherence (NPMI): {_num(firms.get('mean_coherence'), 2)}, "
-            f"diversity: {_num(firms.get('mean_diversity'), 2)}"
-        )
-    if themes:
-        lines.append(
-            f"  themes: {themes.get('themes', 0)}, largest {_pct(themes.get('largest_theme_share'), 0)} "
-            f"of {themes.get('topics', 0)} topics; linked {themes.get('linked_by_cluster', 0)} by cluster, "
-            f"{themes.get('linked_by_nearest', 0)} by nearest, {themes.get('unlinked', 0)} unlinked"
-        )
-        if themes.get("sentences_in_no_theme_share") is not None:
-            lines.append(
-                f"  sentences in no theme: {_pct(themes.get('sentences_in_no_theme_share'))} "
-                f"({_pct(themes.get('sentences_attached_share'))} in no topic attached to their nearest theme)"
-            )
-    if worst:
-        shown = ", ".join(f"{firm.get('firm_id')} ({_num(firm.get('largest_topic_share'), 2)})" for firm in worst[:5])
-        lines.append(f"  firms to look at: {shown}")
-    return lines
 
 
 def _round(value) -> float | None:
@@ -336,15 +278,3 @@ def _codes(labels: list[Hashable]) -> np.ndarray:
     """Integer codes for arbitrary hashable labels, in order of first appearance."""
     seen: dict[Hashable, int] = {}
     return np.array([seen.setdefault(label, len(seen)) for label in labels], dtype=np.int64)
-
-
-def _num(value, decimals: int) -> str:
-    return "n/a" if value is None else f"{value:.{decimals}f}"
-
-
-def _pct(value, decimals: int = 1) -> str:
-    return "n/a" if value is None else f"{value * 100:.{decimals}f}%"
-
-
-def _plural(count: int, word: str) -> str:
-    return word if count == 1 else word + "s"

@@ -11,7 +11,6 @@ commands that read a run's results (search, show, export, report) start.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -31,7 +30,7 @@ RECORDED_PACKAGES = (
 RUN_STATES = ("running", "firms_done", "themes_done", "complete", "interrupted", "failed")
 
 
-class SettingsChanged(ValueError):
+class SettingsChanged(UsageError, ValueError):
     """Resuming a run with other result-changing settings than it was started with."""
 
 
@@ -71,15 +70,15 @@ async def open_run(
         "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, backend, started_at)"
         " VALUES ($1, $2::jsonb, $3, $4, $5::jsonb, $6::jsonb, now()) ON CONFLICT (name) DO NOTHING RETURNING run_id",
         name,
-        json.dumps(settings.as_dict()),
+        settings.as_dict(),
         settings.embedding_model,
         embedding_dim,
-        json.dumps(package_versions()),
-        json.dumps(backend),
+        package_versions(),
+        backend,
     )
     if run_id is None:
         row = await conn.fetchrow("SELECT run_id, status, settings FROM runs WHERE name = $1", name)
-        recorded = json.loads(row["settings"])
+        recorded = row["settings"]
         differences = settings.differences(recorded)
         if differences:
             listed = "; ".join(f"{k}: run has {old!r}, now {new!r}" for k, (old, new) in differences.items())
@@ -94,6 +93,40 @@ async def open_run(
 async def find_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
     """The ``runs`` row of ``name``, or None."""
     return await conn.fetchrow("SELECT * FROM runs WHERE name = $1", name)
+
+
+async def run_by_id(conn: asyncpg.Connection, run_id: int) -> asyncpg.Record | None:
+    """The ``runs`` row of ``run_id``, or None."""
+    return await conn.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
+
+
+async def run_status(conn: asyncpg.Connection, run_id: int) -> str | None:
+    """Where run ``run_id`` stands now (one of ``RUN_STATES``)."""
+    return await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id)
+
+
+async def latest_complete_run(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    """``run_id`` and ``name`` of the run finished last, or None."""
+    return await conn.fetchrow("SELECT run_id, name FROM runs WHERE status = 'complete'"
+                               " ORDER BY finished_at DESC NULLS LAST, run_id DESC LIMIT 1")
+
+
+async def runs_overview(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every run, oldest first: ``run_id``, ``name``, ``status``, ``model``, ``started_at``,
+    ``finished_at``, ``firms_done``, ``firms_skipped``, ``topics`` and fine ``themes``."""
+    return await conn.fetch(
+        "SELECT r.run_id, r.name, r.status, r.model, r.started_at, r.finished_at,"
+        " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'done') AS firms_done,"
+        " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'skipped') AS firms_skipped,"
+        " (SELECT count(*) FROM topics t WHERE t.run_id = r.run_id) AS topics,"
+        " (SELECT count(*) FROM themes th WHERE th.run_id = r.run_id AND th.level = 1) AS themes"
+        " FROM runs r ORDER BY r.run_id")
+
+
+def run_brief(run: asyncpg.Record) -> dict:
+    """The few fields of a run every read command shows with its results: ``run_id``,
+    ``name``, ``status``."""
+    return {"run_id": run["run_id"], "name": run["name"], "status": run["status"]}
 
 
 async def load_run(conn: asyncpg.Connection, name: str, *, complete: bool = True) -> asyncpg.Record:
@@ -130,15 +163,16 @@ async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **field
         " WHERE run_id = $1",
         run_id,
         status,
-        json.dumps(fields["timings"]) if fields.get("timings") else None,
-        json.dumps(fields["llm_usage"]) if fields.get("llm_usage") else None,
+        fields.get("timings") or None,
+        fields.get("llm_usage") or None,
     )
 
 
-async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
+async def store_run_quality(conn: asyncpg.Connection, run_id: int, *, topics: int, linked: int) -> dict:
     """Compute the run's quality figures from what is stored (each clustered firm's
-    figures, the themes' sizes, how topics were linked), keep them in ``runs.quality``
-    and return them. Called after the theme stage; safe to repeat."""
+    figures, the themes' sizes) and from the theme stage's ``topics`` and the topics it
+    ``linked`` to a theme; keep them in ``runs.quality`` and return them. Called after
+    the theme stage; safe to repeat."""
     # Imported here: scikit-learn (under app.quality) takes seconds to import, and the
     # read commands (show, search, ...) that import this module for ``load_run`` need none.
     from app.quality import run_quality
@@ -149,13 +183,6 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
         run_id,
     )
     sizes = await conn.fetch("SELECT n_topics FROM themes WHERE run_id = $1 AND level = 1 ORDER BY theme_id", run_id)
-    links = await conn.fetchrow(
-        "SELECT count(*) AS topics,"
-        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
-        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
-        " FROM topics WHERE run_id = $1",
-        run_id,
-    )
     by_theme = await conn.fetchrow(
         "SELECT count(*) AS sentences,"
         " count(*) FILTER (WHERE t.theme_id IS NOT NULL) AS topic,"
@@ -163,15 +190,9 @@ async def store_run_quality(conn: asyncpg.Connection, run_id: int) -> dict:
         " FROM sentence_topics st LEFT JOIN topics t ON t.topic_id = st.topic_id WHERE st.run_id = $1",
         run_id,
     )
-    quality = run_quality(
-        [{"firm_id": r["firm_id"], **json.loads(r["quality"])} for r in firms],
-        [r["n_topics"] for r in sizes],
-        links["by_cluster"],
-        links["by_nearest"],
-        links["topics"],
-        sentences_by_theme=dict(by_theme),
-    )
-    await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, json.dumps(quality))
+    quality = run_quality([{"firm_id": r["firm_id"], **r["quality"]} for r in firms], [r["n_topics"] for r in sizes],
+                          linked, topics, sentences_by_theme=dict(by_theme))
+    await conn.execute("UPDATE runs SET quality = $2::jsonb WHERE run_id = $1", run_id, quality)
     return quality
 
 
@@ -226,3 +247,19 @@ async def firm_counts(conn: asyncpg.Connection, run_id: int) -> dict[str, int]:
     counts["total"] = total
     counts["left"] = max(total - counts["done"] - counts["skipped"] - counts["failed"], 0)
     return counts
+
+
+async def workers_in_flight(conn: asyncpg.Connection, run_id: int) -> list[dict]:
+    """The firms of ``run_id`` claimed right now, by which worker and since when (the
+    worker's claims connection's start): ``worker``, ``firm_id``, ``since`` (ISO), from the
+    server's own lock table, so a dead worker's claims are simply gone. A claim is the
+    advisory lock (run id, hashtext(firm id)) that ``app.claims.FirmClaims`` takes."""
+    rows = await conn.fetch(
+        "SELECT a.application_name AS worker, f.firm_id, a.backend_start AS since"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " JOIN firms f ON l.objid = (hashtext(f.firm_id)::bigint & 4294967295)::oid"
+        " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.classid = $1::oid"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " ORDER BY a.application_name, f.firm_id", run_id)
+    return [{"worker": r["worker"], "firm_id": r["firm_id"], "since": r["since"].isoformat(timespec="seconds")}
+            for r in rows]

@@ -1,16 +1,16 @@
-"""The schema: numbered SQL migrations in ``sql/``, applied in order, each once.
+"""The schema: numbered SQL migrations in ``sql/``, applied in order, each once, and the
+analysts' views, defined once.
 
-``sql/NNN_name.sql`` files are migrations: ``001_schema`` (the tables), ``002_views`` (the
-analysts' views), ``003_sentence_firm_key`` (one key from a sentence result to its
-sentence and firm), ``004_quality`` (quality figures; sentences attached by nearness
-marked), ``005_theme_levels`` (themes in levels), ``006_sentence_themes`` (a sentence in
-no topic attached to its nearest theme), ``007_llm_exchanges`` (the LLM exchange log and
-response cache), ``008_periods`` (documents' periods; themes over time),
-``009_drop_global_indexes`` (the whole-column HNSW indexes of early releases, which
-slowed every load since runs build their own). The table ``schema_migrations`` records
-which have been applied, so starting the program against a database that is already up
-to date does nothing, and a database made by an earlier release is brought up to date by
-starting the program. An advisory lock serialises concurrent starts.
+``sql/NNN_name.sql`` files are migrations, each opening with a comment that says what
+it changes. The table ``schema_migrations`` records which have been applied, so starting
+the program against a database that is already up to date does nothing, and a database
+made by an earlier release is brought up to date by starting the program. An advisory
+lock serialises concurrent starts.
+
+``sql/views.sql`` holds every view, once. The views are dropped before pending
+migrations are applied (so a migration may change a table a view reads) and created
+again after them, and also whenever ``views.sql`` differs from the text that made the
+database's views (its hash is kept in ``database_meta``) or a view is missing.
 
 ``sql/indexes.sql`` is not a migration: it holds the HNSW index DDL of one run (partial
 indexes on the run's rows), applied by ``build_vector_indexes`` after that run's theme
@@ -19,12 +19,14 @@ stage (see the bulk-loading rule in the README).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 from pathlib import Path
 
 import asyncpg
 
+from app.errors import UsageError
 from app.logs import get_logger
 
 log = get_logger("schema")
@@ -36,7 +38,7 @@ _LOCK_KEY = 7_424_001  # arbitrary, fixed: "firmtopics schema" advisory lock
 EMBEDDING_COLUMNS = (("sentence_topics", "embedding"), ("topics", "embedding"), ("themes", "embedding"))
 
 
-class DimensionMismatch(ValueError):
+class DimensionMismatch(UsageError, ValueError):
     """The run's model has another embedding dimension than the database holds."""
 
 
@@ -83,17 +85,50 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, sql in migrations():
-            if version in done:
-                continue
+        pending = [m for m in migrations() if m[0] not in done]
+        if pending:
+            await _drop_views(conn)
+        for version, name, sql in pending:
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             applied_now.append(version)
             log.info("migration_applied", version=version, name=name)
+        await _create_views(conn, fresh=bool(applied_now))
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now
+
+
+def _view_names(sql: str) -> list[str]:
+    return re.findall(r"^CREATE VIEW (\w+)", sql, flags=re.M)
+
+
+async def _drop_views(conn: asyncpg.Connection) -> None:
+    """Drop every view of ``views.sql`` (those that exist)."""
+    for name in reversed(_view_names(sql_file("views.sql"))):
+        await conn.execute(f'DROP VIEW IF EXISTS "{name}" CASCADE')
+
+
+async def _create_views(conn: asyncpg.Connection, *, fresh: bool) -> None:
+    """Create the views of ``views.sql`` again, in one transaction, when migrations were
+    applied now (``fresh``), the file is not the text that made them, or one is missing;
+    else leave them be (a start that changes nothing writes nothing)."""
+    sql = sql_file("views.sql")
+    digest = hashlib.sha256(sql.encode("utf-8")).hexdigest()
+    names = _view_names(sql)
+    if not fresh:
+        recorded = await conn.fetchval("SELECT value FROM database_meta WHERE key = 'views_sha256'")
+        present = await conn.fetchval(
+            "SELECT count(*) FROM pg_views WHERE schemaname = current_schema() AND viewname = ANY($1::text[])", names)
+        if recorded == digest and present == len(names):
+            return
+    async with conn.transaction():
+        await _drop_views(conn)
+        await conn.execute(sql)
+        await conn.execute("INSERT INTO database_meta (key, value) VALUES ('views_sha256', $1)"
+                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value", digest)
+    log.info("views_created", views=len(names))
 
 
 async def fix_embedding_dimension(conn: asyncpg.Connection, dim: int) -> None:

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.errors import UsageError
+
 DEFAULT_XAI_BASE_URL = "https://api.x.ai/v1"
 DEFAULT_XAI_MODEL = "grok-4-fast-non-reasoning"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """A setting has a value the program cannot use (a usage error: exit code 2)."""
 
 
@@ -110,6 +112,39 @@ class RunSettings:
         }
 
 
+# The environment variable of each result-changing setting, how it is read (a whole
+# number, with its minimum; a number; one of a few words) and, from the field's default
+# in RunSettings, what it is when unset.
+_RUN_ENV = {
+    "seed": ("FIRMTOPICS_SEED", int, 0),
+    "min_firm_sentences": ("FIRMTOPICS_MIN_FIRM_SENTENCES", int),
+    "umap_n_neighbors": ("FIRMTOPICS_UMAP_N_NEIGHBORS", int, 2),
+    "umap_n_components": ("FIRMTOPICS_UMAP_N_COMPONENTS", int),
+    "umap_min_dist": ("FIRMTOPICS_UMAP_MIN_DIST", float),
+    "umap_n_epochs": ("FIRMTOPICS_UMAP_N_EPOCHS", int),
+    "hdbscan_min_cluster_size": ("FIRMTOPICS_MIN_CLUSTER_SIZE", int, 2),
+    "min_topic_share": ("FIRMTOPICS_MIN_TOPIC_SHARE", float),
+    "hdbscan_min_samples": ("FIRMTOPICS_MIN_SAMPLES", int),
+    "cluster_selection": ("FIRMTOPICS_CLUSTER_SELECTION", ("leaf", "eom")),
+    "outlier_threshold": ("FIRMTOPICS_OUTLIER_THRESHOLD", float),
+    "theme_outlier_threshold": ("FIRMTOPICS_THEME_OUTLIER_THRESHOLD", float),
+    "theme_count": ("FIRMTOPICS_THEMES", int),
+    "theme_top_level_size": ("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", int, 2),
+}
+# The same for the settings of the process that are plain numbers (defaults: Settings').
+_PROCESS_ENV = {
+    "llm_concurrency": ("LLM_CONCURRENCY", int),
+    "llm_run_concurrency": ("LLM_RUN_CONCURRENCY", int),
+    "llm_timeout_s": ("LLM_TIMEOUT_S", float),
+    "llm_max_attempts": ("LLM_MAX_ATTEMPTS", int),
+    "llm_start_budget_s": ("LLM_START_BUDGET_S", float),
+    "llm_price_prompt_per_m": ("LLM_PRICE_PROMPT_PER_M", float),
+    "llm_price_completion_per_m": ("LLM_PRICE_COMPLETION_PER_M", float),
+    "embedding_batch_size": ("EMBEDDING_BATCH_SIZE", int),
+    "db_retry_window_s": ("DB_RETRY_WINDOW_S", float),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things are and how the process behaves; built by ``from_env``."""
@@ -136,7 +171,9 @@ class Settings:
     llm_price_completion_per_m: float | None = None
     log_format: str = "console"
     embedding_batch_size: int = 64
-    # How long a lost database connection is retried before the run ends (resumably).
+    # How long a lost database connection is retried before the run ends (resumably): long
+    # enough to outlast a managed database's failover (RDS: one to two minutes), so a
+    # failover does not end a run of many hours.
     db_retry_window_s: float = 120.0
     run: RunSettings = field(default_factory=RunSettings)
 
@@ -179,25 +216,16 @@ class Settings:
         if log_format not in ("console", "json"):
             raise SettingsError(f"LOG_FORMAT must be 'console' or 'json', got {log_format!r}")
 
+        def read(variable: str, default, kind, minimum: int = 1):
+            if kind is int:
+                return integer(variable, default, minimum)
+            if kind is float:
+                return number(variable, default)
+            return choice(variable, default, kind)
+
         run = RunSettings(
             embedding_model=env.get("EMBEDDING_MODEL") or DEFAULT_EMBEDDING_MODEL,
-            seed=integer("FIRMTOPICS_SEED", RunSettings.seed, minimum=0),
-            min_firm_sentences=integer("FIRMTOPICS_MIN_FIRM_SENTENCES", RunSettings.min_firm_sentences),
-            umap_n_neighbors=integer("FIRMTOPICS_UMAP_N_NEIGHBORS", RunSettings.umap_n_neighbors, minimum=2),
-            umap_n_components=integer("FIRMTOPICS_UMAP_N_COMPONENTS", RunSettings.umap_n_components),
-            umap_min_dist=number("FIRMTOPICS_UMAP_MIN_DIST", RunSettings.umap_min_dist),
-            umap_n_epochs=integer("FIRMTOPICS_UMAP_N_EPOCHS", None),  # unset: None, UMAP's choice
-            hdbscan_min_cluster_size=integer(
-                "FIRMTOPICS_MIN_CLUSTER_SIZE", RunSettings.hdbscan_min_cluster_size, minimum=2
-            ),
-            min_topic_share=number("FIRMTOPICS_MIN_TOPIC_SHARE", RunSettings.min_topic_share),
-            hdbscan_min_samples=integer("FIRMTOPICS_MIN_SAMPLES", RunSettings.hdbscan_min_samples),
-            cluster_selection=choice("FIRMTOPICS_CLUSTER_SELECTION", RunSettings.cluster_selection, ("leaf", "eom")),
-            outlier_threshold=number("FIRMTOPICS_OUTLIER_THRESHOLD", RunSettings.outlier_threshold),
-            theme_outlier_threshold=number("FIRMTOPICS_THEME_OUTLIER_THRESHOLD", RunSettings.theme_outlier_threshold),
-            theme_count=integer("FIRMTOPICS_THEMES", None, minimum=1),  # unset: the square-root rule
-            theme_top_level_size=integer("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", RunSettings.theme_top_level_size,
-                                         minimum=2),
+            **{name: read(variable, getattr(RunSettings, name), *how) for name, (variable, *how) in _RUN_ENV.items()},
         )
         if (integer("LLM_RUN_CONCURRENCY", None) or 0) > 1023:
             raise SettingsError(f"LLM_RUN_CONCURRENCY must be at most 1023, got {env['LLM_RUN_CONCURRENCY']}")
@@ -207,17 +235,9 @@ class Settings:
             xai_api_key=env.get("XAI_API_KEY") or None,
             xai_base_url=(env.get("XAI_BASE_URL") or DEFAULT_XAI_BASE_URL).rstrip("/"),
             xai_model=env.get("XAI_MODEL") or DEFAULT_XAI_MODEL,
-            llm_concurrency=integer("LLM_CONCURRENCY", 8),
-            llm_run_concurrency=integer("LLM_RUN_CONCURRENCY", None),
-            llm_timeout_s=number("LLM_TIMEOUT_S", 60.0),
-            llm_max_attempts=integer("LLM_MAX_ATTEMPTS", 5),
-            llm_start_budget_s=number("LLM_START_BUDGET_S", 120.0),
             llm_cache=choice("LLM_CACHE", "on", ("on", "off")) == "on",
-            llm_price_prompt_per_m=number("LLM_PRICE_PROMPT_PER_M", None),
-            llm_price_completion_per_m=number("LLM_PRICE_COMPLETION_PER_M", None),
             log_format=log_format,
-            embedding_batch_size=integer("EMBEDDING_BATCH_SIZE", 64),
-            db_retry_window_s=number("DB_RETRY_WINDOW_S", 120.0),
+            **{name: read(variable, getattr(cls, name), *how) for name, (variable, *how) in _PROCESS_ENV.items()},
             run=run,
         )
 

@@ -33,19 +33,17 @@ import anyio
 import asyncpg
 import numpy as np
 
-from app.backend import ClusteringBackend
-from app.clustering import broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
+from app.clustering import MIN_TOPICS, broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
 from app.database import with_connection_retry
 from app.embedding import Embedder
+from app.errors import first_error
 from app.logs import get_logger
 from app.naming import Label, MemberTopic, Namer, ThemeToName
-from app.pipeline import first_error
 from app.settings import RunSettings
 
 log = get_logger("themes")
 
 MEMBER_SAMPLE = 12  # member topics shown to the namer per theme
-MIN_TOPICS = 4  # fewer topics than this make no themes: a theme of one topic groups nothing
 
 
 @dataclass(frozen=True)
@@ -54,8 +52,7 @@ class ThemeOutcome:
 
     topics: int
     themes: int
-    linked_by_cluster: int
-    linked_by_nearest: int
+    linked_by_cluster: int  # topics linked to a theme: Ward's clustering links every one
     reason: str | None = None
     levels: list[int] = field(default_factory=list)  # themes per level, fine level first
 
@@ -101,27 +98,21 @@ async def topic_vectors(rows, embedder: Embedder, limiter=None) -> tuple[np.ndar
     return np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, embedder.dimension), np.float32), texts
 
 
-async def run_theme_stage(
-    pool: asyncpg.Pool,
-    run_id: int,
-    settings: RunSettings,
-    embedder: Embedder,
-    backend: ClusteringBackend,
-    namer: Namer,
-    limiter: anyio.CapacityLimiter | None = None,
-) -> ThemeOutcome:
+async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings, embedder: Embedder, namer: Namer,
+                          limiter: anyio.CapacityLimiter | None = None,
+                          retry_window_s: float | None = None) -> ThemeOutcome:
     """Represent the run's topics, group them into themes, name and store the themes.
 
     Returns a ``ThemeOutcome``. With fewer than ``MIN_TOPICS`` topics, the topics still
-    get their vectors and no theme is made (the reason says why). ``backend`` is not
-    used by the grouping itself (Ward runs on the CPU in seconds even for thousands of
-    topics); it is kept so every stage is called alike.
+    get their vectors and no theme is made (the reason says why). A dropped connection is
+    retried for ``retry_window_s`` (``DB_RETRY_WINDOW_S``). The grouping needs no clustering
+    backend: Ward runs on the CPU in seconds even for thousands of topics.
     """
     # In firm and topic order, not topic_id order: topic ids follow the order in which
     # firms happened to be written (LLM answers come back in any order), and the theme
     # numbering follows the order of its input.
     rows = await with_connection_retry(pool, lambda conn: conn.fetch(_TOPICS_FOR_THEMES, run_id),
-                                       what="load topics for themes")
+                                       what="load topics for themes", window_s=retry_window_s)
     topic_ids = [r["topic_id"] for r in rows]
     log.info("theme_stage_started", topics=len(rows))
     embeddings, texts = await topic_vectors(rows, embedder, limiter)
@@ -129,8 +120,9 @@ async def run_theme_stage(
     if len(rows) < MIN_TOPICS:
         reason = f"only {len(rows)} topics; at least {MIN_TOPICS} needed to form themes"
         log.warning("no_themes", reason=reason)
-        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], attach_threshold=None)
-        return ThemeOutcome(len(rows), 0, 0, 0, reason)
+        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], attach_threshold=None,
+                     window_s=retry_window_s)
+        return ThemeOutcome(len(rows), 0, 0, reason)
 
     n_themes = theme_count(len(rows), settings)
     labels = await anyio.to_thread.run_sync(theme_labels, embeddings, n_themes, limiter=limiter)
@@ -158,10 +150,10 @@ async def run_theme_stage(
             child.parent_no = int(parents[child.to_name.theme_no])
         levels.append(level)
     attached = await _store(pool, run_id, topic_ids, embeddings, levels=levels, assignment=assignment,
-                            attach_threshold=settings.theme_outlier_threshold)
+                            attach_threshold=settings.theme_outlier_threshold, window_s=retry_window_s)
     log.info("themes_formed", themes=len(fine), topics=len(rows), levels=[len(level) for level in levels],
              largest=int(max(t.to_name.n_topics for t in fine)), sentences_attached=attached)
-    return ThemeOutcome(len(rows), len(fine), len(assignment), 0, levels=[len(level) for level in levels])
+    return ThemeOutcome(len(rows), len(fine), len(assignment), levels=[len(level) for level in levels])
 
 
 async def stored_themes(conn: asyncpg.Connection, run_id: int) -> ThemeOutcome:
@@ -171,12 +163,11 @@ async def stored_themes(conn: asyncpg.Connection, run_id: int) -> ThemeOutcome:
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM themes WHERE run_id = $1 AND level = 1) AS themes,"
         " count(*) AS topics,"
-        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster,"
-        " count(*) FILTER (WHERE theme_assignment = 'nearest') AS by_nearest"
+        " count(*) FILTER (WHERE theme_assignment = 'cluster') AS by_cluster"
         " FROM topics WHERE run_id = $1",
         run_id,
     )
-    return ThemeOutcome(row["topics"], row["themes"], row["by_cluster"], row["by_nearest"])
+    return ThemeOutcome(row["topics"], row["themes"], row["by_cluster"])
 
 
 @dataclass
@@ -232,7 +223,7 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
     return [FormedTheme(t, label, vector) for t, label, vector in zip(to_name, names, vectors)]
 
 
-async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, attach_threshold) -> int:
+async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, attach_threshold, window_s) -> int:
     """Replace the run's themes and topic links, and attach the sentences in no topic, in
     one transaction (retried whole on a dropped connection: the transaction rolled back,
     so a retry starts clean). Returns how many sentences were attached to a theme."""
@@ -244,7 +235,7 @@ async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, att
                 return 0
             return await attach_sentences_to_themes(conn, run_id, attach_threshold)
 
-    return await with_connection_retry(pool, store, what="store themes")
+    return await with_connection_retry(pool, store, what="store themes", window_s=window_s)
 
 
 # The centre of each fine theme is the mean of its topics' sentences (pgvector's avg; the

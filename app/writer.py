@@ -10,7 +10,6 @@ without vector indexes (they are built once at the end of the run).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -76,8 +75,8 @@ async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) 
                 result.n_sentences,
                 len(result.topics),
                 result.n_outliers,
-                json.dumps({k: round(v, 3) for k, v in result.seconds.items()}),
-                None if result.quality is None else json.dumps(result.quality),
+                {k: round(v, 3) for k, v in result.seconds.items()},
+                result.quality,
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyWritten(f"firm {result.firm_id!r} is already recorded for run {run_id}") from None
@@ -103,21 +102,19 @@ async def insert_topics(conn: asyncpg.Connection, run_id: int, result: FirmResul
         " RETURNING topic_no, topic_id",
         run_id,
         result.firm_id,
-        json.dumps(
-            [
-                {
-                    "topic_no": t.topic_no,
-                    "name": t.label.name,
-                    "summary": t.label.summary,
-                    "keywords": "{" + ",".join(_pg_array_item(k) for k in t.keywords) + "}",
-                    "source": t.label.source,
-                    "n": t.n_sentences,
-                    "evidence": "{" + ",".join(str(int(i)) for i in t.evidence_sentence_ids) + "}",
-                    "request": t.label.request_key,
-                }
-                for t in result.topics
-            ]
-        ),
+        [
+            {
+                "topic_no": t.topic_no,
+                "name": t.label.name,
+                "summary": t.label.summary,
+                "keywords": "{" + ",".join(_pg_array_item(k) for k in t.keywords) + "}",
+                "source": t.label.source,
+                "n": t.n_sentences,
+                "evidence": "{" + ",".join(str(int(i)) for i in t.evidence_sentence_ids) + "}",
+                "request": t.label.request_key,
+            }
+            for t in result.topics
+        ],
     )
     return {r["topic_no"]: r["topic_id"] for r in rows}
 

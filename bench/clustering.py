@@ -75,12 +75,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import ECTSUM, SHARED_DATA, machine, table  # noqa: E402
-
 from app import clustering  # noqa: E402
 from app.backend import CPU, ClusteringBackend  # noqa: E402
 from app.quality import CATCH_ALL_SHARE, firm_quality, run_quality  # noqa: E402
 from app.settings import RunSettings  # noqa: E402
+from common import ECTSUM, SHARED_DATA, machine, table  # noqa: E402
 
 CACHE = Path("/tmp/firmtopics-bench-cache")
 BBC = SHARED_DATA / "topic_labels_bbc.jsonl.gz"
@@ -299,7 +298,7 @@ def real_firms(model: str, seeds: list[int]) -> None:
     found = {name: [] for name in WAYS}
     seconds = {name: 0.0 for name in WAYS}
     for seed in seeds:
-        for i, (firm, start, end) in enumerate(spans):
+        for i, (_firm, start, end) in enumerate(spans):
             names = list(WAYS)
             for name in names[(i + seed) % 3:] + names[: (i + seed) % 3]:
                 started = time.perf_counter()
@@ -370,13 +369,13 @@ def option_rows(n_firms: int) -> list[list]:
     for name, option in OPTIONS.items():
         settings = dataclasses.replace(defaults, **option)
         figures, seconds = [], 0.0
-        for firm, texts, embeddings in spans:
+        for _firm, texts, embeddings in spans:
             started = time.perf_counter()
             result = clustering.cluster_firm(texts, embeddings, settings, CPU)
             seconds += time.perf_counter() - started
             final = clustering.attach_outliers(embeddings, result.labels, settings.outlier_threshold)
             figures.append(firm_quality(result.labels, final, [c.keywords for c in result.clusters], texts))
-        run = run_quality(figures, [], 0, 0, 0)["firms"]
+        run = run_quality(figures, [], 0, 0)["firms"]
         topics = [f["topics"] for f in figures]
         rows.append([name, f"{run['mean_topics']:.1f} ({min(topics)}-{max(topics)})",
                      f"{run['firms_with_catch_all']} of {len(figures)}", f"{run['mean_largest_topic_share']:.0%}",

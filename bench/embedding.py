@@ -36,10 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import ECTSUM, machine, table  # noqa: E402
-
 from app.embedding import load_embedder  # noqa: E402
 from app.settings import DEFAULT_EMBEDDING_MODEL  # noqa: E402
+from common import ECTSUM, machine, table  # noqa: E402
 
 
 def ectsum_firms(n_sentences: int) -> tuple[list[list[str]], str]:

@@ -27,13 +27,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clustering import cached_embeddings, cluster, joined_firms  # noqa: E402
-from common import ECTSUM, machine, table  # noqa: E402
-
 from app import clustering as app_clustering  # noqa: E402
 from app.backend import CPU, choose_backend  # noqa: E402
 from app.embedding import resolve_model_path  # noqa: E402
 from app.settings import DEFAULT_EMBEDDING_MODEL, RunSettings  # noqa: E402
+from clustering import cached_embeddings, cluster, joined_firms  # noqa: E402
+from common import ECTSUM, machine, table  # noqa: E402
 
 
 def gpu_name() -> str | None:

@@ -134,7 +134,7 @@ async def main(args) -> None:
         if default_workers == 0:
             configs = configs[:2]
         results = {}
-        for i, (mwm, workers) in enumerate(configs[args.build_shift:] + configs[:args.build_shift]):
+        for _i, (mwm, workers) in enumerate(configs[args.build_shift:] + configs[:args.build_shift]):
             notices.clear()
             seconds = await create_index(conn, "build", mwm, workers)
             index_mb = await conn.fetchval("SELECT pg_relation_size('build_hnsw') / 1048576.0")

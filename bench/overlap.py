@@ -26,8 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import corpus, embedded_database, fake_llm_server, machine, table  # noqa: E402
-
 from app import logs  # noqa: E402
 from app.backend import choose_backend  # noqa: E402
 from app.clustering import warm_up  # noqa: E402
@@ -42,6 +40,7 @@ from app.runs import firms_to_do, open_run  # noqa: E402
 from app.schema import fix_embedding_dimension  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.writer import write_firm_with_retry  # noqa: E402
+from common import corpus, embedded_database, fake_llm_server, machine, table  # noqa: E402
 
 
 async def start_run(pool, settings, embedder, backend, name):

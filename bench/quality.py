@@ -49,8 +49,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import ECTSUM, SHARED_DATA, embedded_database, first_firms, machine, table  # noqa: E402
-
 from app.backend import CPU  # noqa: E402
 from app.database import open_database  # noqa: E402
 from app.embedding import load_embedder  # noqa: E402
@@ -59,6 +57,7 @@ from app.job import run_job  # noqa: E402
 from app.naming import OfflineNamer  # noqa: E402
 from app.quality import label_scores  # noqa: E402
 from app.settings import RunSettings, Settings  # noqa: E402
+from common import ECTSUM, SHARED_DATA, embedded_database, first_firms, machine, table  # noqa: E402
 
 BBC = SHARED_DATA / "topic_labels_bbc.jsonl.gz"
 
@@ -105,7 +104,7 @@ async def run_ways(corpus: Path, ways: dict[str, RunSettings]) -> dict[str, dict
             outcome = await run_job(pool, run_settings, run_name=name, embedder=embedder, backend=CPU,
                                     namer=OfflineNamer())
             async with pool.acquire() as conn:
-                quality = json.loads(await conn.fetchval("SELECT quality FROM runs WHERE name = $1", name))
+                quality = await conn.fetchval("SELECT quality FROM runs WHERE name = $1", name)
                 levels = [r["n"] for r in await conn.fetch(
                     "SELECT count(*) AS n FROM themes WHERE run_id = $1 GROUP BY level ORDER BY level",
                     outcome.run_id)]

@@ -45,8 +45,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import ECTSUM, embedded_database, machine, table  # noqa: E402
-
 from app import logs  # noqa: E402
 from app.database import open_database  # noqa: E402
 from app.ingest import ingest_file  # noqa: E402
@@ -55,6 +53,7 @@ from app.runs import open_run  # noqa: E402
 from app.schema import fix_embedding_dimension  # noqa: E402
 from app.settings import RunSettings, Settings  # noqa: E402
 from app.writer import FirmResult, TopicResult, insert_topics, write_firm  # noqa: E402
+from common import ECTSUM, embedded_database, machine, table  # noqa: E402
 
 DIM = 384
 TOPICS_PER_FIRM = 12

@@ -20,24 +20,3 @@ ALTER TABLE sentence_topics ADD COLUMN topic_assignment text
 UPDATE sentence_topics SET topic_assignment = 'cluster' WHERE topic_id IS NOT NULL;
 ALTER TABLE sentence_topics ADD CONSTRAINT sentence_topics_assignment_with_topic
     CHECK ((topic_id IS NULL) = (topic_assignment IS NULL));
-
--- The sentence view carries it (a new column goes last: CREATE OR REPLACE keeps the others).
-CREATE OR REPLACE VIEW sentence_assignments AS
-SELECT st.run_id,
-       r.name        AS run_name,
-       st.sentence_id,
-       st.firm_id,
-       f.firm_name,
-       s.doc_id,
-       s.text,
-       st.topic_id,
-       t.name        AS topic_name,
-       t.theme_id,
-       th.name       AS theme_name,
-       st.topic_assignment
-FROM sentence_topics st
-JOIN runs r           ON r.run_id = st.run_id
-JOIN sentences s      ON s.sentence_id = st.sentence_id
-JOIN firms f          ON f.firm_id = st.firm_id
-LEFT JOIN topics t    ON t.topic_id = st.topic_id
-LEFT JOIN themes th   ON th.theme_id = t.theme_id;

@@ -16,10 +16,16 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from pgvector.asyncpg import register_vector
+
 import result_guard
+from app.database import init_connection
 from support import (
-    create_database, drop_database, embedded_url_for_tests, finished_run, offline_env, with_database,
+    create_database,
+    drop_database,
+    embedded_url_for_tests,
+    finished_run,
+    offline_env,
+    with_database,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -158,7 +164,7 @@ def levelled_run(request, server_url, sample_corpus, tmp_path_factory) -> str:
 async def levelled_conn(levelled_run):
     """A vector-aware connection to the levelled run's database."""
     connection = await asyncpg.connect(levelled_run)
-    await register_vector(connection)
+    await init_connection(connection)  # as the program's own connections: vector, jsonb
     yield connection
     await connection.close()
 
@@ -167,7 +173,7 @@ async def levelled_conn(levelled_run):
 async def conn(sample_run):
     """A vector-aware connection to the sample run's database."""
     connection = await asyncpg.connect(sample_run)
-    await register_vector(connection)
+    await init_connection(connection)  # as the program's own connections: vector, jsonb
     yield connection
     await connection.close()
 

@@ -13,7 +13,7 @@ import pytest
 
 from app.cli import main
 from app.errors import UsageError
-from app.export import export_run
+from app.read.export import export_run
 from support import one_line_error
 
 

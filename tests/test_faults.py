@@ -27,7 +27,15 @@ from app.naming import OfflineNamer
 from app.sample import sample_rows, write_sample_corpus
 from app.settings import RunSettings
 from support import (
-    CORPUS, check_whole, database, duplicates, fetch, insert_corpus, run_in_process, value, with_database,
+    CORPUS,
+    check_whole,
+    database,
+    duplicates,
+    fetch,
+    insert_corpus,
+    run_in_process,
+    value,
+    with_database,
 )
 
 

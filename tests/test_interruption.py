@@ -20,8 +20,19 @@ import pytest
 
 from app.sample import write_sample_corpus
 from support import (
-    CORPUS, Job, check_whole, database, duplicates, fake_llm_process, fetch, fresh_database, job_env, llm_env,
-    run_in_process, snapshot, value,
+    CORPUS,
+    Job,
+    check_whole,
+    database,
+    duplicates,
+    fake_llm_process,
+    fetch,
+    fresh_database,
+    job_env,
+    llm_env,
+    run_in_process,
+    snapshot,
+    value,
 )
 
 
@@ -213,12 +224,11 @@ async def test_a_stop_after_the_last_firm_was_taken_starts_no_further_stage(pool
 
     from app.backend import CPU
     from app.job import run_job
+    from app.runs import firms_to_do
     from app.sample import sample_rows
     from app.schema import vector_indexes_present
     from app.settings import RunSettings
     from support import insert_corpus
-
-    from app.runs import firms_to_do
 
     # Two firms, the last of them with topics: when its topics are named, every firm has
     # been taken, so the firm stage ends complete and only the job can notice the stop.

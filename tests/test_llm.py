@@ -13,17 +13,6 @@ import time
 
 import pytest
 import structlog
-from fake_llm_server import (
-    FakeLLMServer,
-    content,
-    fenced,
-    hang,
-    malformed,
-    quota_exhausted,
-    rate_limited,
-    server_error,
-    status,
-)
 
 from app.llm import (
     LLMConfigError,
@@ -42,6 +31,17 @@ from app.naming import (
     topic_label_from_keywords,
 )
 from app.settings import Settings
+from fake_llm_server import (
+    FakeLLMServer,
+    content,
+    fenced,
+    hang,
+    malformed,
+    quota_exhausted,
+    rate_limited,
+    server_error,
+    status,
+)
 
 KEY = "xai-SeCrEt-0123456789abcdefTESTKEY"
 MODEL = "fake-model"

@@ -12,7 +12,7 @@ import pytest
 from app.cli import main
 from app.corpus import IngestReport, check_fields, read_chunks
 from app.ingest import ingest_file
-from app.trends import format_trends
+from app.read.trends import format_trends
 
 
 def write_jsonl(path, rows):

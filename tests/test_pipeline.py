@@ -10,13 +10,13 @@ from __future__ import annotations
 import anyio
 import numpy as np
 import pytest
-from fake_llm_server import FakeLLMServer
 
 from app.llm import LLMNamer
 from app.naming import OfflineNamer, TopicToName
 from app.pipeline import BACKLOG_PER_SLOT, ClusteredFirm, TopicBacklog, naming_stage
 from app.settings import Settings
 from app.writer import FirmResult
+from fake_llm_server import FakeLLMServer
 
 KEY = "pipeline-test-key"
 

@@ -10,14 +10,13 @@ import pytest
 
 from app.quality import (
     firm_quality,
-    format_quality,
     label_scores,
     npmi_coherence,
     run_quality,
     tokenizer,
     topic_diversity,
 )
-
+from app.read.text import format_quality
 
 # --- tokenizer -------------------------------------------------------------------------
 
@@ -181,7 +180,7 @@ def test_run_quality_weights_shares_by_sentences_and_counts_catch_alls():
         _firm("B", 300, 0.6, outlier=0.5, nearest=0.2, unassigned=0.3, topics=2, coherence=None, diversity=0.6),
         _firm("C", 0, 0.5, topics=0),  # exactly 0.5 is not a catch-all
     ]
-    quality = run_quality(firms, theme_sizes=[5, 2, 1], linked_by_cluster=6, linked_by_nearest=2, n_topics=10)
+    quality = run_quality(firms, theme_sizes=[5, 2, 1], linked_by_cluster=6, n_topics=10)
     f = quality["firms"]
     assert f["firms"] == 3
     assert f["mean_topics"] == 2.0
@@ -197,32 +196,32 @@ def test_run_quality_weights_shares_by_sentences_and_counts_catch_alls():
     t = quality["themes"]
     assert t == {"themes": 3, "topics": 10, "largest_theme_share": 0.5,
                  "theme_sizes": {"min": 1, "median": 2.0, "max": 5},
-                 "linked_by_cluster": 6, "linked_by_nearest": 2, "unlinked": 2}
+                 "linked_by_cluster": 6, "unlinked": 4}
     json.dumps(quality, allow_nan=False)
 
 
 def test_run_quality_counts_sentences_attached_to_a_theme_and_in_none():
-    quality = run_quality([], [4], 4, 0, 4, sentences_by_theme={"sentences": 200, "topic": 180, "nearest": 15})
+    quality = run_quality([], [4], 4, 4, sentences_by_theme={"sentences": 200, "topic": 180, "nearest": 15})
     assert quality["themes"]["sentences_attached_share"] == 0.075
     assert quality["themes"]["sentences_in_no_theme_share"] == 0.025  # 5 of 200
     lines = "\n".join(format_quality(quality))
     assert "sentences in no theme: 2.5% (7.5% in no topic attached to their nearest theme)" in lines
     # Without the counts (or with no sentence) the figures are absent, not invented.
     for counts in (None, {"sentences": 0, "topic": 0, "nearest": 0}):
-        assert "sentences_in_no_theme_share" not in run_quality([], [4], 4, 0, 4, sentences_by_theme=counts)["themes"]
+        assert "sentences_in_no_theme_share" not in run_quality([], [4], 4, 4, sentences_by_theme=counts)["themes"]
 
 
 def test_run_quality_worst_firms_highest_first_and_at_most_ten():
     firms = [_firm(f"F{i}", 10, share) for i, share in enumerate([0.2, 0.9, 0.1, 0.7] + [0.05] * 10)]
     firms.append({"sentences": 5, "largest_topic_share": 1.0})  # no firm_id: not listed
-    worst = run_quality(firms, [], 0, 0, 0)["worst_firms"]
+    worst = run_quality(firms, [], 0, 0)["worst_firms"]
     assert len(worst) == 10
     assert [firm["firm_id"] for firm in worst[:4]] == ["F1", "F3", "F0", "F2"]
     assert worst[0] == {"firm_id": "F1", "largest_topic_share": 0.9, "unassigned_share": 0.0, "topics": 3}
 
 
 def test_run_quality_empty_run():
-    quality = run_quality([], [], 0, 0, 0)
+    quality = run_quality([], [], 0, 0)
     assert quality["firms"]["firms"] == 0
     assert quality["firms"]["firms_with_catch_all"] == 0
     for key in ("mean_topics", "mean_largest_topic_share", "outlier_share", "nearest_share",
@@ -235,7 +234,7 @@ def test_run_quality_empty_run():
 
 
 def test_run_quality_firms_without_sentences_do_not_divide_by_zero():
-    quality = run_quality([_firm("A", 0, 0.0, topics=0)], [3], 3, 0, 0)
+    quality = run_quality([_firm("A", 0, 0.0, topics=0)], [3], 3, 0)
     assert quality["firms"]["outlier_share"] is None
     assert quality["themes"]["largest_theme_share"] is None  # no topics
 
@@ -243,7 +242,7 @@ def test_run_quality_firms_without_sentences_do_not_divide_by_zero():
 def test_run_quality_from_firm_quality_end_to_end():
     docs = ["revenue growth"] * 4
     firm = firm_quality([0, 0, 0, -1], [0, 0, 0, 0], [["revenue", "growth"]], docs)
-    quality = run_quality([{**firm, "firm_id": 7}], [1], 1, 0, 1)
+    quality = run_quality([{**firm, "firm_id": 7}], [1], 1, 1)
     assert quality["firms"]["outlier_share"] == 0.25
     assert quality["firms"]["nearest_share"] == 0.25
     assert quality["firms"]["firms_with_catch_all"] == 1
@@ -321,7 +320,7 @@ def test_format_quality_contains_the_key_figures():
                   "unassigned_share": 0.081, "mean_coherence": 0.1234, "mean_diversity": 0.8321},
         "themes": {"themes": 9, "topics": 53, "largest_theme_share": 0.2264,
                    "theme_sizes": {"min": 1, "median": 5.0, "max": 12},
-                   "linked_by_cluster": 50, "linked_by_nearest": 2, "unlinked": 1},
+                   "linked_by_cluster": 50, "unlinked": 3},
         "worst_firms": [{"firm_id": "ACME", "largest_topic_share": 0.62, "unassigned_share": 0.1, "topics": 3},
                         {"firm_id": "BETA", "largest_topic_share": 0.55, "unassigned_share": 0.0, "topics": 4}],
     }
@@ -331,7 +330,7 @@ def test_format_quality_contains_the_key_figures():
     assert "8.1% unassigned" in text and "12.0% outliers" in text and "3.9% attached by nearness" in text
     assert "coherence (NPMI): 0.12" in text and "diversity: 0.83" in text
     assert "themes: 9, largest 23% of 53 topics" in text
-    assert "linked 50 by cluster, 2 by nearest, 1 unlinked" in text
+    assert "linked 50 by cluster, 3 unlinked" in text
     assert "ACME (0.62), BETA (0.55)" in text
     assert all(line.startswith("  ") for line in format_quality(quality))
 
@@ -339,7 +338,7 @@ def test_format_quality_contains_the_key_figures():
 def test_format_quality_handles_none_and_empty():
     assert format_quality(None) == []
     assert format_quality({}) == []
-    lines = format_quality(run_quality([], [], 0, 0, 0))
+    lines = format_quality(run_quality([], [], 0, 0))
     text = "\n".join(lines)
     assert "0 firms" in text and "n/a" in text
     assert "coherence (NPMI): n/a, diversity: n/a" in text

@@ -14,7 +14,7 @@ import pytest
 from plotly.io.json import to_json_plotly
 
 from app.cli import main
-from app.report import project_2d, report_data, write_report
+from app.read.report import project_2d, report_data, write_report
 from support import one_line_error
 
 

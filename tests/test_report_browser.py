@@ -17,7 +17,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from app.report import write_report
+from app.read.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from app.database import create_pool
-from app.schema import migrations
 from app.schema import (
     DimensionMismatch,
     apply_migrations,
     build_vector_indexes,
     drop_vector_indexes,
     fix_embedding_dimension,
+    migrations,
     vector_indexes_present,
 )
 from support import bare_run

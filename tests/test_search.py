@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.search import nearest, search
+from app.read.search import nearest, search
 from support import drop_database, finished_run, one_line_error, subject_of
+
 
 async def run_id(conn) -> int:
     return await conn.fetchval("SELECT run_id FROM runs WHERE name = 'default'")

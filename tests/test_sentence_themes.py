@@ -7,7 +7,6 @@ figures count them."""
 from __future__ import annotations
 
 import collections
-import json
 
 import numpy as np
 import pytest
@@ -102,7 +101,7 @@ async def test_the_threshold_decides_how_many_are_attached(conn):
 
 @pytest.mark.results
 async def test_the_run_quality_counts_the_sentences_in_no_theme(conn):
-    quality = json.loads(await conn.fetchval("SELECT quality FROM runs WHERE name = 'default'"))["themes"]
+    quality = (await conn.fetchval("SELECT quality FROM runs WHERE name = 'default'"))["themes"]
     counts = await conn.fetchrow(
         "SELECT count(*) AS n, count(*) FILTER (WHERE theme_via = 'nearest') AS attached,"
         " count(*) FILTER (WHERE theme_id IS NULL) AS none FROM sentence_assignments")

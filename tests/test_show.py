@@ -8,8 +8,7 @@ import pytest
 
 from app.cli import main
 from app.errors import UsageError
-from app.show import (SENTENCE_SAMPLE, firm_detail, format_theme, format_topic, show, theme_detail,
-                      topic_detail)
+from app.read.show import SENTENCE_SAMPLE, firm_detail, format_theme, format_topic, show, theme_detail, topic_detail
 from support import offline_env, one_line_error
 
 

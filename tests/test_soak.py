@@ -20,9 +20,9 @@ from pathlib import Path
 
 import anyio.from_thread
 import pytest
-from fake_llm_server import FakeLLMServer, ok, rate_limited, server_error
 
 from app.sample import FIRMS, sample_rows
+from fake_llm_server import FakeLLMServer, ok, rate_limited, server_error
 from support import Job, duplicates, fetch, fresh_database, half_written_firms, job_env, run_in_process, value
 
 N_FIRMS = int(os.environ.get("SOAK_FIRMS", "60"))

@@ -74,7 +74,7 @@ def family_rows(firms: int = 6, per_subject: int = 24, seed: int = 3) -> tuple[l
     rows, subject_of = [], {}
     for f in range(firms):
         firm_id = f"FAM{f}"
-        for name, subjects in FAMILIES.items():
+        for subjects in FAMILIES.values():
             kept = sorted(subjects)[:f % 3] + sorted(subjects)[f % 3 + 1:]  # leave one of three out
             for subject in kept:
                 subjects_, predicates = PHRASES[subject]
@@ -129,6 +129,6 @@ async def test_the_fine_level_recovers_the_subjects(family_run):
     for r in rows:
         by_fine[r["fine_theme_id"]][subject_of[r["text"]]] += 1
     leading = [counts.most_common(1)[0] for counts in by_fine.values()]
-    for (subject, n), counts in zip(leading, by_fine.values()):
+    for (_subject, n), counts in zip(leading, by_fine.values()):
         assert n >= 0.95 * sum(counts.values()), dict(counts)
     assert sorted(subject for subject, _ in leading) == sorted(PHRASES)

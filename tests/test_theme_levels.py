@@ -79,7 +79,7 @@ async def test_a_run_with_few_themes_has_one_level(pool, embedder):
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT max(level) FROM themes") == 1
         assert await conn.fetchval("SELECT count(*) FROM themes WHERE parent_theme_id IS NOT NULL") == 0
-    from app.status import run_status
+    from app.read.status import run_status
 
     assert "theme levels: one" in await run_status(pool, "flat")
 
@@ -97,7 +97,7 @@ async def test_a_broader_theme_counts_the_sentences_under_it(levelled_run):
 
 @pytest.mark.results
 async def test_status_says_how_many_levels(levelled_run):
-    from app.status import run_status
+    from app.read.status import run_status
 
     text = await run_status(levelled_run, "levels")
     fine, top = [line for line in text.splitlines() if "theme levels" in line][0].split(": ")[-1].split(" -> ")

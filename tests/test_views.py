@@ -1,4 +1,4 @@
-"""The SQL views of ``sql/002_views.sql`` on the finished sample run: each returns exactly
+"""The SQL views of ``sql/views.sql`` on the finished sample run: each returns exactly
 the rows of the join it stands for; and they do not stop the first run from fixing the
 embedding dimension (PostgreSQL refuses to retype a column a view reads)."""
 

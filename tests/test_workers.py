@@ -17,15 +17,14 @@ import anyio
 import pytest
 
 from app.backend import CPU
-from app.claims import FirmClaims, release_theme_lock, take_theme_lock, worker_name, workers_in_flight
+from app.claims import FirmClaims, release_theme_lock, take_theme_lock, worker_name
 from app.job import run_job
 from app.naming import OfflineNamer
-from app.runs import open_run
+from app.runs import open_run, workers_in_flight
 from app.sample import sample_rows
 from app.schema import fix_embedding_dimension
 from app.settings import RunSettings
 from support import ROOT, bare_run, fetch, insert_corpus, job_env
-
 
 
 def twelve_firms() -> list[dict]:

@@ -11,7 +11,7 @@ Themes may come in levels (``themes.level``, 1 the finest; see ``sql/005_theme_l
 Then the page shows the tree: each top theme (no parent) as a block that opens onto its
 children, and theirs in turn, and the map colours topics by their top theme, since a
 few broad colours read better than dozens of fine ones. A run with a single level reads
-as a flat table, as before.
+as a flat table.
 
 The map places topics by their embeddings (the ones the themes were clustered from),
 reduced to two dimensions: by UMAP (cosine) when there are enough topics for UMAP's
@@ -32,7 +32,7 @@ import numpy as np
 from app.clustering import UMAP_MIN_DOCS
 from app.database import as_array, open_database
 from app.logs import get_logger
-from app.quality import format_quality
+from app.read.text import clip, format_quality
 from app.runs import load_run
 
 log = get_logger("report")
@@ -115,11 +115,7 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
         " t.embedding FROM topics t LEFT JOIN themes th ON th.theme_id = t.theme_id"
         " LEFT JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top"
         " WHERE t.run_id = $1 AND t.embedding IS NOT NULL ORDER BY t.topic_id", run_id)
-    decoded = dict(run)
-    for key in ("settings", "backend", "package_versions", "timings", "llm_usage", "quality"):
-        if isinstance(decoded[key], str):
-            decoded[key] = json.loads(decoded[key])
-    return {"run": decoded, "counts": counts, "levels": levels,
+    return {"run": dict(run), "counts": counts, "levels": levels,
             "themes": [t for t in themes if t["parent_theme_id"] is None],
             "topics": [dict(t) for t in topics]}
 
@@ -184,7 +180,7 @@ def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42) ->
     for colour, theme in zip(PALETTE, coloured):
         mine = theme_ids == theme["theme_id"]
         if mine.any():
-            add(mine, f"{theme['theme_id']}: {_clip(theme['theme_name'], 38)}", colour)
+            add(mine, f"{theme['theme_id']}: {clip(theme['theme_name'], 38)}", colour)
     rest = ~np.isin(theme_ids, [t["theme_id"] for t in coloured])
     if rest.any():
         add(rest, "other themes" if len(themes) > MAP_COLOURS else "no theme", "#c8c8c8")
@@ -217,8 +213,8 @@ def trends_html(rows: list[dict]) -> str | None:
     for colour, (theme_id, theme) in zip(PALETTE, themes.items()):
         figure.add_trace(go.Scatter(
             x=periods, y=[theme["share"].get(p, 0.0) for p in periods], mode="lines+markers",
-            name=html.escape(f"{theme_id}: {_clip(theme['name'], 38)}"), line={"color": colour},
-            hovertemplate="%{x}: %{y:.1%}<extra>" + html.escape(_clip(theme["name"], 38)) + "</extra>"))
+            name=html.escape(f"{theme_id}: {clip(theme['name'], 38)}"), line={"color": colour},
+            hovertemplate="%{x}: %{y:.1%}<extra>" + html.escape(clip(theme["name"], 38)) + "</extra>"))
     figure.update_layout(yaxis={"tickformat": ".0%", "title": {"text": "share of the period's themed sentences"}},
                          xaxis={"type": "category", "title": {"text": "period"}}, height=460,
                          margin={"l": 10, "r": 10, "t": 20, "b": 10}, plot_bgcolor="white")
@@ -399,7 +395,7 @@ async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path) -
     seed = int(data["run"]["settings"].get("seed", 42))
     # The projection and the drawing are CPU work: off the event loop.
     chart = await anyio.to_thread.run_sync(lambda: topic_map_html(data["topics"], data["themes"], seed=seed))
-    from app.trends import trend_rows
+    from app.read.trends import trend_rows
 
     trends = trends_html(await trend_rows(conn, run_name, top=TREND_THEMES))
     out_dir = Path(out_dir)
@@ -418,6 +414,3 @@ async def command(settings, args) -> int:
     print(f"report of run {args.run!r}: {path}  (one self-contained HTML file; open it in a browser)")
     return 0
 
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -21,7 +21,9 @@ import json
 import asyncpg
 
 from app.errors import UsageError
-from app.runs import load_run
+from app.prompts import reply_content
+from app.read.text import clip
+from app.runs import load_run, run_brief, run_by_id
 
 KINDS = ("theme", "topic", "firm")
 SENTENCE_SAMPLE = 20  # sentences printed for a topic; the rest are counted
@@ -41,7 +43,7 @@ async def _run_of(conn: asyncpg.Connection, kind: str, item_id: int, run_id: int
     checked against ``--run`` when one is given."""
     if run_id is None:
         raise UsageError(f"no {kind} {item_id} in this database")
-    run = await conn.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
+    run = await run_by_id(conn, run_id)
     if run_name is not None and run["name"] != run_name:
         raise UsageError(f"{kind} {item_id} is in run {run['name']!r}, not in run {run_name!r}")
     return run
@@ -106,7 +108,7 @@ async def theme_detail(conn: asyncpg.Connection, theme_id: int, run_name: str | 
     ]
     n_sentences = sum(t["n_sentences"] for t in topics)
     return {
-        "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]},
+        "run": run_brief(run),
         "theme": {**dict(theme), "keywords": list(theme["keywords"]), "n_sentences": n_sentences},
         "level": theme["level"],
         "n_levels": n_levels,
@@ -144,13 +146,11 @@ def format_theme(detail: dict) -> str:
             if topic["firm_id"] != firm:
                 firm = topic["firm_id"]
                 lines.append(f"  {_firm_label(topic['firm_id'], topic['firm_name'])}")
-            nearest = "  (an outlier of the theme clustering, given the nearest theme)" \
-                if topic["theme_assignment"] == "nearest" else ""
-            lines.append(f"    topic {topic['topic_id']}: {topic['name']}  ({topic['n_sentences']} sentences){nearest}")
+            lines.append(f"    topic {topic['topic_id']}: {topic['name']}  ({topic['n_sentences']} sentences)")
     if detail["evidence"]:
         lines += ["", "evidence (sentences shown to the namer of each topic):"]
         for s in detail["evidence"]:
-            lines.append(f"  {s['firm_id']}, topic {s['topic_id']}: {_clip(s['text'], 160)}")
+            lines.append(f"  {s['firm_id']}, topic {s['topic_id']}: {clip(s['text'], 160)}")
     if detail["level"] > 1 and detail["children"]:
         lines += ["", f"next: firmtopics show theme {detail['children'][0]['theme_id']}"]
     else:
@@ -225,7 +225,7 @@ async def topic_detail(conn: asyncpg.Connection, topic_id: int, run_name: str | 
     record["keywords"] = list(record["keywords"])
     record["evidence_sentence_ids"] = list(record["evidence_sentence_ids"])
     return {
-        "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]},
+        "run": run_brief(run),
         "topic": record,
         "firm": dict(firm),
         "theme": dict(theme) if theme else None,
@@ -239,15 +239,13 @@ def format_topic(detail: dict) -> str:
     """The text of ``show topic``: header, firm, theme, summary, sentences."""
     topic, firm, theme = detail["topic"], detail["firm"], detail["theme"]
     if theme:
-        how = " (the nearest theme: the theme clustering left this topic out)" \
-            if topic["theme_assignment"] == "nearest" else ""
         path = detail["theme_path"]
         if len(path) > 1:
             # Fine theme first, then each broader one: "12: Supply chains (level 1) < 40: ..."
             steps = " < ".join(f"{t['theme_id']}: {t['name']} (level {t['level']})" for t in path)
-            theme_line = f"  theme: {steps}{how}"
-        else:  # a single level of themes: the line as it always was
-            theme_line = f"  theme: {theme['theme_id']}: {theme['name']}{how}"
+            theme_line = f"  theme: {steps}"
+        else:  # a single level of themes
+            theme_line = f"  theme: {theme['theme_id']}: {theme['name']}"
     else:
         theme_line = "  theme: none (the run made no themes)"
     lines = [
@@ -264,7 +262,7 @@ def format_topic(detail: dict) -> str:
                                           if shown < total else " (* = evidence shown to the namer):"))
     for s in detail["sentences"]:
         mark = "*" if s["evidence"] else " "
-        lines.append(f" {mark}[{s['sentence_id']}] {_clip(s['text'], 160)}")
+        lines.append(f" {mark}[{s['sentence_id']}] {clip(s['text'], 160)}")
     if shown < total:
         lines.append(f"  ... and {total - shown} more: SELECT text FROM sentence_assignments"
                      f" WHERE topic_id = {topic['topic_id']};")
@@ -296,7 +294,7 @@ async def firm_detail(conn: asyncpg.Connection, firm_id: str, run_name: str) -> 
         " WHERE t.run_id = $1 AND t.firm_id = $2 ORDER BY t.n_sentences DESC, t.topic_id",
         run["run_id"], firm_id)
     return {
-        "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]},
+        "run": run_brief(run),
         "firm": dict(firm),
         "state": dict(state) if state else None,
         "topics": [dict(t) for t in topics],
@@ -348,14 +346,14 @@ async def prompt_detail(conn: asyncpg.Connection, kind: str, item_id: int, run_n
     run = await _run_of(conn, kind, item_id, row and row["run_id"], run_name)
     exchange = await exchange_for(conn, row["name_request"])
     detail = {"kind": kind, "id": item_id, "name": row["name"], "name_source": row["name_source"],
-              "run": {"run_id": run["run_id"], "name": run["name"], "status": run["status"]}, "exchange": None}
+              "run": run_brief(run), "exchange": None}
     if exchange is not None:
-        request, reply = json.loads(exchange["request"]), exchange["reply"]
+        request, reply = exchange["request"], exchange["reply"]
         try:
-            reply = json.loads(reply)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            reply = reply_content(json.loads(reply))
+        except ValueError:  # not JSON, or no message in it
             pass  # shown as received
-        from_run = await conn.fetchval("SELECT name FROM runs WHERE run_id = $1", exchange["run_id"])
+        from_run = (await run_by_id(conn, exchange["run_id"]))["name"]
         detail["exchange"] = {
             "model": exchange["model"], "created_at": exchange["created_at"].isoformat(timespec="seconds"),
             "status": exchange["status"], "prompt_tokens": exchange["prompt_tokens"],
@@ -439,7 +437,3 @@ def _firm_label(firm_id: str, firm_name: str | None) -> str:
 def _source(name_source: str) -> str:
     return "its keywords (no LLM key was set)" if name_source == "keywords" else "the LLM"
 
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"

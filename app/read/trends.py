@@ -14,6 +14,7 @@ import json
 import asyncpg
 
 from app.errors import UsageError
+from app.read.text import clip
 from app.runs import load_run
 
 NAME_WIDTH = 40
@@ -66,15 +67,12 @@ def format_trends(rows: list[dict], run_name: str) -> str:
     lines = [f"share of each period's themed sentences, run {run_name!r} ({len(themes)} largest themes)",
              f"  {'theme':<{NAME_WIDTH + 8}}" + "".join(f"{p:>{width + 1}}" for p in periods)]
     for theme_id, theme in themes.items():
-        label = f"{theme_id:>6}  {_clip(theme['name'], NAME_WIDTH)}"
+        label = f"{theme_id:>6}  {clip(theme['name'], NAME_WIDTH)}"
         shares = "".join(f"{(theme['by_period'][p]['share_of_period'] if p in theme['by_period'] else 0.0):>{width + 1}.1%}"
                          for p in periods)
         lines.append(f"  {label:<{NAME_WIDTH + 8}}{shares}")
     return "\n".join(lines)
 
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 async def command(settings, args) -> int:

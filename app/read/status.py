@@ -8,9 +8,8 @@ import json
 
 import asyncpg
 
-from app.claims import workers_in_flight
-from app.quality import format_quality
-from app.runs import find_run, firm_counts
+from app.read.text import format_quality
+from app.runs import find_run, firm_counts, runs_overview, workers_in_flight
 
 
 async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
@@ -35,16 +34,13 @@ async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
             run["run_id"])
         in_flight = await workers_in_flight(conn, run["run_id"])
 
-    def loaded(column):
-        return json.loads(run[column]) if run[column] else None
-
     return {
         "run": run["run_id"], "name": run_name, "status": run["status"], "firms": counts, "topics": topics,
         "themes_per_level": per_level, "model": run["model"], "embedding_dim": run["embedding_dim"],
-        "backend": loaded("backend"), "started_at": run["started_at"].isoformat(timespec="seconds"),
+        "backend": run["backend"], "started_at": run["started_at"].isoformat(timespec="seconds"),
         "finished_at": run["finished_at"].isoformat(timespec="seconds") if run["finished_at"] else None,
-        "timings": loaded("timings") or {}, "llm_usage": loaded("llm_usage") or {}, "quality": loaded("quality"),
-        "settings": loaded("settings") or {}, "failed": [dict(r) for r in failed], "in_flight": in_flight,
+        "timings": run["timings"] or {}, "llm_usage": run["llm_usage"] or {}, "quality": run["quality"],
+        "settings": run["settings"] or {}, "failed": [dict(r) for r in failed], "in_flight": in_flight,
     }
 
 
@@ -100,13 +96,7 @@ async def runs_list(pool: asyncpg.Pool) -> list[dict]:
     """Every run of the database, oldest first: ``name``, ``run_id``, ``status``, firms
     done and skipped, topics, fine themes, ``model``, ``started_at``, ``finished_at``."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT r.run_id, r.name, r.status, r.model, r.started_at, r.finished_at,"
-            " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'done') AS firms_done,"
-            " (SELECT count(*) FROM run_firms f WHERE f.run_id = r.run_id AND f.status = 'skipped') AS firms_skipped,"
-            " (SELECT count(*) FROM topics t WHERE t.run_id = r.run_id) AS topics,"
-            " (SELECT count(*) FROM themes th WHERE th.run_id = r.run_id AND th.level = 1) AS themes"
-            " FROM runs r ORDER BY r.run_id")
+        rows = await runs_overview(conn)
     return [{**dict(r), "started_at": r["started_at"].isoformat(timespec="seconds"),
              "finished_at": r["finished_at"].isoformat(timespec="seconds") if r["finished_at"] else None}
             for r in rows]

@@ -150,9 +150,6 @@ def run_manifest(run: asyncpg.Record, files: dict[str, int]) -> dict:
     """
     from app.runs import package_versions
 
-    def load(value):
-        return json.loads(value) if isinstance(value, str) else value
-
     def when(value):
         return value.isoformat() if value else None
 
@@ -162,12 +159,12 @@ def run_manifest(run: asyncpg.Record, files: dict[str, int]) -> dict:
                 "finished_at": when(run["finished_at"])},
         "model": run["model"],
         "embedding_dim": run["embedding_dim"],
-        "settings": load(run["settings"]),
-        "backend": load(run["backend"]),
-        "package_versions": load(run["package_versions"]),
-        "timings": load(run["timings"]),
-        "llm_usage": load(run["llm_usage"]),
-        "quality": load(run["quality"]),
+        "settings": run["settings"],
+        "backend": run["backend"],
+        "package_versions": run["package_versions"],
+        "timings": run["timings"],
+        "llm_usage": run["llm_usage"],
+        "quality": run["quality"],
         "export": {
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "package_versions": package_versions(),
