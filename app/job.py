@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import asyncpg
+from threadpoolctl import threadpool_limits
 
 from app.backend import ClusteringBackend, choose_backend
 from app.claims import FirmClaims, release_theme_lock, take_theme_lock
@@ -94,6 +95,11 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
         )
         backend = choose_backend()
         log.info("backend_chosen", clustering=backend.name, device=embedder.device)
+        # OpenBLAS on one thread: numpy calls it from the stages' short-lived worker
+        # threads, and its own thread pool, used so, has been seen to spin forever inside
+        # one small product (numpy/numpy#17752). Its matrix products here are a small
+        # part of a firm's time (embedding dominates), so a hang is the worse cost.
+        threadpool_limits(limits=1, user_api="blas")
         async with anyio.create_task_group() as tg:
 
             async def watch_signals(scope: anyio.CancelScope) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from threadpoolctl import threadpool_info
 
 from app.cli import main
 from support import TABLES, fetch, one_line_error
@@ -73,6 +74,8 @@ def test_run_end_to_end_on_the_generated_corpus(env, sample_corpus, capsys):
     assert "complete" in status and "8 done, 1 skipped, 0 failed, 0 left" in status
     # The run's quality figures, stored with it and shown at a glance.
     assert "quality: 8 firms" in status and "unassigned" in status and "themes:" in status
+    # A run keeps OpenBLAS on one thread (app/job.py says why).
+    assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
 
 
 @pytest.mark.results
