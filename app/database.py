@@ -160,8 +160,7 @@ async def with_connection_retry(
     return await retry_connection_errors(on_a_pooled_connection, what=what, window_s=window_s, base_delay=base_delay)
 
 
-async def retry_connection_errors(attempt_once, *, what: str, window_s: float | None = None,
-                                  base_delay: float = 0.5):
+async def retry_connection_errors(attempt_once, *, what: str, window_s: float | None = None, base_delay: float = 0.5):
     """``await attempt_once()``, retried on connection failures (``RETRYABLE``) as
     ``with_connection_retry`` says; for a caller that keeps a connection of its own and
     replaces it itself when it is lost (``app.claims``). Returns what it returns."""

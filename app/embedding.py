@@ -101,6 +101,5 @@ def load_embedder(name: str, *, batch_size: int = 64, device: str | None = None)
         model.half()
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dimension = int(get_dim())
-    log.info("embedding_model_loaded", model=name, device=device, dimension=dimension,
-             fp16=(device == "cuda"))
+    log.info("embedding_model_loaded", model=name, device=device, dimension=dimension, fp16=(device == "cuda"))
     return Embedder(model=model, name=name, device=device, dimension=dimension, batch_size=batch_size)

@@ -4,13 +4,14 @@ what the commands that start it need around it (``run`` and ``demo``).
 The order of a start (``run_with_signals``, which builds the namer, the model and the
 clustering backend, then calls ``run_job``):
 
-1. the namer is checked (a bad API key fails here, before any GPU work);
-2. the model is loaded once and the clustering backend chosen;
-3. the run is opened: created, or resumed if its settings match (else refused);
-4. firms not yet recorded for the run are processed (one query finds them);
-5. the theme stage runs, and the run's quality figures are stored with it (redone cleanly if a previous process died in it; skipped if a
-   previous process stored it and died in the index build, with no firm added since);
-6. the HNSW indexes are built, once, at the end.
+1. the namer is checked (a bad API key fails here, before any GPU work), the model is
+   loaded once and the clustering backend chosen;
+2. the run is opened: created, or resumed if its settings match (else refused);
+3. firms not yet recorded for the run are processed (one query finds them);
+4. the theme stage runs, and the run's quality figures are stored with it (redone
+   cleanly if a previous process died in it; skipped if a previous process stored it
+   and died in the index build, with no firm added since);
+5. the HNSW indexes are built, once, at the end.
 
 A run that is already complete, with no new firm, does nothing and says so.
 
@@ -95,10 +96,8 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
         )
         backend = choose_backend()
         log.info("backend_chosen", clustering=backend.name, device=embedder.device)
-        # OpenBLAS on one thread: numpy calls it from the stages' short-lived worker
-        # threads, and its own thread pool, used so, has been seen to spin forever inside
-        # one small product (numpy/numpy#17752). Its matrix products here are a small
-        # part of a firm's time (embedding dominates), so a hang is the worse cost.
+        # OpenBLAS on one thread: its pool, called from our worker threads, was seen to spin
+        # forever in a small product (numpy/numpy#17752); its share of a firm's time is small.
         threadpool_limits(limits=1, user_api="blas")
         async with anyio.create_task_group() as tg:
 
@@ -109,8 +108,7 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
                             log.warning("second_signal", signal=signal.Signals(signum).name)
                             scope.cancel()
                             return
-                        log.warning("signal_received", signal=signal.Signals(signum).name,
-                                           drain_s=DRAIN_SECONDS)
+                        log.warning("signal_received", signal=signal.Signals(signum).name, drain_s=DRAIN_SECONDS)
                         stop.set()
                         scope.deadline = anyio.current_time() + DRAIN_SECONDS
 
@@ -272,8 +270,7 @@ class _Job:
         timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
         timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
         timings["sentences"] = progress.sentences_done
-        log.info("stage_finished", stage="firms", taken_by_other_workers=stage.taken_elsewhere,
-                 **progress.snapshot())
+        log.info("stage_finished", stage="firms", taken_by_other_workers=stage.taken_elsewhere, **progress.snapshot())
         return completed, progress.firms_finished
 
     async def themes_and_indexes(self) -> JobOutcome | None:

@@ -122,8 +122,7 @@ def _query(level: str, *, run_id: int, firm: bool, exact: bool, theme_level: boo
     # and the planner uses a partial index only where it can see the query is inside it,
     # which a parameter does not show in a cached generic plan. It is an integer from the
     # runs table, never user text.
-    return _QUERIES[level].format(firm=firm_filter, theme_level=level_filter, distance=distance,
-                                  run_id=int(run_id))
+    return _QUERIES[level].format(firm=firm_filter, theme_level=level_filter, distance=distance, run_id=int(run_id))
 
 
 def _check_theme_level(level: str, theme_level: int | None) -> None:
