@@ -17,7 +17,8 @@ size always gives the same vectors.
 (micro-clusters first, then Ward on their centres), or ``auto`` (the program's choice:
 exact up to ``WARD_EXACT_MAX`` topics). ``--compare`` runs exact and two-stage each in a
 fresh process (so each peak memory is its own) and prints one JSON line with both, their
-ratios, and the agreement of their fine themes (adjusted Rand index).
+ratios, the agreement of their fine themes (adjusted Rand index), and each one's with
+the subjects the topics were made from.
 
     python bench/scale.py --theme-topics 200000
     python bench/scale.py --theme-topics 16000 --compare
@@ -88,8 +89,9 @@ def theme_stage(n: int, method: str, labels_out: Path | None = None) -> dict:
 
 def compare(n: int) -> dict:
     """Exact Ward and the two-stage grouping side by side on the same ``n`` topics, each in
-    a fresh process; both results, time and memory ratios (exact / two-stage), and their
-    agreement (ARI of the fine themes)."""
+    a fresh process; both results, time and memory ratios (exact / two-stage), their
+    agreement (ARI of the fine themes) and each one's agreement with the subjects the
+    topics were made from."""
     from sklearn.metrics import adjusted_rand_score
 
     results, labels = {}, {}
@@ -100,10 +102,12 @@ def compare(n: int) -> dict:
                                    "--labels-out", str(out)], check=True, capture_output=True, text=True).stdout
             results[method], labels[method] = json.loads(line), np.load(out)
     exact, two = results["exact"], results["two-stage"]
+    _, subject = synthetic_topics(n)
     return {"topics": n, "exact": exact, "two-stage": two,
             "seconds_ratio": round(exact["seconds"] / max(two["seconds"], 1e-9), 2),
             "memory_ratio": round(exact["peak_rss_gb"] / two["peak_rss_gb"], 2),
-            "ari": round(adjusted_rand_score(labels["exact"], labels["two-stage"]), 3)}
+            "ari": round(adjusted_rand_score(labels["exact"], labels["two-stage"]), 3),
+            "ari_subjects": {method: round(adjusted_rand_score(subject, labels[method]), 3) for method in labels}}
 
 
 def main() -> None:
