@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--theme-level", type=int, metavar="N",
                         help="with --level theme: only themes of this level (1 = the finest; default: every level)")
     search.add_argument("--firm", metavar="ID", help="only this firm's topics or sentences")
-    search.add_argument("--limit", type=int, default=10, metavar="K", help="hits to return (default: 10)")
+    search.add_argument("--limit", type=int, default=10, metavar="K", help="hits to return (default: 10, at most 1000)")
     run_option(search)
     search.add_argument("--json", action="store_true", help="one JSON object per hit and line, for scripts")
 

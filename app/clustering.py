@@ -209,6 +209,14 @@ def centres(embeddings: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.n
     return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
 
 
+def members_by_label(labels: np.ndarray, n_clusters: int) -> list[np.ndarray]:
+    """The indices of each cluster's members, ``0 .. n_clusters - 1``, each in ascending
+    order: one sort for all clusters, not one pass over all labels per cluster (which at
+    a thousand themes of a million topics is a billion comparisons)."""
+    order = np.argsort(labels, kind="stable")
+    return np.split(order, np.searchsorted(labels[order], np.arange(1, n_clusters)))
+
+
 def attach_outliers(embeddings: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
     """Each outlier (label -1) given the cluster whose centre is most similar (cosine),
     when that similarity is at least ``threshold``; other labels unchanged.
@@ -244,24 +252,105 @@ def theme_count(n_topics: int, settings: RunSettings) -> int:
     return int(min(max(wanted, 2), max(n_topics // 2, 1)))
 
 
-def theme_labels(vectors: np.ndarray, n_themes: int) -> np.ndarray:
+# Above this many topics the themes come from micro-clusters (``theme_labels``): exact Ward
+# keeps every pairwise distance, so its memory and time grow with the square of the topics
+# (16,000 topics: 64 s and 2.1 GB on 2 CPUs; 60,000 would need about 30 GB). Below it,
+# exact Ward takes under a minute and every result stays as it was (docs/benchmarks.md).
+WARD_EXACT_MAX = 20_000
+# Micro-clusters of the two-stage grouping: at least this many, and at least
+# MICRO_PER_THEME a theme, so each theme is built from several of them.
+MICRO_CLUSTERS = 4_000
+MICRO_PER_THEME = 10
+
+
+def theme_labels(vectors: np.ndarray, n_themes: int, *, exact_max: int = WARD_EXACT_MAX,
+                 seed: int = 0) -> np.ndarray:
     """Ward's agglomerative clustering of ``vectors`` (unit length, one a topic) cut at
     ``n_themes`` clusters; returns a theme number per topic, 0 .. n_themes - 1, numbered
     by the position of each theme's first topic (so the numbering follows the input order).
 
     Ward merges, step by step, the two groups whose union adds least variance, which
     gives themes of comparable spread rather than one catch-all; it has no random step,
-    so the same vectors give the same themes. Memory grows with the square of the number
-    of topics (about 0.2 GB for 7,000 topics)."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-
+    so the same vectors give the same themes. Its memory grows with the square of the
+    number of topics, so above ``exact_max`` topics it runs in two stages: k-means groups
+    the topics into micro-clusters (``micro_clusters``, seeded by ``seed``), Ward groups
+    the micro-clusters, each weighted by its topics (``weighted_ward``), and each topic
+    takes its micro-cluster's theme. Time and memory then grow about linearly."""
     if len(vectors) < 2:
         return np.zeros(len(vectors), dtype=np.int64)
-    tree = linkage(np.asarray(vectors, dtype=np.float64), method="ward")
-    raw = fcluster(tree, t=n_themes, criterion="maxclust")
+    if len(vectors) <= exact_max:
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        tree = linkage(np.asarray(vectors, dtype=np.float64), method="ward")
+        raw = fcluster(tree, t=n_themes, criterion="maxclust")
+    else:
+        micro, micro_centres = micro_clusters(vectors, n_themes, seed=seed)
+        raw = weighted_ward(micro_centres, np.bincount(micro), n_themes)[micro]
     _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
     rank = np.argsort(np.argsort(first))
     return rank[inverse].astype(np.int64)
+
+
+def micro_clusters(vectors: np.ndarray, n_themes: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``vectors`` into many small k-means clusters, the first of two stages.
+
+    Takes the topic vectors and the number of themes wanted; returns each vector's
+    micro-cluster (0 .. m-1) and the micro-clusters' centres (means, one a row). m is
+    ``max(MICRO_CLUSTERS, MICRO_PER_THEME * n_themes)``, at most a quarter of the vectors.
+    scikit-learn's MiniBatchKMeans, seeded, one initialisation from random vectors
+    (k-means++ would take minutes to place thousands of centres); its time and memory
+    grow linearly with the vectors. A centre left with no vector is dropped."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    wanted = min(max(MICRO_CLUSTERS, MICRO_PER_THEME * n_themes), max(len(vectors) // 4, n_themes))
+    kmeans = MiniBatchKMeans(n_clusters=wanted, init="random", n_init=1, random_state=seed, batch_size=4096)
+    labels = kmeans.fit_predict(vectors)
+    used, micro = np.unique(labels, return_inverse=True)
+    return micro.astype(np.int64), kmeans.cluster_centers_[used].astype(np.float64)
+
+
+def weighted_ward(points: np.ndarray, weights: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Ward's clustering of ``points``, each standing for ``weights`` topics at that point,
+    cut at ``n_clusters``; returns a cluster number (1 ..) a point, as scipy's fcluster.
+
+    Unweighted Ward on micro-cluster centres gives a micro-cluster of one topic the pull
+    of one of a hundred, and on data with overlapping themes agrees far less with exact
+    Ward (docs/benchmarks.md). scipy's Ward takes no weights, so this is the
+    nearest-neighbour chain (as scipy runs it): follow each cluster to its nearest, by
+    Ward's cost (the variance a merge adds: w_a w_b / (w_a + w_b) |c_a - c_b|^2), until
+    two are each other's nearest, and merge them. Time grows with the square of the
+    points, memory linearly: meant for a few thousand micro-clusters."""
+    from scipy.cluster.hierarchy import fcluster
+
+    centre, weight = points.astype(np.float64), weights.astype(np.float64)
+    squares, alive = (centre * centre).sum(axis=1), np.ones(len(centre), dtype=bool)
+    height = np.zeros(len(centre))  # a cluster's cost, never below its parts' (rounding)
+    count = np.ones(len(centre), dtype=np.int64)  # points in a cluster (scipy's tree wants it)
+    merges, chain = [], []  # merges: (cost, a, b, points), b into a; chain: indices
+    while len(merges) < len(centre) - 1:
+        if not chain:
+            chain.append(int(np.flatnonzero(alive)[0]))
+        a = chain[-1]
+        distance = np.maximum(squares + squares[a] - 2 * (centre @ centre[a]), 0.0)
+        cost = np.where(alive, weight * weight[a] / (weight + weight[a]) * distance, np.inf)
+        cost[a] = np.inf
+        b = int(np.argmin(cost))
+        if len(chain) > 1 and cost[chain[-2]] <= cost[b]:
+            b = chain[-2]  # a tie with the one before: merge, or the chain could cycle
+        if len(chain) < 2 or b != chain[-2]:
+            chain.append(b)
+            continue
+        chain = chain[:-2]
+        centre[a] = (weight[a] * centre[a] + weight[b] * centre[b]) / (weight[a] + weight[b])
+        weight[a], squares[a], alive[b] = weight[a] + weight[b], centre[a] @ centre[a], False
+        height[a], count[a] = max(cost[b], height[a], height[b]), count[a] + count[b]
+        merges.append((float(height[a]), a, b, count[a]))
+    # scipy's linkage matrix: merges by rising cost, clusters renamed as they form.
+    tree, current = [], np.arange(len(centre))
+    for cost, a, b, points in sorted(merges, key=lambda m: m[0]):
+        tree.append([current[a], current[b], np.sqrt(2 * cost), points])
+        current[a] = len(centre) + len(tree) - 1
+    return fcluster(np.array(tree, dtype=np.float64), t=n_clusters, criterion="maxclust")
 
 
 def broader_levels(vectors: np.ndarray, fine: np.ndarray, top_size: int) -> list[np.ndarray]:
@@ -312,9 +401,10 @@ def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top
                      calculate_probabilities=False, verbose=False)
     model.fit(docs, embeddings=vectors, y=np.asarray(labels))
     keywords = []
+    _, first_topic = np.unique(labels, return_index=True)  # each theme's first topic, one pass
     for theme in range(int(labels.max()) + 1):
         # BERTopic may renumber topics; find ours through the document labels it kept.
-        number = int(np.asarray(model.topics_)[np.flatnonzero(labels == theme)[0]])
+        number = int(np.asarray(model.topics_)[first_topic[theme]])
         keywords.append([w for w, _ in (model.get_topic(number) or []) if w][:top_n])
     return keywords
 

@@ -11,7 +11,9 @@ Each topic is represented by what it is about, never by a template:
 
 The topics are grouped by Ward's clustering into about as many themes as topics a theme
 (``app.clustering.theme_count``): every topic is linked to a theme, and the number of
-themes follows the size of the corpus smoothly, from a few firms to thousands. Each theme
+themes follows the size of the corpus smoothly, from a few firms to thousands. Above
+``app.clustering.WARD_EXACT_MAX`` topics, Ward groups k-means micro-clusters of topics
+instead of the topics themselves, so time and memory grow about linearly. Each theme
 is named by the same namer as the topics (from a sample of its most central topics).
 
 A sentence in no topic of its firm (an outlier left over, or a sentence of a firm too
@@ -33,7 +35,16 @@ import anyio
 import asyncpg
 import numpy as np
 
-from app.clustering import MIN_TOPICS, broader_levels, centres, most_central, theme_count, theme_keywords, theme_labels
+from app.clustering import (
+    MIN_TOPICS,
+    broader_levels,
+    centres,
+    members_by_label,
+    most_central,
+    theme_count,
+    theme_keywords,
+    theme_labels,
+)
 from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.errors import first_error
@@ -106,7 +117,7 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
     Returns a ``ThemeOutcome``. With fewer than ``MIN_TOPICS`` topics, the topics still
     get their vectors and no theme is made (the reason says why). A dropped connection is
     retried for ``retry_window_s`` (``DB_RETRY_WINDOW_S``). The grouping needs no clustering
-    backend: Ward runs on the CPU in seconds even for thousands of topics.
+    backend: Ward runs on the CPU (200,000 topics in minutes, docs/benchmarks.md).
     """
     # In firm and topic order, not topic_id order: topic ids follow the order in which
     # firms happened to be written (LLM answers come back in any order), and the theme
@@ -125,7 +136,8 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
         return ThemeOutcome(len(rows), 0, 0, reason)
 
     n_themes = theme_count(len(rows), settings)
-    labels = await anyio.to_thread.run_sync(theme_labels, embeddings, n_themes, limiter=limiter)
+    labels = await anyio.to_thread.run_sync(partial(theme_labels, embeddings, n_themes, seed=settings.seed),
+                                            limiter=limiter)
     keywords = await anyio.to_thread.run_sync(
         partial(theme_keywords, texts, embeddings, labels, settings.top_n_keywords), limiter=limiter
     )
@@ -188,8 +200,7 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
     most central topics of a fine theme, the narrower themes of a broader one.
     """
     to_name = []
-    for number, words in enumerate(keywords):
-        members = np.flatnonzero(topic_theme == number)
+    for (number, words), members in zip(enumerate(keywords), members_by_label(topic_theme, len(keywords))):
         if children is None:
             sample = most_central(embeddings, members, MEMBER_SAMPLE)
             shown = [MemberTopic(rows[i]["firm_id"], rows[i]["name"], rows[i]["summary"]) for i in sample]

@@ -123,6 +123,21 @@ async def test_firm_restricts_the_hits(conn, embedder):
 
 
 @pytest.mark.results
+async def test_a_firms_rows_are_found_through_an_index(conn, embedder):
+    """``--firm`` reads one firm's rows of the run through a b-tree on (run_id, firm_id),
+    not every row of the run. On the sample run a scan is cheaper, so scans are switched
+    off: the plan shows which index the filter can use."""
+    from app.read.search import _query
+
+    vector, rid = embedder.encode(["cloud software"])[0], await run_id(conn)
+    for level, index in (("sentence", "sentence_topics_run_firm"), ("topic", "topics_run_id_firm_id_topic_no_key")):
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = await conn.fetch("EXPLAIN " + _query(level, run_id=rid, firm=True, exact=True),
+                                    vector, rid, 10, "NWL")
+        assert index in "\n".join(row[0] for row in plan), (level, plan)
+
+
 def test_cli_search_prints_a_table_and_json_lines(cli_env, capsys):
     assert main(["search", "supply chain disruptions", "--level", "sentence", "--limit", "3"]) == 0
     out = capsys.readouterr().out
@@ -142,6 +157,16 @@ def test_cli_search_usage_errors_exit_2(cli_env, capsys):
     assert "no firm 'NOPE'" in one_line_error(capsys, ["search", "costs", "--firm", "NOPE"])
     assert "--limit" in one_line_error(capsys, ["search", "costs", "--limit", "0"])
     assert main(["search", "costs", "--level", "paragraph"]) == 2
+
+
+async def test_a_limit_above_the_cap_is_refused_before_the_database_is_asked():
+    from app.errors import UsageError
+    from app.read.search import MAX_LIMIT
+
+    with pytest.raises(UsageError, match=f"between 1 and {MAX_LIMIT}, got {MAX_LIMIT + 1}"):
+        await search(None, "costs", limit=MAX_LIMIT + 1)  # no connection: refused before one is needed
+    with pytest.raises(UsageError, match="--limit"):
+        await search(None, "costs", limit=0)
 
 
 async def test_a_run_that_is_not_complete_is_refused(pool):

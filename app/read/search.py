@@ -41,6 +41,9 @@ log = get_logger("search")
 
 LEVELS = ("theme", "topic", "sentence")
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+# The most hits a search returns: the index hands up at most MAX_EF_SEARCH candidates, and
+# more hits than a reader can look at are an export (``firmtopics export``), not a search.
+MAX_LIMIT = 1000
 
 # One query per level. {distance} is the ordering expression, {firm} the optional firm
 # filter and {theme_level} the optional theme level filter; all are filled from constants
@@ -208,8 +211,8 @@ async def search(
     """
     if not text.strip():
         raise UsageError("search for what? the text is empty")
-    if limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
     if level not in LEVELS:
         raise UsageError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     # Before the run and the model are loaded: a wrong combination needs neither.
