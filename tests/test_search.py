@@ -138,6 +138,7 @@ async def test_a_firms_rows_are_found_through_an_index(conn, embedder):
         assert index in "\n".join(row[0] for row in plan), (level, plan)
 
 
+@pytest.mark.results
 def test_cli_search_prints_a_table_and_json_lines(cli_env, capsys):
     assert main(["search", "supply chain disruptions", "--level", "sentence", "--limit", "3"]) == 0
     out = capsys.readouterr().out
