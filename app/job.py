@@ -6,7 +6,8 @@ clustering backend, then calls ``run_job``):
 
 1. the namer is checked (a bad API key fails here, before any GPU work), the model is
    loaded once and the clustering backend chosen;
-2. the run is opened: created, or resumed if its settings match (else refused);
+2. the run is opened: created, or resumed if its settings match (else refused), and
+   the namer is bound to it (``Namer.for_run``: its exchange log and run-wide slots);
 3. firms not yet recorded for the run are processed (one query finds them);
 4. the theme stage runs, and the run's quality figures are stored with it (redone
    cleanly if a previous process died in it; skipped if a previous process stored it
@@ -173,26 +174,26 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
                              backend={**backend.describe(), "device": embedder.device,
                                       "fp16": embedder.device == "cuda"})
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
-    job = _Job(pool, run.run_id, JobOutcome(run.run_id, run_name, "complete"), stop or anyio.Event(),
-               settings, embedder, backend, namer, retry_window_s)
-    if run.status == "complete" and not todo:
-        job.outcome.status = "nothing_to_do"
-        job.outcome.firms = await job.firm_counts()
-        log.info("run_already_complete", run=run_name, **job.outcome.firms)
-        return job.outcome
-    namer.join_run(pool, run.run_id)
+        finished = run.status == "complete" and not todo
+        counts = await firm_counts(conn, run.run_id) if finished else {}
+    if finished:
+        log.info("run_already_complete", run=run_name, **counts)
+        return JobOutcome(run.run_id, run_name, "nothing_to_do", firms=counts)
     log.info("run_started" if run.created else "run_resumed", run=run_name, run_id=run.run_id,
              firms_left=len(todo), previous_status=run.status, backend=backend.name, device=embedder.device)
-    if run.status in ("interrupted", "failed") and todo:
-        await job.record("running")  # resumed: what status shows while firms are processed
-    try:
-        ended = await job.firm_passes(todo) or await job.themes_and_indexes()
-        if ended is not None:
-            return ended
-        await job.finish(started)
-    except BaseException as exc:
-        await job.record_end(exc)
-        raise
+    async with namer.for_run(pool, run.run_id) as run_namer:
+        job = _Job(pool, run.run_id, JobOutcome(run.run_id, run_name, "complete"), stop or anyio.Event(),
+                   settings, embedder, backend, run_namer, retry_window_s)
+        if run.status in ("interrupted", "failed") and todo:
+            await job.record("running")  # resumed: what status shows while firms are processed
+        try:
+            ended = await job.firm_passes(todo) or await job.themes_and_indexes()
+            if ended is not None:
+                return ended
+            await job.finish(started)
+        except BaseException as exc:
+            await job.record_end(exc)
+            raise
     outcome = job.outcome
     log.info("run_finished", run=run_name, **outcome.firms, topics=outcome.topics, themes=outcome.themes,
              **outcome.timings, llm=outcome.llm_usage)

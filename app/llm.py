@@ -38,6 +38,7 @@ How it behaves, in short (``docs/naming.md`` has the long version):
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 import math
@@ -297,9 +298,6 @@ class LLMNamer:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._run_slots is not None:  # its connection goes back to the pool, its slots with it
-            await self._run_slots.__aexit__(*exc_info)
-            self._run_slots = None
 
     # --- the public surface ------------------------------------------------------------
 
@@ -339,15 +337,27 @@ class LLMNamer:
                 return
             await self._wait_before_retry(attempt, problem, "start-up check", wait_s=wait_s)
 
-    def join_run(self, pool, run_id: int) -> None:
-        """From now on, keep every answered request in ``llm_exchanges`` under ``run_id``
-        and answer a request kept before from there (unless ``LLM_CACHE=off``); with
-        ``LLM_RUN_CONCURRENCY`` set, send a request only while holding one of the run's
-        slots (``LLMSlots``), on top of this worker's own ``LLM_CONCURRENCY``."""
+    @asynccontextmanager
+    async def for_run(self, pool, run_id: int) -> AsyncIterator["LLMNamer"]:
+        """This namer bound to run ``run_id``, for as long as the ``async with`` block: it
+        keeps every answered request in ``llm_exchanges`` under the run and answers a
+        request kept before from there (unless ``LLM_CACHE=off``); with
+        ``LLM_RUN_CONCURRENCY`` set, it sends a request only while holding one of the run's
+        slots (``LLMSlots``), on top of this worker's own ``LLM_CONCURRENCY``.
+
+        The bound namer is a copy that shares this one's HTTP session, concurrency and
+        counts; this one stays unbound, so one checked namer can serve runs one after another.
+        """
         window_s = self._settings.db_retry_window_s
-        self._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache, window_s=window_s)
-        if self._settings.llm_run_concurrency:
-            self._run_slots = LLMSlots(pool, run_id, self._settings.llm_run_concurrency, window_s=window_s)
+        bound = copy.copy(self)
+        bound._exchanges = ExchangeLog(pool, run_id, use_cache=self._settings.llm_cache, window_s=window_s)
+        limit = self._settings.llm_run_concurrency
+        bound._run_slots = LLMSlots(pool, run_id, limit, window_s=window_s) if limit else None
+        try:
+            yield bound
+        finally:
+            if bound._run_slots is not None:  # its connection goes back to the pool, its slots with it
+                await bound._run_slots.__aexit__(None, None, None)
 
     async def name_topic(self, topic: TopicToName) -> Label:
         """Name one firm topic; never raises for this topic's trouble.

@@ -15,6 +15,8 @@ once while the compute stage goes on clustering the next firms.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -84,11 +86,12 @@ class Namer(Protocol):
         """Counts for the ``runs.llm_usage`` column and the end-of-run summary."""
         ...
 
-    def join_run(self, pool, run_id: int) -> None:
-        """Bind the namer to run ``run_id`` in the database at ``pool``: keep the run's LLM
-        exchanges there and answer from those kept (``app.exchanges``), and share the
-        run-wide request limit with the run's other workers (``LLM_RUN_CONCURRENCY``,
-        ``app.claims.LLMSlots``). A namer that sends no request does nothing."""
+    def for_run(self, pool, run_id: int) -> AbstractAsyncContextManager["Namer"]:
+        """``async with namer.for_run(pool, run_id) as bound:`` the namer bound to run
+        ``run_id`` in the database at ``pool``: it keeps the run's LLM exchanges there and
+        answers from those kept (``app.exchanges``), and shares the run-wide request limit
+        with the run's other workers (``LLM_RUN_CONCURRENCY``, ``app.claims.LLMSlots``).
+        A namer that sends no request yields itself."""
         ...
 
 
@@ -117,8 +120,10 @@ class OfflineNamer:
     def usage(self) -> dict:
         return {"namer": "keywords", "topics_named": self.named_topics, "themes_named": self.named_themes}
 
-    def join_run(self, pool, run_id: int) -> None:
-        """Nothing to keep: no request is sent."""
+    @asynccontextmanager
+    async def for_run(self, pool, run_id: int) -> AsyncIterator["OfflineNamer"]:
+        """Itself: no request is sent, so there is nothing to keep or share."""
+        yield self
 
 
 def topic_label_from_keywords(topic: TopicToName) -> Label:

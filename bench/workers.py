@@ -137,7 +137,7 @@ async def naming_wall(database_url: str, base_url: str, workers: int, run_wide: 
     async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
         for w, namer in enumerate(namers):
             await stack.enter_async_context(namer)
-            namer.join_run(pool, run_id)
+            namer = await stack.enter_async_context(namer.for_run(pool, run_id))
             for n in range(w, topics, workers):
                 tg.start_soon(namer.name_topic, TopicToName(
                     firm_id=f"F{n}", firm_name=f"Firm {n}", topic_no=n, keywords=[f"word{n}", "sales"],

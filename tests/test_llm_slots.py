@@ -73,9 +73,9 @@ async def test_three_workers_keep_to_the_run_wide_limit(pool, run_wide):
             async def name(namer, worker, n):
                 labels.append(await namer.name_topic(topic(worker, n)))
 
-            async with anyio.create_task_group() as tg:
+            async with a.for_run(pool, run_id) as a, b.for_run(pool, run_id) as b, c.for_run(pool, run_id) as c, \
+                    anyio.create_task_group() as tg:
                 for worker, namer in enumerate((a, b, c)):
-                    namer.join_run(pool, run_id)
                     for n in range(8):
                         tg.start_soon(name, namer, worker, n)
     assert len(labels) == 24 and all(label.source == "llm" for label in labels)
