@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="ingest and write nothing: print the expected topics, themes, LLM requests, tokens and cost")
 
+    update = commands.add_parser("update", help="bring new sentences and firms into a finished run, keeping its "
+                                 "topics and themes")
+    run_option(update, what="the finished run to update")
+    update.add_argument("--input", type=Path, metavar="PATH", help="ingest this file first")
+
     status = commands.add_parser("status", help="where a run stands")
     run_option(status)
     json_option(status, "the run's state, counts, timings, usage and quality")
@@ -173,22 +178,29 @@ async def cmd_ingest(settings: Settings, args) -> int:
 
 
 async def cmd_run(settings: Settings, args) -> int:
-    """``firmtopics run``: the whole job for one run, resumable."""
+    """``firmtopics run``: the whole job for one run, resumable; ``firmtopics update``:
+    what is new brought into a finished run (``app.update``)."""
     from app.database import open_database
     from app.ingest import ingest_corpus
     from app.job import describe_outcome, run_with_signals
+    from app.update import check_updatable, describe_update
 
-    if args.dry_run:
+    if getattr(args, "dry_run", False):
         from app.estimate import estimate, format_estimate
 
         async with open_database(settings, migrate=False) as pool, pool.acquire() as conn:
             print(format_estimate(await estimate(conn, settings, args.input), settings))
         return EXIT_OK
+    update = args.command == "update"
     async with open_database(settings) as pool:
         if args.input:
             await ingest_corpus(pool, args.input)
+        if update:
+            async with pool.acquire() as conn:
+                await check_updatable(conn, args.run)
         try:
-            outcome = await run_with_signals(pool, settings, run_name=args.run, retry_failed=args.retry_failed)
+            outcome = await run_with_signals(pool, settings, run_name=args.run, update=update,
+                                             retry_failed=not update and args.retry_failed)
         except Exception as exc:
             from app.database import RETRYABLE, DatabaseUnavailable
 
@@ -200,7 +212,7 @@ async def cmd_run(settings: Settings, args) -> int:
                     "run the same command again to resume"
                 ) from None
             raise
-    print(describe_outcome(outcome))
+    print(describe_update(outcome) if update else describe_outcome(outcome))
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_OK
 
 
@@ -242,7 +254,7 @@ async def cmd_read(settings: Settings, args) -> int:
     return await module.command(settings, args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "status": cmd_status, "runs": cmd_runs, "demo": cmd_demo,
+COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "update": cmd_run, "status": cmd_status, "runs": cmd_runs, "demo": cmd_demo,
             "search": cmd_read, "show": cmd_read, "trends": cmd_read, "export": cmd_read, "report": cmd_read}
 
 

@@ -27,6 +27,7 @@ import json
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import asyncpg
@@ -44,9 +45,11 @@ from app.pipeline import FirmStage, run_firm_stage
 from app.progress import Progress
 from app.runs import (
     FirmToDo,
+    describe_left,
     find_run,
     firm_counts,
     firms_to_do,
+    left_sentences,
     open_run,
     run_status,
     set_status,
@@ -56,6 +59,7 @@ from app.runs import (
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
 from app.settings import RunSettings, Settings
 from app.themes import run_theme_stage, stored_themes
+from app.update import UpdateOutcome, run_update
 
 log = get_logger("job")
 
@@ -77,12 +81,14 @@ class JobOutcome:
     timings: dict = field(default_factory=dict)
     llm_usage: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
+    left: list = field(default_factory=list)  # app.runs.left_sentences: stored, in no result
 
 
 async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: str,
-                           retry_failed: bool = False) -> JobOutcome:
+                           retry_failed: bool = False, update: bool = False) -> JobOutcome | UpdateOutcome:
     """Build the namer, the model and the clustering backend, and run the job
-    ``run_name`` (``run_job``) with SIGTERM/SIGINT handled; returns its ``JobOutcome``.
+    ``run_name`` (``run_job``; with ``update``, ``app.update.run_update``) with
+    SIGTERM/SIGINT handled; returns its outcome.
 
     The first signal stops new firms and lets the ones in flight finish (for up to
     ``DRAIN_SECONDS``); a second signal, or the end of that grace period, cancels them
@@ -115,10 +121,10 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
 
             async def job(scope: anyio.CancelScope) -> None:
                 nonlocal outcome
+                work = run_update if update else partial(run_job, retry_failed=retry_failed)
                 with scope:
-                    outcome = await run_job(pool, settings.run, run_name=run_name, embedder=embedder,
-                                            backend=backend, namer=namer, retry_failed=retry_failed, stop=stop,
-                                            retry_window_s=settings.db_retry_window_s)
+                    outcome = await work(pool, settings.run, run_name=run_name, embedder=embedder, backend=backend,
+                                         namer=namer, stop=stop, retry_window_s=settings.db_retry_window_s)
                 tg.cancel_scope.cancel()  # the job is over: stop watching signals
 
             job_scope = anyio.CancelScope()
@@ -127,14 +133,18 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
     if outcome is None:  # cancelled after the grace period: firms in flight were dropped whole
         async with pool.acquire() as conn:
             row = await find_run(conn, run_name)
-        outcome = JobOutcome(row["run_id"] if row else 0, run_name, "interrupted")
+        run_id = row["run_id"] if row else 0
+        outcome = UpdateOutcome(run_id, run_name, "interrupted") if update else JobOutcome(run_id, run_name,
+                                                                                           "interrupted")
     return outcome
 
 
 def describe_outcome(outcome: JobOutcome) -> str:
     """The human summary of a job's outcome, printed at the end of ``run`` and ``demo``."""
+    left = describe_left(outcome.left)
     if outcome.status == "nothing_to_do":
-        return f"run {outcome.run_name!r} is already complete: nothing to do ({_firm_line(outcome.firms)})"
+        line = f"run {outcome.run_name!r} is already complete: nothing to do ({_firm_line(outcome.firms)})"
+        return f"{line}\n  left: {left}" if left else line
     if outcome.status == "left_to_others":
         return (f"run {outcome.run_name!r}: this worker is done; another worker holds the rest and finishes the "
                 f"run ({_firm_line(outcome.firms)})")
@@ -146,6 +156,8 @@ def describe_outcome(outcome: JobOutcome) -> str:
              f"  wall time: {outcome.timings.get('wall_s', 0):.1f} s"]
     if outcome.llm_usage:
         lines.append(f"  naming: {json.dumps(outcome.llm_usage)}")
+    if left:
+        lines.append(f"  left: {left}")
     return "\n".join(lines)
 
 
@@ -176,9 +188,10 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
         finished = run.status == "complete" and not todo
         counts = await firm_counts(conn, run.run_id) if finished else {}
+        left = list(await left_sentences(conn, run.run_id)) if finished else []
     if finished:
-        log.info("run_already_complete", run=run_name, **counts)
-        return JobOutcome(run.run_id, run_name, "nothing_to_do", firms=counts)
+        log.info("run_already_complete", run=run_name, **counts, sentences_left=sum(r["n"] for r in left))
+        return JobOutcome(run.run_id, run_name, "nothing_to_do", firms=counts, left=left)
     log.info("run_started" if run.created else "run_resumed", run=run_name, run_id=run.run_id,
              firms_left=len(todo), previous_status=run.status, backend=backend.name, device=embedder.device)
     async with namer.for_run(pool, run.run_id) as run_namer:
@@ -334,6 +347,7 @@ class _Job:
         outcome.llm_usage = self.namer.usage()
         await self.record("complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
         outcome.firms = await self.firm_counts()
+        outcome.left = await self.retried(lambda conn: left_sentences(conn, self.run_id), "sentences left")
 
     async def stopped(self, reached: str | None) -> JobOutcome:
         """A stop request (a signal) ends the run between stages. ``reached`` is the stage

@@ -249,6 +249,45 @@ async def firm_counts(conn: asyncpg.Connection, run_id: int) -> dict[str, int]:
     return counts
 
 
+async def left_sentences(conn: asyncpg.Connection, run_id: int) -> list[asyncpg.Record]:
+    """Stored sentences of firms the run has recorded (done or skipped) that are in no
+    result of the run: ingested after their firm was processed, e.g. a new quarter's call.
+    Rows of ``firm_id``, ``period`` (NULL without one) and ``n``, by firm and period.
+
+    Firms the run has not recorded at all are the run's firms left (``firm_counts``);
+    these are the sentences a finished firm would otherwise lose without a word.
+    ``firmtopics update`` brings them in."""
+    return await conn.fetch(
+        "SELECT s.firm_id, d.period, count(*)::integer AS n FROM sentences s"
+        " JOIN run_firms r ON r.run_id = $1 AND r.firm_id = s.firm_id AND r.status IN ('done', 'skipped')"
+        " LEFT JOIN documents d ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id"
+        " WHERE NOT EXISTS (SELECT 1 FROM sentence_topics st WHERE st.run_id = $1 AND st.sentence_id = s.sentence_id)"
+        " GROUP BY s.firm_id, d.period ORDER BY s.firm_id, d.period", run_id)
+
+
+def describe_left(rows) -> str | None:
+    """One line saying which stored sentences are in no result of the run and what to do,
+    from ``left_sentences`` rows; None when there are none."""
+    if not rows:
+        return None
+    firms = sorted({r["firm_id"] for r in rows})
+    periods = sorted({r["period"] for r in rows if r["period"] is not None})
+    shown = ", ".join(firms[:5]) + (f" and {len(firms) - 5} more" if len(firms) > 5 else "")
+    when = f", periods {', '.join(periods[:6])}{' ...' if len(periods) > 6 else ''}" if periods else ""
+    return (f"{sum(r['n'] for r in rows)} stored sentences of {len(firms)} finished firms ({shown}{when}) "
+            "are in no result of this run: `firmtopics update` brings them in")
+
+
+async def run_updates(conn: asyncpg.Connection, run_id: int) -> list[dict]:
+    """Each update of the run (``firmtopics update``), oldest first: ``update_no``,
+    ``status``, ``started_at``/``finished_at`` (ISO), ``added`` and ``drift``."""
+    rows = await conn.fetch("SELECT update_no, status, started_at, finished_at, added, drift FROM run_updates"
+                            " WHERE run_id = $1 ORDER BY update_no", run_id)
+    return [{**dict(r), "started_at": r["started_at"].isoformat(timespec="seconds"),
+             "finished_at": r["finished_at"].isoformat(timespec="seconds") if r["finished_at"] else None}
+            for r in rows]
+
+
 async def workers_in_flight(conn: asyncpg.Connection, run_id: int) -> list[dict]:
     """The firms of ``run_id`` claimed right now, by which worker and since when (the
     worker's claims connection's start): ``worker``, ``firm_id``, ``since`` (ISO), from the

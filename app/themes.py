@@ -73,20 +73,22 @@ def topic_text(name: str, summary: str) -> str:
     return f"{name}. {summary}"
 
 
-_TOPICS_FOR_THEMES = """
+# The topics a theme is formed from, with what their vectors are made of; ``{where}``
+# narrows it (``app.update`` takes only an update's new topics).
+THEMED_TOPICS = """
 SELECT t.topic_id, t.firm_id, t.name, t.summary, t.keywords, t.name_source,
        (SELECT string_agg(s.text, ' ' ORDER BY s.sentence_id) FROM sentences s
          WHERE s.sentence_id = ANY (t.evidence_sentence_ids)) AS evidence,
        (SELECT avg(st.embedding) FROM sentence_topics st
          WHERE st.topic_id = t.topic_id AND st.topic_assignment = 'cluster') AS centre
-FROM topics t WHERE t.run_id = $1 ORDER BY t.firm_id, t.topic_no
+FROM topics t WHERE t.run_id = $1 {where} ORDER BY t.firm_id, t.topic_no
 """
 
 
 async def topic_vectors(rows, embedder: Embedder, limiter=None) -> tuple[np.ndarray, list[str]]:
     """The vector and the c-TF-IDF text of each topic row (see the module docstring).
 
-    Takes rows of ``_TOPICS_FOR_THEMES``; returns unit-length vectors (one a row) and one
+    Takes rows of ``THEMED_TOPICS``; returns unit-length vectors (one a row) and one
     text a row. A topic without a stored centre (a run written before sentences were
     marked 'cluster') falls back to the embedding of its name and summary."""
     texts, to_encode = [], []
@@ -122,7 +124,7 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
     # In firm and topic order, not topic_id order: topic ids follow the order in which
     # firms happened to be written (LLM answers come back in any order), and the theme
     # numbering follows the order of its input.
-    rows = await with_connection_retry(pool, lambda conn: conn.fetch(_TOPICS_FOR_THEMES, run_id),
+    rows = await with_connection_retry(pool, lambda conn: conn.fetch(THEMED_TOPICS.format(where=""), run_id),
                                        what="load topics for themes", window_s=retry_window_s)
     topic_ids = [r["topic_id"] for r in rows]
     log.info("theme_stage_started", topics=len(rows))
@@ -263,24 +265,28 @@ nearest AS (
     FROM sentence_topics st
     CROSS JOIN LATERAL (SELECT theme_id, st.embedding <=> v AS distance FROM centre
                         ORDER BY 2, theme_id LIMIT 1) c
-    WHERE st.run_id = $1 AND st.topic_id IS NULL)
+    WHERE st.run_id = $1 AND st.topic_id IS NULL AND ($3::integer IS NULL OR st.update_no = $3))
 UPDATE sentence_topics st SET theme_id = n.theme_id
 FROM nearest n
 WHERE st.run_id = $1 AND st.sentence_id = n.sentence_id AND 1 - n.distance >= $2
 """
 
 
-async def attach_sentences_to_themes(conn: asyncpg.Connection, run_id: int, threshold: float) -> int:
+async def attach_sentences_to_themes(conn: asyncpg.Connection, run_id: int, threshold: float, *,
+                                     update_no: int | None = None) -> int:
     """Give each sentence of the run that is in no topic the nearest fine theme, when its
     cosine similarity to the centre of the theme's sentences is at least ``threshold``.
 
     Takes a connection (inside the theme stage's transaction, after the topics are linked
     to their themes), the run and the threshold; returns how many sentences were
     attached. Sentences in a topic keep their theme through it (the table refuses both).
+    With ``update_no``, only that update's sentences are (re)attached and every other
+    sentence keeps what it has (``app.update``).
     """
-    await conn.execute("UPDATE sentence_topics SET theme_id = NULL WHERE run_id = $1 AND theme_id IS NOT NULL",
-                       run_id)
-    status = await conn.execute(_ATTACH, run_id, float(threshold))
+    if update_no is None:
+        await conn.execute("UPDATE sentence_topics SET theme_id = NULL WHERE run_id = $1 AND theme_id IS NOT NULL",
+                           run_id)
+    status = await conn.execute(_ATTACH, run_id, float(threshold), update_no)
     return int(status.split()[-1])
 
 

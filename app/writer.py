@@ -82,7 +82,7 @@ async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) 
             raise AlreadyWritten(f"firm {result.firm_id!r} is already recorded for run {run_id}") from None
         topic_ids = await insert_topics(conn, run_id, result)
         if result.embeddings is not None and result.n_sentences:
-            await _copy_sentence_topics(conn, run_id, result, topic_ids)
+            await copy_sentence_topics(conn, run_id, result, topic_ids)
 
 
 async def insert_topics(conn: asyncpg.Connection, run_id: int, result: FirmResult) -> dict[int, int]:
@@ -124,9 +124,12 @@ def _pg_array_item(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-async def _copy_sentence_topics(
+async def copy_sentence_topics(
     conn: asyncpg.Connection, run_id: int, result: FirmResult, topic_ids: dict[int, int]
 ) -> None:
+    """Store each sentence of ``result`` with its embedding and its topic (``topic_ids``:
+    {topic number: topic_id}; label -1 is no topic), by COPY. ``write_firm`` calls it for a
+    whole firm, ``app.update`` for a known firm's new sentences."""
     labels = result.labels if result.labels is not None else np.full(result.n_sentences, -1)
     nearest = result.nearest if result.nearest is not None else np.zeros(result.n_sentences, dtype=bool)
     records = (

@@ -9,7 +9,7 @@ import json
 import asyncpg
 
 from app.read.text import format_quality
-from app.runs import find_run, firm_counts, runs_overview, workers_in_flight
+from app.runs import describe_left, find_run, firm_counts, left_sentences, run_updates, runs_overview, workers_in_flight
 
 
 async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
@@ -18,8 +18,11 @@ async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
     ``firms`` (done, skipped, failed, left, total), ``topics``, ``themes_per_level``
     (fine first), ``started_at``/``finished_at`` (ISO), ``model``, ``embedding_dim``,
     ``backend``, ``timings``, ``llm_usage``, ``quality``, ``settings``, ``failed``
-    (firm id and reason of each failed firm) and ``in_flight`` (the firms workers hold
-    now: ``worker``, ``firm_id``, ``since``; see ``app.claims``)."""
+    (firm id and reason of each failed firm), ``in_flight`` (the firms workers hold
+    now: ``worker``, ``firm_id``, ``since``; see ``app.claims``), ``left_sentences``
+    (stored sentences of finished firms in no result, by firm and period; their sum is
+    ``firms.sentences_left``) and ``updates`` (each ``firmtopics update``: number, status,
+    dates, what it added, its drift)."""
     async with pool.acquire() as conn:
         run = await find_run(conn, run_name)
         if run is None:
@@ -33,6 +36,9 @@ async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
             "SELECT firm_id, reason FROM run_firms WHERE run_id = $1 AND status = 'failed' ORDER BY firm_id",
             run["run_id"])
         in_flight = await workers_in_flight(conn, run["run_id"])
+        left = [dict(r) for r in await left_sentences(conn, run["run_id"])]
+        updates = await run_updates(conn, run["run_id"])
+    counts["sentences_left"] = sum(r["n"] for r in left)
 
     return {
         "run": run["run_id"], "name": run_name, "status": run["status"], "firms": counts, "topics": topics,
@@ -41,6 +47,7 @@ async def status_detail(pool: asyncpg.Pool, run_name: str) -> dict:
         "finished_at": run["finished_at"].isoformat(timespec="seconds") if run["finished_at"] else None,
         "timings": run["timings"] or {}, "llm_usage": run["llm_usage"] or {}, "quality": run["quality"],
         "settings": run["settings"] or {}, "failed": [dict(r) for r in failed], "in_flight": in_flight,
+        "left_sentences": left, "updates": updates,
     }
 
 
@@ -71,6 +78,14 @@ def format_status(detail: dict) -> str:
     elif per_level:
         lines.append(f"  theme levels: one ({per_level[0]} themes, no more than the top level's "
                      f"{settings.get('theme_top_level_size', 'size')}: no broader level needed)")
+    left = describe_left(detail["left_sentences"])
+    if left:
+        lines.append(f"  left: {left}")
+    for update in detail["updates"][-1:]:
+        lines.append(f"  updates: {len(detail['updates'])}; the last: {json.dumps(update)}")
+        if update["drift"].get("fresh_run_recommended"):
+            lines.append("  the last update drifted from the themes: a fresh run (firmtopics run --run NEW_NAME) "
+                         "forms them again")
     if detail["timings"]:
         lines.append(f"  timings: {json.dumps(detail['timings'])}")
     if detail["llm_usage"]:
