@@ -293,12 +293,13 @@ def llm_env(server: FakeLLMProcess, key: str = "xai-test-key") -> dict:
 
 
 class Job:
-    """A ``python -m app run ...`` subprocess; its JSON log events are read as they come."""
+    """A ``python -m app run ...`` subprocess (or another ``command``); its JSON log events
+    are read as they come."""
 
-    def __init__(self, env: dict, *args: str):
+    def __init__(self, env: dict, *args: str, command: str = "run"):
         self.args = args
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "run", *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", command, *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
         self.stderr: list[str] = []

@@ -16,8 +16,8 @@ import random
 
 import pytest
 
-from app.sample import sample_rows, sentence_about
-from tests.support import fetch, fresh_database, run_in_process, value
+from app.sample import FIRMS, sample_rows, sentence_about
+from tests.support import Job, check_whole, fetch, fresh_database, job_env, run_in_process, value
 
 pytestmark = pytest.mark.results
 
@@ -189,3 +189,72 @@ def test_update_of_a_run_never_started_is_a_usage_error(env, capsys):
 
     message = one_line_error(capsys, ["update", "--run", "never"])
     assert "never" in message
+
+
+@pytest.fixture
+def finished_with_a_new_quarter(server_url, tmp_path):
+    """A finished run of three sample firms, then a 2024Q3 call of each ingested; the
+    database's URL."""
+    with fresh_database(server_url) as url, pytest.MonkeyPatch.context() as mp:
+        env = {"DATABASE_URL": url, "FIRMTOPICS_DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json"}
+        assert run_in_process(mp, env, "run", "--input", write_rows(tmp_path / "base.jsonl.gz",
+                                                                  sample_rows(firms=3))) == 0
+        rng, rows = random.Random(5), []
+        for firm_id, firm_name, subjects in FIRMS[:3]:
+            rows += [{"firm_id": firm_id, "firm_name": firm_name, "doc_id": f"{firm_id}_call_3", "period": "2024Q3",
+                      "sentence": sentence_about(rng, subjects[i % len(subjects)], firm_name) + f" ({i})"}
+                     for i in range(30)]
+        assert run_in_process(mp, env, "ingest", write_rows(tmp_path / "q3.jsonl.gz", rows)) == 0
+        yield url
+
+
+def test_an_update_killed_midway_resumes_to_the_whole(finished_with_a_new_quarter, tmp_path):
+    url = finished_with_a_new_quarter
+    env = job_env(url, tmp_path)
+    first = Job(env, command="update")
+    first.wait_for("firm_updated")
+    first.kill()  # as a spot instance's end: the firm in flight is rolled back whole
+    assert value(url, "SELECT count(*) FROM run_updates WHERE status = 'running'") == 1
+    check_whole(url, "after the kill")
+    again = Job(env, command="update")
+    assert again.finish() == 0, again.tail()
+    assert "updated (update 1): 90 sentences of 3 firms added" in again.output()
+    check_whole(url, "after the resume")
+    assert value(url, "SELECT count(*) FROM sentences s WHERE NOT EXISTS"
+                      " (SELECT 1 FROM sentence_topics st WHERE st.sentence_id = s.sentence_id)") == 0
+    assert fetch(url, "SELECT update_no, status FROM run_updates") == [(1, "complete")]
+
+
+def test_a_second_worker_leaves_the_update_to_the_first(finished_with_a_new_quarter, tmp_path, capsys, monkeypatch):
+    import asyncio
+    import threading
+
+    import asyncpg
+
+    from app.claims import take_theme_lock
+
+    url, holding, done = finished_with_a_new_quarter, threading.Event(), threading.Event()
+
+    def first_worker():  # holds the run's lock, as a worker in the middle of an update does
+        async def hold():
+            conn = await asyncpg.connect(url)
+            assert await take_theme_lock(conn, 1)
+            holding.set()
+            while not done.is_set():
+                await asyncio.sleep(0.05)
+            await conn.close()
+
+        asyncio.run(hold())
+
+    thread = threading.Thread(target=first_worker)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        env = {"DATABASE_URL": url, "FIRMTOPICS_DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json"}
+        code = run_in_process(monkeypatch, env, "update")
+    finally:
+        done.set()
+        thread.join(30)
+    assert code == 0 and "another worker is updating it" in capsys.readouterr().out
+    assert value(url, "SELECT count(*) FROM run_updates") == 0
+    assert value(url, "SELECT count(*) FROM sentence_topics WHERE update_no IS NOT NULL") == 0
