@@ -1,4 +1,5 @@
-"""The firm x period x theme panel: the view ``firm_theme_periods``.
+"""The firm x period x theme panel: the view ``firm_theme_periods``, ``open_run().panel()``
+and ``firmtopics panel``.
 
 First on a small run built by hand, whose panel is known row by row (a broader theme
 counts its fine themes' sentences, a sentence in no theme counts only in its
@@ -11,9 +12,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+import pandas as pd
 import pytest
 
-from support import bare_run, insert_corpus
+from app.cli import main
+from app.errors import UsageError
+from app.results import open_run
+from support import bare_run, insert_corpus, offline_env, one_line_error
 
 COLUMNS = "firm_id, period, level, theme_id, theme_name, n_sentences, period_sentences"
 
@@ -89,6 +94,30 @@ async def test_the_view_counts_each_firm_period_in_its_themes_at_every_level(poo
     # The single-level run: its level 1 is its top, so zero rows are kept there.
     assert [tuple(r)[1:8] for r in rows if r["run_name"] == "other"] == [
         ("A", "2024Q1", 1, ids["G1"], "G1", 1, 1)]
+
+
+def test_panel_reads_the_view_by_level(small_run, env):
+    run = open_run("r", database_url=env)
+    panel = run.panel()
+    assert list(panel.columns) == ["firm_id", "period", "level", "theme_id", "theme_name", "n_sentences",
+                                   "period_sentences", "share"]
+    assert len(panel) == 10 and panel["share"].dtype == "float64"
+    top = run.panel(level=2)
+    assert list(top["theme_name"]) == ["T1", "T2", "T1", "T2", "T1", "T2"]  # by firm, period, theme
+    assert list(top["n_sentences"]) == [3, 0, 0, 1, 0, 2]
+    assert set(run.panel(level=1)["level"]) == {1}
+    with pytest.raises(UsageError, match="levels 1 to 2"):
+        run.panel(level=3)
+
+
+def test_a_bad_file_extension_or_level_is_a_usage_error(small_run, env, capsys, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    line = one_line_error(capsys, ["panel", "--run", "r", "--out", str(out / "panel.xlsx")])
+    assert ".parquet" in line and ".csv" in line and "panel.xlsx" in line
+    assert "levels 1 to 2" in one_line_error(capsys, ["panel", "--run", "r", "--level", "0",
+                                                      "--out", str(out / "panel.csv")])
+    assert list(out.iterdir()) == []
 
 
 # --- on the finished sample runs ---------------------------------------------------------
@@ -168,3 +197,17 @@ async def test_zero_rows_keep_every_top_theme_for_every_firm_period(conn):
     assert all(found == top for found in by_firm_period.values())
     # Each firm of the sample speaks of three or four of its six subjects: some cells are zero.
     assert any(r["n_sentences"] == 0 and r["share"] == 0 for r in rows)
+
+
+@pytest.mark.results
+def test_the_command_writes_parquet_and_csv_as_the_panel_reads(levelled_run, monkeypatch, tmp_path, capsys):
+    offline_env(monkeypatch, levelled_run, tmp_path)
+    assert main(["panel", "--out", str(tmp_path / "panel.parquet")]) == 0
+    assert "panel.parquet" in capsys.readouterr().out
+    assert main(["panel", "--level", "1", "--out", str(tmp_path / "fine.csv")]) == 0
+    run = open_run("default", database_url=levelled_run)
+    everything, fine = run.panel(), run.panel(level=1)
+    assert set(everything["level"]) == {1, 2} and set(fine["level"]) == {1}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "panel.parquet"), everything, check_dtype=False)
+    text_columns = {"firm_id": str, "period": str, "theme_name": str}
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "fine.csv", dtype=text_columns), fine, check_dtype=False)
