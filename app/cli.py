@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   firmtopics search "supply chain costs" --level theme
   firmtopics show theme 3                           a theme, its topics by firm, evidence
   firmtopics trends --top 5                         themes over time
+  firmtopics panel --out panel.parquet              firm x period x theme shares, for regressions
   firmtopics report --out results                   one self-contained HTML page
 
 Settings are environment variables (DATABASE_URL, XAI_API_KEY, FIRMTOPICS_*, ...): the
@@ -110,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a run's firms, topics, themes and sentences as Parquet files")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write into")
     run_option(export)
+
+    panel = commands.add_parser("panel", help="the firm x period x theme panel, as a Parquet or CSV file")
+    panel.add_argument("--out", type=Path, required=True, metavar="FILE",
+                       help="the file to write: .parquet or .csv (its format)")
+    panel.add_argument("--level", type=int, metavar="N",
+                       help="only the themes of this level (1 = the finest; default: every level)")
+    run_option(panel)
 
     report = commands.add_parser("report", help="a self-contained HTML page on a run: themes and a topic map")
     report.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write into")
@@ -246,16 +254,18 @@ async def cmd_demo(settings: Settings, args) -> int:
 
 
 async def cmd_read(settings: Settings, args) -> int:
-    """``search``, ``show``, ``trends``, ``export``, ``report``: the commands that read a
-    run's results live in modules of their own, each with a ``command`` function."""
-    from app.read import export, report, search, show, trends
+    """``search``, ``show``, ``trends``, ``export``, ``panel``, ``report``: the commands that
+    read a run's results live in modules of their own, each with a ``command`` function."""
+    from app.read import export, panel, report, search, show, trends
 
-    module = {"search": search, "show": show, "trends": trends, "export": export, "report": report}[args.command]
+    module = {"search": search, "show": show, "trends": trends, "export": export, "panel": panel,
+              "report": report}[args.command]
     return await module.command(settings, args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "update": cmd_run, "status": cmd_status, "runs": cmd_runs, "demo": cmd_demo,
-            "search": cmd_read, "show": cmd_read, "trends": cmd_read, "export": cmd_read, "report": cmd_read}
+COMMANDS = {"ingest": cmd_ingest, "run": cmd_run, "update": cmd_run, "status": cmd_status, "runs": cmd_runs,
+            "demo": cmd_demo, "search": cmd_read, "show": cmd_read, "trends": cmd_read, "export": cmd_read,
+            "panel": cmd_read, "report": cmd_read}
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def next_steps(settings: Settings) -> str:
         f"  {env} firmtopics search \"we bought back shares\" --level sentence --run {DEMO_RUN}",
         f"  {env} firmtopics show theme ID   (an id from the list above; also: show topic ID, show firm ID --run {DEMO_RUN})",
         f"  {env} firmtopics trends --run {DEMO_RUN}   (themes over time: the sample's calls carry quarters)",
+        f"  {env} firmtopics panel --run {DEMO_RUN} --out demo-panel.csv   (each firm's share of each theme,"
+        " quarter by quarter, for regressions)",
         f"  {env} firmtopics report --run {DEMO_RUN} --out demo-report   (one HTML page: themes and a topic map)",
         f"  {env} firmtopics export --run {DEMO_RUN} --out demo-export   (Parquet files for pandas, polars, R)",
         "",

@@ -171,3 +171,58 @@ FROM sentence_assignments sa
 JOIN documents d ON d.firm_id = sa.firm_id AND d.doc_id = sa.doc_id
 WHERE sa.theme_id IS NOT NULL
 GROUP BY sa.run_id, sa.run_name, sa.theme_id, sa.theme_name, d.period;
+
+-- Each firm's exposure to each theme, period by period: the panel a regression reads. One
+-- row per firm, period and theme, at every level: n_sentences, the firm-period's sentences
+-- in the theme (a broader theme counts those of every fine theme below it);
+-- period_sentences, all the firm-period's sentences in the run, in a theme or not; share,
+-- the one over the other. A firm's periods are its documents' (documents, schema 8);
+-- sentences of a document without a period are left out, as in theme_periods.
+--
+-- Zeros: every firm-period has a row for every top-level theme, with 0 where it never
+-- mentions the theme, so that a regression sees the firms that said nothing about it.
+-- Below the top, a firm-period has rows only for the themes it mentions: there are at
+-- most FIRMTOPICS_THEME_TOP_LEVEL_SIZE (20) top themes, but about sqrt(topics) fine ones,
+-- and with every zero kept, 7,000 firms x 40 quarters x 1,000 fine themes would be 280
+-- million rows, nearly all of them zeros (docs/exploring.md shows how to fill them).
+CREATE VIEW firm_theme_periods AS
+WITH fine AS (
+    -- The run's dated sentences, read once: one row per firm, period and fine theme
+    -- (NULL: sentences in no theme), with the firm-period's sentences beside it.
+    SELECT st.run_id, st.firm_id, d.period, coalesce(t.theme_id, st.theme_id) AS theme_id,
+           count(*) AS n_sentences,
+           sum(count(*)) OVER (PARTITION BY st.run_id, st.firm_id, d.period)::bigint AS period_sentences
+    FROM sentence_topics st
+    JOIN sentences s   ON s.sentence_id = st.sentence_id
+    JOIN documents d   ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id
+    LEFT JOIN topics t ON t.topic_id = st.topic_id
+    GROUP BY st.run_id, st.firm_id, d.period, coalesce(t.theme_id, st.theme_id)
+), mentioned AS (
+    -- Every theme a firm-period mentions, at every level: its fine themes and those above.
+    SELECT f.run_id, f.firm_id, f.period, l.ancestor_id AS theme_id, l.ancestor_is_top AS is_top,
+           sum(f.n_sentences)::bigint AS n_sentences, max(f.period_sentences) AS period_sentences
+    FROM fine f JOIN theme_lineage l ON l.theme_id = f.theme_id
+    GROUP BY f.run_id, f.firm_id, f.period, l.ancestor_id, l.ancestor_is_top
+), cells AS (
+    SELECT run_id, firm_id, period, theme_id, n_sentences, period_sentences FROM mentioned WHERE NOT is_top
+    UNION ALL
+    -- The top level in full: each firm-period with each top theme of its run, mentioned or not.
+    SELECT p.run_id, p.firm_id, p.period, top.theme_id, coalesce(m.n_sentences, 0), p.period_sentences
+    FROM (SELECT DISTINCT run_id, firm_id, period, period_sentences FROM fine) p
+    JOIN themes top      ON top.run_id = p.run_id AND top.parent_theme_id IS NULL
+    LEFT JOIN mentioned m ON m.run_id = p.run_id AND m.firm_id = p.firm_id AND m.period = p.period
+                         AND m.theme_id = top.theme_id
+)
+SELECT c.run_id,
+       r.name                               AS run_name,
+       c.firm_id,
+       c.period,
+       th.level,
+       c.theme_id,
+       th.name                              AS theme_name,
+       c.n_sentences::integer               AS n_sentences,
+       c.period_sentences::integer          AS period_sentences,
+       c.n_sentences::float8 / c.period_sentences AS share
+FROM cells c
+JOIN themes th ON th.theme_id = c.theme_id
+JOIN runs r    ON r.run_id = c.run_id;

@@ -1,11 +1,14 @@
 """The command line's habits, on the finished sample run: every option has help text,
-``--help`` ends with examples and points to the settings table, ``--version``, the
-``runs`` list, and ``--json`` on ``status``, ``runs`` and ``show`` gives JSON that parses."""
+the README names every command, ``--help`` ends with examples and points to the settings
+table, ``--version``, the ``runs`` list, and ``--json`` on ``status``, ``runs`` and
+``show`` gives JSON that parses."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,11 @@ def test_every_option_and_argument_has_help():
                for name, parser in subcommands().items() for a in parser._actions
                if not isinstance(a, argparse._HelpAction) and not a.help]
     assert missing == []
+
+
+def test_the_readme_names_every_command():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert [name for name in subcommands() if not re.search(rf"firmtopics {name}\b", readme)] == []
 
 
 def test_help_ends_with_examples_and_points_to_the_settings(capsys):

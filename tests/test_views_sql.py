@@ -18,7 +18,8 @@ async def test_views_come_from_views_sql_and_follow_it(database_url):
             await apply_migrations(conn)
             first = await _views(conn)
             assert set(first) >= {"sentence_assignments", "theme_sentences", "firm_themes", "topic_overview",
-                                  "theme_overview", "theme_lineage", "sentence_top_themes", "theme_periods"}
+                                  "theme_overview", "theme_lineage", "sentence_top_themes", "theme_periods",
+                                  "firm_theme_periods"}
             assert sql_file("views.sql").count("CREATE VIEW") == len(first)
 
             # A database whose views were made by another text (an earlier release): made again.

@@ -6,6 +6,7 @@
     themes = run.themes()              # every level, with parent and sizes
     frame, vectors = run.sentences(embeddings=True)
     run.periods()                      # theme prevalence per period
+    run.panel(level=2)                 # firm x period x theme shares, for regressions
     run.search("supply chain costs", level="theme")
 
 Each method opens a connection, reads, and closes it, so a ``Run`` holds nothing between
@@ -124,6 +125,17 @@ class Run:
         ``theme_name``, ``period``, ``n_firms``, ``n_sentences``, ``share_of_period``.
         Empty for a corpus without periods."""
         return self._frame(_PERIODS)
+
+    def panel(self, *, level: int | None = None) -> pd.DataFrame:
+        """The firm x period x theme panel (the view ``firm_theme_periods``), one row per
+        firm, period and theme of ``level`` (1 = fine; None: every level): ``firm_id``,
+        ``period``, ``level``, ``theme_id``, ``theme_name``, ``n_sentences``,
+        ``period_sentences``, ``share``; zero rows for every top-level theme. Raises
+        ``UsageError`` for a level the run lacks (``app/read/panel.py``)."""
+        from app.read.panel import COLUMN_NAMES, panel_rows
+
+        rows = _on_a_connection(self.url, lambda conn: panel_rows(conn, self.run_id, self.name, level))
+        return pd.DataFrame([dict(r) for r in rows], columns=COLUMN_NAMES)
 
     def search(self, text: str, *, level: str = "topic", firm: str | None = None, limit: int = 10,
                theme_level: int | None = None) -> pd.DataFrame:
