@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import collections
 import random
+from functools import partial
 
 import pytest
 
+from app import clustering, themes
 from app.backend import CPU
 from app.job import run_job
 from app.naming import OfflineNamer
@@ -92,7 +94,12 @@ def family_rows(firms: int = 6, per_subject: int = 24, seed: int = 3) -> tuple[l
 
 
 @pytest.fixture
-async def family_run(pool, embedder):
+async def family_run(request, pool, embedder, monkeypatch):
+    """The family corpus run whole, its themes grouped by exact Ward, or (parameter
+    ``two-stage``) by the two-stage grouping the theme stage uses above
+    ``WARD_EXACT_MAX`` topics, forced here on a few dozen topics."""
+    if getattr(request, "param", "exact") == "two-stage":
+        monkeypatch.setattr(themes, "theme_labels", partial(clustering.theme_labels, exact_max=0))
     rows, subject_of = family_rows()
     await insert_corpus(pool, rows)
     outcome = await run_job(pool, RunSettings(theme_count=9, theme_top_level_size=3), run_name="families",
@@ -102,6 +109,7 @@ async def family_run(pool, embedder):
 
 
 @pytest.mark.results
+@pytest.mark.parametrize("family_run", ["exact", "two-stage"], indirect=True)
 async def test_the_top_level_recovers_the_families(family_run):
     pool, subject_of = family_run
     async with pool.acquire() as conn:
