@@ -128,7 +128,7 @@ async def test_a_run_with_more_topics_than_the_map_takes_is_drawn_from_a_seeded_
     traces = map_traces(text)
     assert sum(len(t["customdata"]) for t in traces) == cap
     assert {t["type"] for t in traces} == {"scattergl"}  # WebGL: many dots stay quick to draw
-    assert f"a sample of {cap:,} of its {len(topics):,} topics" in text
+    assert f"a sample of {cap:,} of the run's {len(topics):,} topics" in text
     data = await report_data(conn, "default", map_points=cap)
     assert len(data["topics"]) == cap and data["map_total"] == len(topics)
     # Every theme keeps at least one dot, and the sample is the same every time (seeded).

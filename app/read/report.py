@@ -316,7 +316,7 @@ def render_html(data: dict, chart: str | None, trends: str | None = None) -> str
         coloured_by = "theme"
     picture = chart or "<p>This run has no topics to map.</p>"
     if chart and data["map_total"] > len(data["topics"]):
-        picture = (f"<p><b>The map shows a sample of {len(data['topics']):,} of its {data['map_total']:,} topics</b>"
+        picture = (f"<p><b>The map shows a sample of {len(data['topics']):,} of the run's {data['map_total']:,} topics</b>"
                    " (drawn at random with the run's seed, every fine theme kept), so that the page stays light "
                    "and quick to draw; every topic is in the Parquet export and the database.</p>" + picture)
     return f"""<!DOCTYPE html>
