@@ -1,8 +1,9 @@
 """``firmtopics run --dry-run``: what a run would ask of the LLM, and cost, before it spends.
 
 Nothing is ingested and nothing is written. The corpus is the file given with
-``--input`` (read and checked like ``ingest`` would, kept in memory) or else the
-sentences already in the database. The expected number of topics comes from a finished
+``--input`` (read and checked like ``ingest`` would, streamed: only each firm's count
+is kept, and the texts of the few firms a sample clusters) or else the sentences
+already in the database. The expected number of topics comes from a finished
 run in the database (its topics per clustered sentence) or, when there is none, from a
 sample of firms clustered here with the run's settings (embedded, never stored). The
 number of themes follows from it by the theme stage's own rules (square root, then the
@@ -15,6 +16,7 @@ requests the exchange log already answers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,16 +65,45 @@ def themes_for(topics: int, settings: RunSettings) -> int:
     return total
 
 
-def file_corpus(path: Path) -> dict[str, list[str]]:
-    """The sentences of a corpus file by firm, checked like ``ingest`` (bad rows left out,
-    exact repeats within a firm and document counted once)."""
+def file_rows(path: Path) -> Iterator:
+    """The checked rows of a corpus file, one at a time, as ``ingest`` reads them (bad
+    rows left out: ``app.corpus.read_chunks``)."""
     from app.corpus import IngestReport, read_chunks
 
-    firms: dict[str, dict[tuple, str]] = {}
     for chunk in read_chunks(path, IngestReport(path=path)):
-        for row in chunk:
-            firms.setdefault(row.firm_id, {})[(row.doc_id, row.text)] = row.text
-    return {firm: list(texts.values()) for firm, texts in firms.items()}
+        yield from chunk
+
+
+def firm_sizes(rows: Iterable) -> dict[str, int]:
+    """Sentences per firm of ``rows`` (``app.corpus.Row``s, consumed once, in file order).
+
+    Keeps a count per firm and the texts of the document being read, no more: memory
+    follows the number of firms, not of sentences. An exact repeat within a document is
+    counted once, as ``ingest`` stores it once, when the document's rows come together
+    (a file written document by document); a document whose rows are scattered through
+    the file may have a repeat counted again, which makes the estimate a little high.
+    """
+    sizes: dict[str, int] = {}
+    document, texts = None, set()
+    for row in rows:
+        if (row.firm_id, row.doc_id) != document:
+            document, texts = (row.firm_id, row.doc_id), set()
+        if row.text not in texts:
+            texts.add(row.text)
+            sizes[row.firm_id] = sizes.get(row.firm_id, 0) + 1
+    return sizes
+
+
+def firm_texts(rows: Iterable, firms: Iterable[str]) -> dict[str, list[str]]:
+    """The sentences of ``firms`` in ``rows``, in file order, an exact repeat within a
+    document taken once (as ``ingest`` stores them); the texts of other firms are
+    passed over, never kept."""
+    wanted = set(firms)
+    texts: dict[str, dict[tuple, str]] = {}
+    for row in rows:
+        if row.firm_id in wanted:
+            texts.setdefault(row.firm_id, {})[(row.doc_id, row.text)] = row.text
+    return {firm: list(kept.values()) for firm, kept in texts.items()}
 
 
 async def database_corpus(conn: asyncpg.Connection) -> dict[str, int]:
@@ -157,9 +188,10 @@ async def estimate(conn: asyncpg.Connection | None, settings: Settings, path: Pa
     import anyio
 
     run_settings = settings.run
-    texts = await anyio.to_thread.run_sync(file_corpus, path) if path else None
-    sizes = {firm: len(t) for firm, t in texts.items()} if texts is not None else \
-        (await database_corpus(conn) if conn is not None else {})
+    if path:
+        sizes = await anyio.to_thread.run_sync(lambda: firm_sizes(file_rows(path)))
+    else:
+        sizes = await database_corpus(conn) if conn is not None else {}
     clustered = {firm: n for firm, n in sizes.items() if n >= run_settings.min_firm_sentences}
     previous = await finished_run(conn) if conn is not None else None
     cached = 0
@@ -168,7 +200,9 @@ async def estimate(conn: asyncpg.Connection | None, settings: Settings, path: Pa
         basis = f"topics per sentence of the finished run {previous['name']!r} in this database"
         cached = previous["cached"]
     elif clustered:
-        if texts is None:
+        if path:  # the file again, keeping only the sampled firms' sentences
+            texts = await anyio.to_thread.run_sync(lambda: firm_texts(file_rows(path), middle_firms(clustered)))
+        else:
             texts = await _database_texts(conn, clustered)
         sample = await anyio.to_thread.run_sync(sample_topics, texts, run_settings, settings)
         per_sentence, topic_tokens = sample["topics_per_sentence"], sample["topic_tokens"]

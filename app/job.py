@@ -10,8 +10,10 @@ clustering backend, then calls ``run_job``):
    the namer is bound to it (``Namer.for_run``: its exchange log and run-wide slots);
 3. firms not yet recorded for the run are processed (one query finds them);
 4. the theme stage runs, and the run's quality figures are stored with it (redone
-   cleanly if a previous process died in it; skipped if a previous process stored it
-   and died in the index build, with no firm added since);
+   cleanly if a previous process died in it, except that a process that died while
+   attaching sentences to the stored themes is taken up after its last batch; skipped
+   if a previous process stored it and died in the index build; both only with no firm
+   added since);
 5. the HNSW indexes are built, once, at the end.
 
 A run that is already complete, with no new firm, does nothing and says so.
@@ -58,7 +60,7 @@ from app.runs import (
 )
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
 from app.settings import RunSettings, Settings
-from app.themes import run_theme_stage, stored_themes
+from app.themes import run_theme_stage, stored_themes, themes_out_of_date
 from app.update import UpdateOutcome, run_update
 
 log = get_logger("job")
@@ -270,6 +272,8 @@ class _Job:
         async with self.pool.acquire() as conn:
             # Bulk-loading rule: no vector index while loading; rebuilt once at the end.
             await drop_vector_indexes(conn, self.run_id)
+            # Firms are coming: themes stored before are no longer to be resumed.
+            await themes_out_of_date(conn, self.run_id)
         largest = max(f.n_sentences for f in todo)
         warm_s = await anyio.to_thread.run_sync(lambda: warm_up(self.backend, self.settings, largest_firm=largest))
         timings["warm_up_s"] = round(warm_s, 2)
@@ -318,7 +322,7 @@ class _Job:
             stage_started = time.perf_counter()
             log.info("stage_started", stage="themes")
             themes = await run_theme_stage(self.pool, self.run_id, self.settings, self.embedder, self.namer,
-                                           retry_window_s=self.retry_window_s)
+                                           retry_window_s=self.retry_window_s, resume=not self.took_any)
             self.outcome.timings["themes_s"] = round(time.perf_counter() - stage_started, 2)
             log.info("stage_finished", stage="themes", themes=themes.themes, topics=themes.topics,
                      linked_by_cluster=themes.linked_by_cluster, reason=themes.reason, seconds=self.outcome.timings["themes_s"])

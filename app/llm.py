@@ -20,8 +20,9 @@ How it behaves, in short (``docs/naming.md`` has the long version):
   is needed for a server on this machine or a private network.
 * **Retries like a good client**: connection errors, timeouts, 408, 409, 429 and 5xx are
   retried with exponential backoff and jitter, honouring ``Retry-After`` and
-  ``retry-after-ms``; an unusable reply (no JSON label) is retried too. Attempts are
-  bounded (``LLM_MAX_ATTEMPTS``).
+  ``retry-after-ms``; an unusable reply (no JSON label, or a body over
+  ``MAX_REPLY_BYTES``, never read whole) is retried too. Attempts are bounded
+  (``LLM_MAX_ATTEMPTS``).
 * **Never aborts the run for one topic**: after its last attempt a topic gets the offline
   keyword label (``source = "keywords"``) and the failure is counted.
 * **Stops when the money is gone**: a reply saying the quota or credits are exhausted (or
@@ -72,6 +73,10 @@ from app.settings import Settings, redact
 CONNECT_TIMEOUT_S = 10.0
 # The start-up check asks for a one-word reply: a few tokens are plenty.
 CHECK_MAX_TOKENS = 5
+# A reply is a few hundred bytes; a body larger than this is no answer, and is not read
+# further (a broken or hostile server must not fill memory).
+MAX_REPLY_BYTES = 1_000_000
+READ_CHUNK_BYTES = 64 * 1024
 # Statuses that say "try again later" (RFC 9110 and the OpenAI/xAI error guides).
 RETRYABLE_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
@@ -561,11 +566,19 @@ class LLMNamer:
                                      subject=subject, usage=(body or {}).get("usage"))
 
     async def _send(self, payload: dict) -> tuple[int, Mapping[str, str], str]:
-        """POST the payload; returns status, headers and body text. Network trouble is a retryable ``_Failure``."""
+        """POST the payload; returns status, headers and body text. Network trouble, and a
+        body over ``MAX_REPLY_BYTES`` (read a chunk at a time, and the connection closed at
+        the cap rather than read to its end), are a retryable ``_Failure``."""
         assert self._session is not None
         try:
             async with self._session.post(self._url, json=payload) as response:
-                raw = await response.read()
+                raw = bytearray()
+                async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+                    raw += chunk
+                    if len(raw) > MAX_REPLY_BYTES:
+                        response.close()
+                        raise _Failure(RETRY, f"a reply of more than {MAX_REPLY_BYTES:,} bytes, not read further",
+                                       status=response.status)
                 return response.status, response.headers, raw.decode("utf-8", errors="replace")
         except asyncio.TimeoutError:
             raise _Failure(RETRY, f"no reply within {self._settings.llm_timeout_s:g} s") from None

@@ -22,7 +22,11 @@ sentences, when it is close enough (``RunSettings.theme_outlier_threshold``): a 
 say something too rarely for a topic of its own that other firms discuss at length.
 
 The stage is redone from scratch when a run resumes after dying in it: the run's themes
-are deleted first, in the same transaction that writes the new ones.
+are deleted first, in the same transaction that writes the new ones. Attaching the
+sentences in no topic is the exception: it runs after the themes are stored, in batches
+of sentences, each a short transaction of its own that records how far it came
+(``runs.attached_through``, ``sql/012_attach_progress.sql``), so a run that dies while
+attaching keeps its themes and takes up after the last batch done.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ from app.settings import RunSettings
 log = get_logger("themes")
 
 MEMBER_SAMPLE = 12  # member topics shown to the namer per theme
+# Sentences in no topic compared with the themes per transaction: a batch holds its rows'
+# locks for a second or so, and an interruption loses at most one batch's work.
+ATTACH_BATCH_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -113,14 +120,25 @@ async def topic_vectors(rows, embedder: Embedder, limiter=None) -> tuple[np.ndar
 
 async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings, embedder: Embedder, namer: Namer,
                           limiter: anyio.CapacityLimiter | None = None,
-                          retry_window_s: float | None = None) -> ThemeOutcome:
-    """Represent the run's topics, group them into themes, name and store the themes.
+                          retry_window_s: float | None = None, *, resume: bool = False) -> ThemeOutcome:
+    """Represent the run's topics, group them into themes, name and store the themes,
+    then attach the sentences in no topic to them.
 
     Returns a ``ThemeOutcome``. With fewer than ``MIN_TOPICS`` topics, the topics still
     get their vectors and no theme is made (the reason says why). A dropped connection is
     retried for ``retry_window_s`` (``DB_RETRY_WINDOW_S``). The grouping needs no clustering
-    backend: Ward runs on the CPU (200,000 topics in minutes, docs/benchmarks.md).
+    backend: Ward runs on the CPU (200,000 topics in minutes, docs/benchmarks.md). With
+    ``resume`` (no firm was added since the run last stopped), themes a stopped start
+    stored already stand, and only the sentences left are attached.
     """
+    if resume and await with_connection_retry(pool, lambda conn: conn.fetchval(
+            "SELECT attached_through FROM runs WHERE run_id = $1", run_id), what="attach progress",
+            window_s=retry_window_s) is not None:
+        log.info("theme_stage_resumed", reason="themes stored before the run stopped; attaching the sentences left")
+        attached = await _attach(pool, run_id, settings.theme_outlier_threshold, retry_window_s)
+        log.info("sentences_attached", sentences_attached=attached)
+        return await with_connection_retry(pool, lambda conn: stored_themes(conn, run_id), what="count themes",
+                                           window_s=retry_window_s)
     # In firm and topic order, not topic_id order: topic ids follow the order in which
     # firms happened to be written (LLM answers come back in any order), and the theme
     # numbering follows the order of its input.
@@ -133,8 +151,7 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
     if len(rows) < MIN_TOPICS:
         reason = f"only {len(rows)} topics; at least {MIN_TOPICS} needed to form themes"
         log.warning("no_themes", reason=reason)
-        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], attach_threshold=None,
-                     window_s=retry_window_s)
+        await _store(pool, run_id, topic_ids, embeddings, levels=[], assignment=[], window_s=retry_window_s)
         return ThemeOutcome(len(rows), 0, 0, reason)
 
     n_themes = theme_count(len(rows), settings)
@@ -163,8 +180,8 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
         for child in below:
             child.parent_no = int(parents[child.to_name.theme_no])
         levels.append(level)
-    attached = await _store(pool, run_id, topic_ids, embeddings, levels=levels, assignment=assignment,
-                            attach_threshold=settings.theme_outlier_threshold, window_s=retry_window_s)
+    await _store(pool, run_id, topic_ids, embeddings, levels=levels, assignment=assignment, window_s=retry_window_s)
+    attached = await _attach(pool, run_id, settings.theme_outlier_threshold, retry_window_s)
     log.info("themes_formed", themes=len(fine), topics=len(rows), levels=[len(level) for level in levels],
              largest=int(max(t.to_name.n_topics for t in fine)), sentences_attached=attached)
     return ThemeOutcome(len(rows), len(fine), len(assignment), levels=[len(level) for level in levels])
@@ -236,58 +253,131 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
     return [FormedTheme(t, label, vector) for t, label, vector in zip(to_name, names, vectors)]
 
 
-async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, attach_threshold, window_s) -> int:
-    """Replace the run's themes and topic links, and attach the sentences in no topic, in
-    one transaction (retried whole on a dropped connection: the transaction rolled back,
-    so a retry starts clean). Returns how many sentences were attached to a theme."""
+async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, window_s) -> None:
+    """Replace the run's themes and topic links, clear its attached sentences and start
+    their attaching afresh (``restart_attaching``), in one transaction (retried whole on a
+    dropped connection: the transaction rolled back, so a retry starts clean)."""
 
-    async def store(conn: asyncpg.Connection) -> int:
+    async def store(conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             await _replace_themes(conn, run_id, topic_ids, embeddings, levels=levels, assignment=assignment)
-            if attach_threshold is None:
-                return 0
-            return await attach_sentences_to_themes(conn, run_id, attach_threshold)
+            await restart_attaching(conn, run_id)
 
-    return await with_connection_retry(pool, store, what="store themes", window_s=window_s)
+    await with_connection_retry(pool, store, what="store themes", window_s=window_s)
+
+
+async def _attach(pool, run_id: int, threshold: float, window_s: float | None) -> int:
+    """``attach_remaining`` on pooled connections, each step retried over a dropped one."""
+    return await attach_remaining(
+        lambda action: with_connection_retry(pool, action, what="attach sentences to themes", window_s=window_s),
+        run_id, threshold)
 
 
 # The centre of each fine theme is the mean of its topics' sentences (pgvector's avg; the
-# cosine distance ignores its length). MATERIALIZED: computed once, not per sentence.
-# Ties in distance go to the lower theme id, so the same input gives the same themes.
-_ATTACH = """
-WITH centre AS MATERIALIZED (
-    SELECT t.theme_id, avg(st.embedding) AS v
-    FROM sentence_topics st JOIN topics t ON t.topic_id = st.topic_id
-    WHERE st.run_id = $1 AND t.theme_id IS NOT NULL
-    GROUP BY t.theme_id),
+# cosine distance ignores its length), computed once for all batches.
+_CENTRES = """
+SELECT t.theme_id, avg(st.embedding) AS v
+FROM sentence_topics st JOIN topics t ON t.topic_id = st.topic_id
+WHERE st.run_id = $1 AND t.theme_id IS NOT NULL
+GROUP BY t.theme_id ORDER BY t.theme_id
+"""
+# One batch: the next sentences in no topic after the mark ($2), in sentence id order, each
+# given its nearest centre when close enough. Ties in distance go to the lower theme id, so
+# the same input gives the same themes, whatever the batches.
+_ATTACH_BATCH = """
+WITH centre AS MATERIALIZED (SELECT * FROM unnest($3::bigint[], $4::vector[]) AS c (theme_id, v)),
+batch AS MATERIALIZED (
+    SELECT sentence_id, embedding FROM sentence_topics
+    WHERE run_id = $1 AND topic_id IS NULL AND sentence_id > $2 AND ($7::integer IS NULL OR update_no = $7)
+    ORDER BY sentence_id LIMIT $5),
 nearest AS (
-    SELECT st.sentence_id, c.theme_id, c.distance
-    FROM sentence_topics st
-    CROSS JOIN LATERAL (SELECT theme_id, st.embedding <=> v AS distance FROM centre
-                        ORDER BY 2, theme_id LIMIT 1) c
-    WHERE st.run_id = $1 AND st.topic_id IS NULL AND ($3::integer IS NULL OR st.update_no = $3))
-UPDATE sentence_topics st SET theme_id = n.theme_id
-FROM nearest n
-WHERE st.run_id = $1 AND st.sentence_id = n.sentence_id AND 1 - n.distance >= $2
+    SELECT b.sentence_id, c.theme_id, c.distance
+    FROM batch b
+    CROSS JOIN LATERAL (SELECT theme_id, b.embedding <=> v AS distance FROM centre
+                        ORDER BY 2, theme_id LIMIT 1) c),
+attached AS (
+    UPDATE sentence_topics st SET theme_id = n.theme_id
+    FROM nearest n
+    WHERE st.run_id = $1 AND st.sentence_id = n.sentence_id AND 1 - n.distance >= $6
+    RETURNING 1)
+SELECT (SELECT max(sentence_id) FROM batch) AS last, (SELECT count(*) FROM attached) AS attached
 """
 
 
-async def attach_sentences_to_themes(conn: asyncpg.Connection, run_id: int, threshold: float, *,
-                                     update_no: int | None = None) -> int:
-    """Give each sentence of the run that is in no topic the nearest fine theme, when its
-    cosine similarity to the centre of the theme's sentences is at least ``threshold``.
+async def themes_out_of_date(conn: asyncpg.Connection, run_id: int) -> None:
+    """Mark the run's stored themes as out of date (``runs.attached_through`` NULL), before
+    firms are added to it: its next theme stage is then run whole, never resumed."""
+    await conn.execute("UPDATE runs SET attached_through = NULL WHERE run_id = $1", run_id)
 
-    Takes a connection (inside the theme stage's transaction, after the topics are linked
-    to their themes), the run and the threshold; returns how many sentences were
-    attached. Sentences in a topic keep their theme through it (the table refuses both).
-    With ``update_no``, only that update's sentences are (re)attached and every other
-    sentence keeps what it has (``app.update``).
-    """
-    if update_no is None:
+
+async def restart_attaching(conn: asyncpg.Connection, run_id: int) -> None:
+    """Detach every sentence of the run from its attached theme and set the run's mark
+    (``runs.attached_through``) to 0, in one transaction (a savepoint inside the caller's):
+    the next ``attach_remaining`` starts from the first sentence."""
+    async with conn.transaction():
         await conn.execute("UPDATE sentence_topics SET theme_id = NULL WHERE run_id = $1 AND theme_id IS NOT NULL",
                            run_id)
-    status = await conn.execute(_ATTACH, run_id, float(threshold), update_no)
-    return int(status.split()[-1])
+        await conn.execute("UPDATE runs SET attached_through = 0 WHERE run_id = $1", run_id)
+
+
+async def attach_remaining(on_a_connection, run_id: int, threshold: float, *,
+                           batch_rows: int = ATTACH_BATCH_ROWS) -> int:
+    """Give each sentence of the run in no topic, after the run's mark, the nearest fine
+    theme when its cosine similarity to the centre of the theme's sentences is at least
+    ``threshold``; returns how many were attached.
+
+    ``on_a_connection(action)`` awaits ``action(conn)`` on a connection (retried, in the
+    theme stage). The sentences go ``batch_rows`` at a time in sentence id order, each
+    batch in a transaction of its own that moves the mark past it, so memory and locks
+    follow a batch, and a call after an interruption takes up after the last batch done.
+    The result is the same whatever the batch size. Sentences in a topic keep their theme
+    through it (the table refuses both)."""
+    records = await on_a_connection(lambda conn: conn.fetch(_CENTRES, run_id))
+    if not records:
+        return 0
+    centres = ([r["theme_id"] for r in records], [r["v"] for r in records])
+
+    async def one_batch(conn: asyncpg.Connection) -> int | None:
+        async with conn.transaction():
+            after = await conn.fetchval("SELECT attached_through FROM runs WHERE run_id = $1 FOR UPDATE", run_id)
+            row = await conn.fetchrow(_ATTACH_BATCH, run_id, after or 0, *centres, batch_rows, float(threshold), None)
+            if row["last"] is None:
+                return None  # no sentence left after the mark
+            await conn.execute("UPDATE runs SET attached_through = $2 WHERE run_id = $1", run_id, row["last"])
+            return row["attached"]
+
+    total = 0
+    while (attached := await on_a_connection(one_batch)) is not None:
+        total += attached
+    return total
+
+
+async def attach_update(on_a_connection, run_id: int, threshold: float, update_no: int, *,
+                        batch_rows: int = ATTACH_BATCH_ROWS) -> int:
+    """Attach the sentences in no topic that update ``update_no`` brought (``app.update``)
+    as ``attach_remaining`` attaches the run's, batch by batch, leaving the run's mark and
+    every other sentence as they are; returns how many were attached. Each batch is one
+    statement, so a repeated batch (a retry, a resumed update) attaches the same again."""
+    records = await on_a_connection(lambda conn: conn.fetch(_CENTRES, run_id))
+    centres = ([r["theme_id"] for r in records], [r["v"] for r in records])
+    after, total = 0, 0
+    while records:
+        row = await on_a_connection(lambda conn, after=after: conn.fetchrow(
+            _ATTACH_BATCH, run_id, after, *centres, batch_rows, float(threshold), update_no))
+        if row["last"] is None:
+            break
+        after, total = row["last"], total + row["attached"]
+    return total
+
+
+async def attach_sentences_to_themes(conn: asyncpg.Connection, run_id: int, threshold: float, *,
+                                     batch_rows: int = ATTACH_BATCH_ROWS) -> int:
+    """Attach the run's sentences in no topic to their nearest fine theme afresh, on one
+    connection: ``restart_attaching``, then ``attach_remaining`` with ``threshold`` and
+    ``batch_rows``, each batch a transaction of its own (a savepoint inside the caller's).
+    Returns how many sentences were attached."""
+    await restart_attaching(conn, run_id)
+    return await attach_remaining(lambda action: action(conn), run_id, threshold, batch_rows=batch_rows)
 
 
 async def _replace_themes(conn, run_id, topic_ids, embeddings, *, levels, assignment) -> None:

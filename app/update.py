@@ -54,7 +54,7 @@ from app.pipeline import ClusteredFirm, FirmStage, name_firm, run_firm_stage
 from app.progress import Progress
 from app.runs import find_run, firms_to_do, left_sentences, open_run
 from app.settings import RunSettings
-from app.themes import THEMED_TOPICS, attach_sentences_to_themes, topic_vectors
+from app.themes import THEMED_TOPICS, attach_update, topic_vectors
 from app.writer import FirmResult, copy_sentence_topics, insert_topics
 
 log = get_logger("update")
@@ -171,8 +171,8 @@ class _Update:
                 return outcome
             await self.known_firm(firm_id, update_no)
         await self.link_new_topics(update_no)
-        await self.retried(lambda c: attach_sentences_to_themes(
-            c, self.run_id, self.settings.theme_outlier_threshold, update_no=update_no), "attach new sentences")
+        await attach_update(lambda action: self.retried(action, "attach new sentences"), self.run_id,
+                            self.settings.theme_outlier_threshold, update_no)
         outcome.added, outcome.drift = await self.retried(lambda c: _finish(c, self.run_id, update_no),
                                                           "record the update")
         log.info("update_finished", run_id=self.run_id, update=update_no, **outcome.added, **outcome.drift,

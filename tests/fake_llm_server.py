@@ -15,7 +15,10 @@ What it does:
 * A scripted queue of behaviours (``enqueue``): each chat request that passes the rules
   takes the next behaviour; an empty queue means "answer normally". Behaviours: a status
   with headers (429 with ``Retry-After``, 500, a quota-exhausted 429 ...), malformed
-  content, code-fenced content, a hang past the client's timeout.
+  content, code-fenced content, a hang past the client's timeout, an oversized body (a
+  normal answer padded with spaces to a given size, streamed in chunks with no
+  Content-Length; ``streamed`` records how many bytes of each went out before the client
+  hung up).
 * Like servers of other makers: ``require_key=False`` takes requests without a key (a
   local vLLM or Ollama); ``refuse_parameters`` answers 400 naming any of those request
   parameters when a request carries it (a newer OpenAI model refusing ``max_tokens``, a
@@ -55,8 +58,9 @@ class Behaviour:
     """What the server does with one chat request.
 
     ``kind`` is ``ok`` (a normal answer), ``status`` (answer ``status`` with ``body`` and
-    ``headers``), ``content`` (a 200 whose message content is ``content`` verbatim) or
-    ``hang`` (wait ``seconds`` before answering normally).
+    ``headers``), ``content`` (a 200 whose message content is ``content`` verbatim),
+    ``hang`` (wait ``seconds`` before answering normally) or ``oversized`` (a normal
+    answer padded with spaces to ``size`` bytes, which is still valid JSON, streamed).
     """
 
     kind: str = "ok"
@@ -65,6 +69,7 @@ class Behaviour:
     headers: dict = field(default_factory=dict)
     content: str | None = None
     seconds: float = 0.0
+    size: int = 0
 
 
 # Ready-made behaviours, so tests read as a list of what happens.
@@ -109,6 +114,10 @@ def content(text: str) -> Behaviour:
 
 def hang(seconds: float = 30.0) -> Behaviour:
     return Behaviour("hang", seconds=seconds)
+
+
+def oversized(size: int) -> Behaviour:
+    return Behaviour("oversized", size=size)
 
 
 @dataclass
@@ -186,6 +195,7 @@ class FakeLLMServer:
         self.requests: list[RecordedRequest] = []
         self.in_flight = 0
         self.peak_concurrent = 0
+        self.streamed: list[int] = []  # bytes of each oversized body sent before the client hung up
         self._script: deque[Behaviour] = deque()
         self._random = random.Random(seed)
         self._closing = asyncio.Event()
@@ -300,7 +310,31 @@ class FakeLLMServer:
             return web.json_response(self._completion(body, behaviour.content or ""))
         keyword = first_keyword(body)
         label = {"name": f"LLM {keyword}", "summary": f"What the firm says about {keyword}."}
+        if behaviour.kind == "oversized":
+            return await self._stream_padded(request, self._completion(body, json.dumps(label)), behaviour.size)
         return web.json_response(self._completion(body, json.dumps(label)))
+
+    async def _stream_padded(self, request: web.Request, answer: dict, size: int) -> web.StreamResponse:
+        """``answer`` followed by spaces up to ``size`` bytes, written a chunk at a time
+        (chunked encoding, no Content-Length), until the end or until the client hangs up."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        head, pad = json.dumps(answer).encode(), b" " * 65536
+        sent = 0
+        try:
+            await response.write(head)
+            sent = len(head)
+            while sent < size:
+                piece = pad[:size - sent]
+                await response.write(piece)
+                sent += len(piece)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):  # the client closed the connection
+            pass
+        finally:
+            self.streamed.append(sent)
+        return response
 
     def _unscripted(self) -> Behaviour:
         if self.error_rate and self._random.random() < self.error_rate:

@@ -5,11 +5,13 @@ clustered) and on one with a finished run (its figures are used)."""
 from __future__ import annotations
 
 import re
+import tracemalloc
 
 import pytest
 
 from app.cli import main
-from app.estimate import themes_for
+from app.corpus import Row
+from app.estimate import firm_sizes, firm_texts, themes_for
 from app.sample import sample_rows
 from app.settings import RunSettings
 from support import TABLES, fetch, offline_env
@@ -66,3 +68,32 @@ def test_themes_for_follows_the_theme_stage():
     assert themes_for(3, settings) == 0  # too few topics for themes
     assert themes_for(100, settings) == 10  # sqrt(100): one level
     assert themes_for(6879, settings) == 83 + 20  # 83 fine themes, then a top level of at most 20
+
+
+def generated_rows(firms: int, documents: int, per_document: int):
+    """Rows made one at a time, never all held: each document has its texts once, then
+    its first text again (a repeat that ingest stores once)."""
+    for d in range(documents):
+        for f in range(firms):
+            for i in range(per_document):
+                yield Row(f"F{f}", None, f"F{f}-D{d}", f"firm {f}, document {d}, sentence {i}: " + "x" * 80)
+            yield Row(f"F{f}", None, f"F{f}-D{d}", f"firm {f}, document {d}, sentence 0: " + "x" * 80)
+
+
+def test_firm_sizes_counts_a_stream_and_keeps_no_texts():
+    rows = generated_rows(firms=5, documents=400, per_document=100)  # 200,000 sentences, ~25 MB of text
+    tracemalloc.start()
+    try:
+        sizes = firm_sizes(rows)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sizes == {f"F{f}": 400 * 100 for f in range(5)}  # each repeat within its document counted once
+    assert next(rows, None) is None  # the iterator was consumed, not copied
+    assert peak < 1_000_000  # a document's texts at a time, never the corpus's
+
+
+def test_firm_texts_keeps_only_the_firms_asked_for():
+    texts = firm_texts(generated_rows(firms=3, documents=2, per_document=4), ["F1"])
+    assert list(texts) == ["F1"]
+    assert texts["F1"] == [f"firm 1, document {d}, sentence {i}: " + "x" * 80 for d in range(2) for i in range(4)]

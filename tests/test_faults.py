@@ -54,6 +54,7 @@ DROP_AT = [
     "UPDATE runs SET status",  # between stages
     "SELECT t.topic_id, t.firm_id, t.name, t.summary",  # theme stage: loading topics
     "DELETE FROM themes",  # theme stage: the first statement of its transaction
+    "WITH centre AS MATERIALIZED",  # theme stage: a batch of sentences attached to themes
     "CREATE INDEX",  # the index build
 ]
 
@@ -141,6 +142,8 @@ async def run_result(pool, run_name: str) -> dict:
             "topics": {(r["firm_id"], r["topic_no"]): tuple(r)[2:] for r in topics},
             "firms": {r["firm_id"]: tuple(r)[1:] for r in firms},
             "themes": await conn.fetchval("SELECT count(*) FROM themes WHERE run_id = $1", run_id),
+            "attached": await conn.fetchval(
+                "SELECT count(*) FROM sentence_topics WHERE run_id = $1 AND theme_id IS NOT NULL", run_id),
             "status": await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id),
         }
 

@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from app.llm import (
+    MAX_REPLY_BYTES,
     LLMConfigError,
     LLMNamer,
     is_quota_exhausted,
@@ -37,6 +38,7 @@ from fake_llm_server import (
     fenced,
     hang,
     malformed,
+    oversized,
     quota_exhausted,
     rate_limited,
     server_error,
@@ -291,6 +293,30 @@ async def test_a_body_that_is_not_a_completion_is_retried(server):
     async with fast_namer(llm_settings(server.base_url)) as namer:
         assert (await namer.name_topic(make_topic())).source == "llm"
     assert len(server.chat_requests) == 2
+
+
+async def test_a_reply_over_the_size_cap_is_not_read_whole_and_is_retried_then_falls_back(server):
+    huge = 200 * 1024 * 1024  # valid JSON (a label padded with spaces), far past the cap
+    server.enqueue(oversized(huge), oversized(huge), oversized(huge))
+    topic = make_topic()
+    async with fast_namer(llm_settings(server.base_url, llm_max_attempts=3)) as namer:
+        assert await namer.name_topic(topic) == topic_label_from_keywords(topic)
+        assert (namer.usage()["retries"], namer.usage()["failures"]) == (2, 1)
+    for _ in range(100):  # each handler notices the hang-up when its next write fails
+        if len(server.streamed) == 3:
+            break
+        await asyncio.sleep(0.05)
+    # The client stopped reading soon after the cap: what went out is the cap and the
+    # sockets' buffers, not the body.
+    assert len(server.streamed) == 3 and max(server.streamed) < huge // 2
+
+
+async def test_a_reply_under_the_size_cap_is_read(server):
+    server.enqueue(oversized(MAX_REPLY_BYTES - 100_000))
+    async with fast_namer(llm_settings(server.base_url)) as namer:
+        label = await namer.name_topic(make_topic(1, ["margins"]))
+        assert namer.usage()["retries"] == 0
+    assert label.name == "LLM margins"
 
 
 # --- quota -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ top theme. tests/test_report_browser.py opens the page in headless Chromium."""
 from __future__ import annotations
 
 import html
+import json
 from html.parser import HTMLParser
 
 import numpy as np
@@ -74,6 +75,13 @@ class ThemeNesting(HTMLParser):
         assert self.stack == [], f"left open: {self.stack}"
 
 
+def map_traces(text: str) -> list[dict]:
+    """The traces of the topic map, as plotly wrote them into the page."""
+    after = text.index('"topic-map",', text.index("Plotly.newPlot")) + len('"topic-map",')
+    traces, _ = json.JSONDecoder().raw_decode(text[after:].lstrip())
+    return traces
+
+
 def every_theme(themes: list[dict]):
     """The themes of report_data's tree, each once, parents before children."""
     for theme in themes:
@@ -105,6 +113,28 @@ async def test_report_is_self_contained_and_names_every_theme(conn, tmp_path):
     # The run's quality figures, as status prints them.
     assert "<h2>Quality</h2>" in text and "catch-all topic" in text and "coherence (NPMI)" in text
     assert "a single level of themes" in text
+    # Fewer topics than the map takes: every one is a dot, drawn as SVG, and nothing is said of a sample.
+    traces = map_traces(text)
+    assert sum(len(t["customdata"]) for t in traces) == len(topics) and {t["type"] for t in traces} == {"scatter"}
+    assert "a sample" not in text
+
+
+@pytest.mark.results
+async def test_a_run_with_more_topics_than_the_map_takes_is_drawn_from_a_seeded_sample(conn, tmp_path):
+    topics = await conn.fetch("SELECT topic_id, theme_id FROM topics")
+    cap = 12  # the sample run's 8 themes, and a few more
+    assert len(topics) > cap
+    text = (await write_report(conn, "default", tmp_path, map_points=cap)).read_text(encoding="utf-8")
+    traces = map_traces(text)
+    assert sum(len(t["customdata"]) for t in traces) == cap
+    assert {t["type"] for t in traces} == {"scattergl"}  # WebGL: many dots stay quick to draw
+    assert f"a sample of {cap:,} of the run's {len(topics):,} topics" in text
+    data = await report_data(conn, "default", map_points=cap)
+    assert len(data["topics"]) == cap and data["map_total"] == len(topics)
+    # Every theme keeps at least one dot, and the sample is the same every time (seeded).
+    assert {t["theme_id"] for t in data["topics"]} == {t["theme_id"] for t in topics}
+    again = await report_data(conn, "default", map_points=cap)
+    assert [t["topic_id"] for t in again["topics"]] == [t["topic_id"] for t in data["topics"]]
 
 
 @pytest.mark.results

@@ -158,7 +158,7 @@ async def test_a_version_3_database_with_results_migrates_to_version_4(database_
                 "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding)"
                 " VALUES ($1, $2, 'F', $3, '[0,1]')", run_id, second, topic_id)
 
-            assert await apply_migrations(conn) == [4, 5, 6, 7, 8, 9, 10]
+            assert await apply_migrations(conn) == [v for v, _, _ in migrations() if v >= 4]
 
             marks = dict(await conn.fetch("SELECT sentence_id, topic_assignment FROM sentence_topics"))
             assert marks == {sentence_id: None, second: "cluster"}
@@ -216,7 +216,7 @@ async def test_a_version_2_database_with_data_migrates_to_version_3(database_url
             await insert_one_result(conn, "F")
             assert ("firm_id", "firms") in await foreign_keys(conn, "sentence_topics")
 
-            assert await apply_migrations(conn) == [3, 4, 5, 6, 7, 8, 9, 10]
+            assert await apply_migrations(conn) == [v for v, _, _ in migrations() if v >= 3]
 
             assert await conn.fetchval("SELECT count(*) FROM sentence_topics") == 1
             assert await foreign_keys(conn, "sentence_topics") == LATEST_KEYS
@@ -240,7 +240,7 @@ async def test_the_global_indexes_of_early_releases_are_dropped_and_a_runs_own_k
             run_id = await conn.fetchval("SELECT run_id FROM runs")
             await build_vector_indexes(conn, run_id, maintenance_work_mem="64MB")
 
-            assert await apply_migrations(conn) == [9, 10]
+            assert await apply_migrations(conn) == [v for v, _, _ in migrations() if v >= 9]
 
             left = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'")}
             assert left == set(await vector_indexes_present(conn, run_id)) and len(left) == 3

@@ -13,7 +13,7 @@ import pytest
 
 from app.sample import SMALL_FIRM
 from app.settings import RunSettings
-from app.themes import attach_sentences_to_themes
+from app.themes import attach_remaining, attach_sentences_to_themes, restart_attaching
 from support import subject_of
 
 THRESHOLD = RunSettings().theme_outlier_threshold
@@ -122,3 +122,136 @@ async def test_the_views_carry_the_attached_sentences(conn):
         "SELECT sentence_id FROM sentence_top_themes WHERE topic_id IS NULL")}
     assert attached and via_view == attached == in_theme_sentences
     assert up_to_top == set(attached)
+
+
+async def attached(conn) -> dict[int, int]:
+    return {r["sentence_id"]: r["theme_id"] for r in await conn.fetch(
+        "SELECT sentence_id, theme_id FROM sentence_topics WHERE theme_id IS NOT NULL")}
+
+
+@pytest.mark.results
+async def test_batches_of_any_size_attach_the_same_sentences(conn):
+    run_id = await conn.fetchval("SELECT run_id FROM runs WHERE name = 'default'")
+    stored = await attached(conn)
+    in_no_topic = await conn.fetchval(
+        "SELECT count(*) FROM sentence_topics WHERE run_id = $1 AND topic_id IS NULL", run_id)
+    transaction = conn.transaction()  # the sample run is shared: every change here is rolled back
+    await transaction.start()
+    try:
+        assert await attach_sentences_to_themes(conn, run_id, THRESHOLD, batch_rows=in_no_topic + 1) == len(stored)
+        assert await attached(conn) == stored
+        assert await attach_sentences_to_themes(conn, run_id, THRESHOLD, batch_rows=1) == len(stored)
+        assert await attached(conn) == stored
+        # The mark ends at the last sentence in no topic: every one was compared.
+        assert await conn.fetchval("SELECT attached_through FROM runs WHERE run_id = $1", run_id) == \
+            await conn.fetchval("SELECT max(sentence_id) FROM sentence_topics WHERE run_id = $1 AND topic_id IS NULL",
+                                run_id)
+    finally:
+        await transaction.rollback()
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.results
+async def test_attaching_interrupted_takes_up_after_the_last_batch_done(conn):
+    run_id = await conn.fetchval("SELECT run_id FROM runs WHERE name = 'default'")
+    stored = await attached(conn)
+    in_no_topic = [r["sentence_id"] for r in await conn.fetch(
+        "SELECT sentence_id FROM sentence_topics WHERE run_id = $1 AND topic_id IS NULL ORDER BY 1", run_id)]
+    # One sentence a batch, stopped right after the middle attached sentence's batch.
+    batches = in_no_topic.index(sorted(stored)[len(stored) // 2 - 1]) + 1
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await restart_attaching(conn, run_id)
+        steps = 0
+
+        async def dies_after_some_batches(action):
+            nonlocal steps
+            steps += 1
+            if steps > 1 + batches:  # the centres, then the batches
+                raise Interrupted
+            return await action(conn)
+
+        with pytest.raises(Interrupted):
+            await attach_remaining(dies_after_some_batches, run_id, THRESHOLD, batch_rows=1)
+        mark = await conn.fetchval("SELECT attached_through FROM runs WHERE run_id = $1", run_id)
+        before = await attached(conn)
+        assert mark == in_no_topic[batches - 1]
+        assert before and before == {s: t for s, t in stored.items() if s <= mark} != stored
+        # The batches done are not done again: with every sentence detached, taking up
+        # again attaches the sentences after the mark only.
+        await conn.execute("UPDATE sentence_topics SET theme_id = NULL WHERE run_id = $1", run_id)
+        rest = {s: t for s, t in stored.items() if s > mark}
+        assert await attach_remaining(lambda action: action(conn), run_id, THRESHOLD, batch_rows=1) == len(rest)
+        assert await attached(conn) == rest
+    finally:
+        await transaction.rollback()
+
+
+@pytest.mark.results
+async def test_a_run_that_died_while_attaching_keeps_its_themes_and_attaches_only_the_rest(pool, embedder):
+    from app.backend import CPU
+    from app.job import run_job
+    from app.naming import OfflineNamer
+    from app.sample import sample_rows
+    from support import insert_corpus
+
+    await insert_corpus(pool, sample_rows(firms=2))  # two firms, and the small one, whose sentences are in no topic
+    await run_job(pool, RunSettings(), run_name="r", embedder=embedder, backend=CPU, namer=OfflineNamer())
+    async with pool.acquire() as conn:
+        themes = await conn.fetch("SELECT theme_id, name FROM themes ORDER BY theme_id")
+        done = await attached(conn)
+        assert len(done) >= 2
+        # As a run killed mid-way through attaching leaves it: the mark halfway through
+        # the attached sentences, nothing attached after it. The sentences before the
+        # mark are detached as well, to see whether the resume does them again.
+        mark = sorted(done)[len(done) // 2 - 1]
+        await conn.execute("UPDATE sentence_topics SET theme_id = NULL")
+        await conn.execute("UPDATE runs SET attached_through = $1, status = 'interrupted'", mark)
+    await run_job(pool, RunSettings(), run_name="r", embedder=embedder, backend=CPU, namer=OfflineNamer())
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM runs") == "complete"
+        assert await conn.fetch("SELECT theme_id, name FROM themes ORDER BY theme_id") == themes  # not made again
+        assert await attached(conn) == {s: t for s, t in done.items() if s > mark}  # only the rest, as before
+
+
+@pytest.mark.results
+async def test_themes_stored_before_a_firm_was_added_are_made_again_not_taken_up(pool, embedder):
+    import anyio
+
+    from app.backend import CPU
+    from app.job import run_job
+    from app.naming import OfflineNamer
+    from app.sample import sample_rows
+    from support import insert_corpus
+
+    class StopsAtFirm(OfflineNamer):
+        """The offline namer, which also asks the job to stop (as a signal would) while
+        it names the topics of ``firm``: the firm is written, and no stage starts after."""
+
+        def __init__(self, stop, firm):
+            super().__init__()
+            self.stop, self.firm = stop, firm
+
+        async def name_topic(self, topic):
+            if topic.firm_id == self.firm:
+                self.stop.set()
+            return await super().name_topic(topic)
+
+    rows = list(sample_rows(firms=2))
+    new_firm = max({r["firm_id"] for r in rows} - {SMALL_FIRM[0]})
+    await insert_corpus(pool, [r for r in rows if r["firm_id"] != new_firm])
+    await run_job(pool, RunSettings(), run_name="r", embedder=embedder, backend=CPU, namer=OfflineNamer())
+    # A firm arrives; the start that writes it stops before the theme stage.
+    await insert_corpus(pool, [r for r in rows if r["firm_id"] == new_firm])
+    stop = anyio.Event()
+    outcome = await run_job(pool, RunSettings(), run_name="r", embedder=embedder, backend=CPU,
+                            namer=StopsAtFirm(stop, new_firm), stop=stop)
+    assert outcome.status == "interrupted"
+    await run_job(pool, RunSettings(), run_name="r", embedder=embedder, backend=CPU, namer=OfflineNamer())
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM topics WHERE firm_id = $1", new_firm) > 0
+        assert await conn.fetchval("SELECT count(*) FROM topics WHERE theme_id IS NULL") == 0  # its topics too

@@ -17,7 +17,10 @@ The map places topics by their embeddings (the ones the themes were clustered fr
 reduced to two dimensions: by UMAP (cosine) when there are enough topics for UMAP's
 neighbourhood graph to mean something, by PCA below that (the same threshold the
 clustering uses). Distances on such a map are only roughly faithful; it shows which
-themes sit apart and which blend, not exact similarities.
+themes sit apart and which blend, not exact similarities. A run of more than
+``MAP_POINTS`` topics is mapped by a seeded sample of them with every fine theme in it,
+drawn with WebGL, and the page says so: the page's size and the browser's work stay
+bounded however many topics the run has.
 """
 
 from __future__ import annotations
@@ -40,22 +43,28 @@ log = get_logger("report")
 TOP_FIRMS = 5  # firms listed per theme
 MAP_COLOURS = 20  # themes with a colour of their own on the map; the rest share grey
 TREND_THEMES = 8  # the largest themes followed over time
+# Dots on the map at most. Above it the map draws a seeded sample with every fine theme in
+# it, with WebGL: a page of every topic of a large run (25,000 and more) would weigh tens
+# of MB and take a browser long to draw, and a reader sees no more in it.
+MAP_POINTS = 5_000
 
 
 # --- reading the run --------------------------------------------------------------------
 
 
-async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
+async def report_data(conn: asyncpg.Connection, run_name: str, *, map_points: int = MAP_POINTS) -> dict:
     """Everything the page shows, read from the database.
 
     Returns a dict: ``run`` (the ``runs`` row, JSON columns decoded), ``counts``,
-    ``levels`` (how many levels of themes the run has; 0 without themes), ``themes``
-    and ``topics``. ``themes`` are the top-level themes, largest first; each has its
-    ``level``, ``parent_theme_id`` (None), ``top_firms`` and ``children`` (the themes one
-    level down, largest first, each shaped alike down to level 1, whose ``children`` are
-    empty). In a single-level run that is every theme, as a flat list. ``topics`` hold
-    id, firm, fine ``theme_id``, ``top_theme_id`` and embedding of every topic, for the
-    map. Raises ``UsageError`` for an unknown or unfinished run.
+    ``levels`` (how many levels of themes the run has; 0 without themes), ``themes``,
+    ``topics`` and ``map_total``. ``themes`` are the top-level themes, largest first; each
+    has its ``level``, ``parent_theme_id`` (None), ``top_firms`` and ``children`` (the
+    themes one level down, largest first, each shaped alike down to level 1, whose
+    ``children`` are empty). In a single-level run that is every theme, as a flat list.
+    ``topics`` hold id, firm, fine ``theme_id``, ``top_theme_id`` and embedding of the
+    topics to map: every one, or a seeded sample of ``map_points`` when the run has more
+    (``map_total`` says how many it has; see ``_map_topics``). Raises ``UsageError`` for
+    an unknown or unfinished run.
     """
     from app.runs import firm_counts
 
@@ -110,14 +119,35 @@ async def report_data(conn: asyncpg.Connection, run_name: str) -> dict:
     for theme in themes:
         if theme["parent_theme_id"] is not None:
             by_id[theme["parent_theme_id"]]["children"].append(theme)
-    topics = await conn.fetch(
-        "SELECT t.topic_id, t.firm_id, t.name, t.theme_id, th.name AS theme_name, l.ancestor_id AS top_theme_id,"
-        " t.embedding FROM topics t LEFT JOIN themes th ON th.theme_id = t.theme_id"
-        " LEFT JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top"
-        " WHERE t.run_id = $1 AND t.embedding IS NOT NULL ORDER BY t.topic_id", run_id)
+    topics, total = await _map_topics(conn, run_id, map_points, seed=int(run["settings"].get("seed", 42)))
     return {"run": dict(run), "counts": counts, "levels": levels,
-            "themes": [t for t in themes if t["parent_theme_id"] is None],
-            "topics": [dict(t) for t in topics]}
+            "themes": [t for t in themes if t["parent_theme_id"] is None], "topics": topics, "map_total": total}
+
+
+# The topics to map: every one of the run up to a limit, else a sample drawn in the
+# database (so a run's topics are never all read): in each fine theme, the topics in the
+# order of a seeded hash of their ids; the first of every theme comes before the rest, so
+# every theme keeps a dot, and the rest are an even draw, so a large theme keeps more.
+_MAP_TOPICS = """
+SELECT t.topic_id, t.firm_id, t.name, t.theme_id, th.name AS theme_name, l.ancestor_id AS top_theme_id, t.embedding
+FROM (SELECT topic_id FROM (
+        SELECT topic_id, md5($3 || ':' || topic_id) AS draw,
+               row_number() OVER (PARTITION BY theme_id ORDER BY md5($3 || ':' || topic_id)) AS place
+        FROM topics WHERE run_id = $1 AND embedding IS NOT NULL) drawn
+      ORDER BY place > 1, draw LIMIT $2) chosen
+JOIN topics t USING (topic_id)
+LEFT JOIN themes th ON th.theme_id = t.theme_id
+LEFT JOIN theme_lineage l ON l.theme_id = t.theme_id AND l.ancestor_is_top
+ORDER BY t.topic_id
+"""
+
+
+async def _map_topics(conn: asyncpg.Connection, run_id: int, limit: int, *, seed: int) -> tuple[list[dict], int]:
+    """The topics of run ``run_id`` to put on the map (at most ``limit``, a sample drawn
+    with ``seed`` when there are more) and how many topics with an embedding it has."""
+    total = await conn.fetchval("SELECT count(*) FROM topics WHERE run_id = $1 AND embedding IS NOT NULL", run_id)
+    rows = await conn.fetch(_MAP_TOPICS, run_id, limit, str(seed))
+    return [dict(r) for r in rows], total
 
 
 # --- the map ----------------------------------------------------------------------------
@@ -144,7 +174,7 @@ def project_2d(embeddings: np.ndarray, *, seed: int = 42) -> np.ndarray:
     return reducer.fit_transform(embeddings)
 
 
-def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42) -> str | None:
+def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42, total: int | None = None) -> str | None:
     """The map of firm topics as an HTML fragment: an interactive plotly chart, one dot a
     topic, coloured by its top theme, whose hover shows the topic's name, firm and theme
     and whose legend shows or hides a theme (a click; a double click keeps only it). The
@@ -153,7 +183,9 @@ def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42) ->
 
     ``topics`` as ``report_data`` gives them (``top_theme_id`` picks the colour);
     ``themes`` the top-level themes, largest first. In a single-level run a topic's top
-    theme is its own theme, so the map is coloured by theme.
+    theme is its own theme, so the map is coloured by theme. ``total``: how many topics
+    the run has, when ``topics`` is a sample of them; the title says so, and the dots are
+    drawn with WebGL (plotly's ``scattergl``), which stays quick with thousands of them.
     """
     if not topics:
         return None
@@ -164,6 +196,8 @@ def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42) ->
     levelled = any(theme.get("children") for theme in themes)
     kind = "top-level theme" if levelled else "theme"
     coloured = themes[:MAP_COLOURS]  # the largest themes (themes come largest first)
+    sampled = total is not None and total > len(topics)
+    scatter = go.Scattergl if sampled else go.Scatter
     figure = go.Figure()
 
     def add(mask: np.ndarray, label: str, colour: str) -> None:
@@ -171,7 +205,7 @@ def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42) ->
         # Hover text is plotly's own small HTML: the names are escaped so they show as written.
         hover = [[html.escape(t["name"]), html.escape(t["firm_id"]), html.escape(t["theme_name"] or "no theme")]
                  for t in chosen]
-        figure.add_trace(go.Scatter(
+        figure.add_trace(scatter(
             x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=html.escape(label),
             marker={"size": 8, "color": colour, "opacity": 0.85}, customdata=hover,
             hovertemplate="<b>%{customdata[0]}</b><br>firm: %{customdata[1]}<br>theme: %{customdata[2]}"
@@ -185,8 +219,9 @@ def topic_map_html(topics: list[dict], themes: list[dict], *, seed: int = 42) ->
     if rest.any():
         add(rest, "other themes" if len(themes) > MAP_COLOURS else "no theme", "#c8c8c8")
     method = "UMAP" if len(topics) >= UMAP_MIN_DOCS else "PCA"
+    shown = f"{len(topics):,} of {total:,} firm topics (a sample)" if sampled else f"{len(topics)} firm topics"
     figure.update_layout(
-        title={"text": f"{len(topics)} firm topics, placed by meaning ({method} of their embeddings), "
+        title={"text": f"{shown}, placed by meaning ({method} of their embeddings), "
                        f"coloured by {kind}", "font": {"size": 13}},
         xaxis={"visible": False}, yaxis={"visible": False}, legend={"title": {"text": kind}},
         height=620, margin={"l": 10, "r": 10, "t": 50, "b": 10}, plot_bgcolor="white",
@@ -280,6 +315,10 @@ def render_html(data: dict, chart: str | None, trends: str | None = None) -> str
         themes = "<p>This run made no themes (too few topics to cluster).</p>"
         coloured_by = "theme"
     picture = chart or "<p>This run has no topics to map.</p>"
+    if chart and data["map_total"] > len(data["topics"]):
+        picture = (f"<p><b>The map shows a sample of {len(data['topics']):,} of the run's {data['map_total']:,} topics</b>"
+                   " (drawn at random with the run's seed, every fine theme kept), so that the page stays light "
+                   "and quick to draw; every topic is in the Parquet export and the database.</p>" + picture)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -384,17 +423,21 @@ def _themes_intro(data: dict) -> str:
             "belong to; a broader theme's counts cover all the topics under it.</p>")
 
 
-async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path) -> Path:
-    """Write ``report.html`` for run ``run_name`` into ``out_dir``; returns its path.
+async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path, *,
+                       map_points: int = MAP_POINTS) -> Path:
+    """Write ``report.html`` for run ``run_name`` into ``out_dir``; returns its path. The
+    map shows at most ``map_points`` topics (a sample, said on the page, when the run has
+    more).
 
     Raises ``UsageError`` for an unknown or unfinished run.
     """
     import anyio
 
-    data = await report_data(conn, run_name)
+    data = await report_data(conn, run_name, map_points=map_points)
     seed = int(data["run"]["settings"].get("seed", 42))
     # The projection and the drawing are CPU work: off the event loop.
-    chart = await anyio.to_thread.run_sync(lambda: topic_map_html(data["topics"], data["themes"], seed=seed))
+    chart = await anyio.to_thread.run_sync(
+        lambda: topic_map_html(data["topics"], data["themes"], seed=seed, total=data["map_total"]))
     from app.read.trends import trend_rows
 
     trends = trends_html(await trend_rows(conn, run_name, top=TREND_THEMES))
@@ -403,7 +446,7 @@ async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path) -
     path = out_dir / "report.html"
     path.write_text(render_html(data, chart, trends), encoding="utf-8")
     log.info("report_written", path=str(path), themes=data["counts"]["themes"], levels=data["levels"],
-             topics=len(data["topics"]))
+             topics=data["map_total"], topics_mapped=len(data["topics"]))
     return path
 
 

@@ -5,6 +5,9 @@
     run = open_run("default")          # DATABASE_URL, or the embedded default, like the CLI
     themes = run.themes()              # every level, with parent and sizes
     frame, vectors = run.sentences(embeddings=True)
+    run.sentences(firm="AAPL", period="2020Q4")   # a part of the run, filtered in the database
+    for chunk in run.sentences_chunks(chunk_rows=100_000):   # a large run, a piece at a time
+        ...
     run.periods()                      # theme prevalence per period
     run.panel(level=2)                 # firm x period x theme shares, for regressions
     run.search("supply chain costs", level="theme")
@@ -12,11 +15,17 @@
 Each method opens a connection, reads, and closes it, so a ``Run`` holds nothing between
 calls. The queries run on an event loop of their own in a worker thread: a notebook's
 own loop (Jupyter runs one) is never blocked or re-entered.
+
+``sentences()`` without a filter reads the whole run into one frame: fine for a few
+million sentences, not for tens of millions. A large run is read filtered (a firm, a
+theme, a period) or in chunks (``sentences_chunks``), so memory follows what is asked
+for, never the run.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -50,8 +59,19 @@ FROM sentence_assignments sa
 LEFT JOIN documents d ON d.firm_id = sa.firm_id AND d.doc_id = sa.doc_id
 LEFT JOIN theme_lineage l ON l.theme_id = sa.theme_id AND l.ancestor_is_top
 {join}
-WHERE sa.run_id = $1 ORDER BY sa.sentence_id
+WHERE sa.run_id = $1 AND sa.sentence_id > $2{filters}
+ORDER BY sa.sentence_id LIMIT $3
 """
+# The filters of ``sentences``, each with its parameter. The firm's goes through the index
+# on (run_id, firm_id) (sql/010_firm_index.sql). A theme is itself and every theme under
+# it: theme_lineage pairs each fine theme with all its ancestors.
+_FILTERS = {
+    "firm": " AND sa.firm_id = ${}",
+    "theme": " AND sa.theme_id IN (SELECT theme_id FROM theme_lineage WHERE ancestor_id = ${})",
+    "period": " AND d.period = ${}",
+}
+_NULLABLE_IDS = ("topic_id", "theme_id", "top_theme_id")  # None for a sentence in no topic or theme
+_EMBEDDING = (", st.embedding", "JOIN sentence_topics st ON st.run_id = sa.run_id AND st.sentence_id = sa.sentence_id")
 _PERIODS = """
 SELECT theme_id, theme_name, period, n_firms, n_sentences, share_of_period::float8 AS share_of_period
 FROM theme_periods WHERE run_id = $1 ORDER BY period, theme_id
@@ -105,16 +125,65 @@ class Run:
         ``top_theme_name``)."""
         return self._frame(_TOPICS)
 
-    def sentences(self, *, embeddings: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
-        """Every sentence of the run, with its document's ``period``, its topic (None for
-        one in no topic), its fine and top theme and how it got the theme (``theme_via``).
-        With ``embeddings=True``, returns ``(frame, vectors)``: a float32 array with one
-        row per frame row, in the same order."""
+    def sentences(self, *, firm: str | None = None, theme: int | None = None, period: str | None = None,
+                  embeddings: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+        """The run's sentences in sentence id order, each with its document's ``period``,
+        its topic (None for one in no topic), its fine and top theme and how it got the
+        theme (``theme_via``).
+
+        Without a filter, every sentence of the run, in one frame: a large run is better
+        read filtered or with ``sentences_chunks``. ``firm`` keeps one firm's sentences,
+        ``period`` one period's, ``theme`` (a theme id of any level) the sentences in that
+        theme or in any theme under it, through their topic or attached to it
+        (``theme_via``); filters given together all apply. With ``embeddings=True``,
+        returns ``(frame, vectors)``: a float32 array with one row per frame row, in the
+        same order. ``topic_id``, ``theme_id`` and ``top_theme_id`` are pandas' nullable
+        integers (``Int64``)."""
+        return self._sentences(0, None, firm=firm, theme=theme, period=period, embeddings=embeddings)
+
+    def sentences_chunks(self, *, chunk_rows: int = 100_000, firm: str | None = None, theme: int | None = None,
+                         period: str | None = None, embeddings: bool = False) -> Iterator:
+        """``sentences(...)`` in pieces: yields frames of at most ``chunk_rows`` rows (with
+        ``embeddings=True``, ``(frame, vectors)`` pairs) that together are what
+        ``sentences`` with the same filters returns, in the same order; nothing when no
+        sentence matches. Only one chunk is held at a time, so memory stays flat however
+        large the run. Each chunk is one query on a connection of its own, taking the rows
+        after the last sentence id of the chunk before (keyset paging). Raises
+        ``ValueError`` unless ``chunk_rows`` is at least 1."""
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+
+        def chunks():
+            after = 0
+            while True:
+                chunk = self._sentences(after, chunk_rows, firm=firm, theme=theme, period=period,
+                                        embeddings=embeddings)
+                frame = chunk[0] if embeddings else chunk
+                if frame.empty:
+                    return
+                yield chunk
+                if len(frame) < chunk_rows:
+                    return
+                after = int(frame["sentence_id"].iloc[-1])
+
+        return chunks()
+
+    def _sentences(self, after: int, limit: int | None, *, firm, theme, period, embeddings):
+        """The sentences with an id above ``after``, at most ``limit`` (None: all), filtered;
+        as ``sentences`` returns them."""
+        filters, values = "", []
+        for name, value in (("firm", firm), ("theme", theme), ("period", period)):
+            if value is not None:
+                values.append(int(value) if name == "theme" else value)
+                filters += _FILTERS[name].format(3 + len(values))  # $1 run, $2 after, $3 limit
+        column, join = _EMBEDDING if embeddings else ("", "")
+        frame = self._frame(_SENTENCES.format(embedding=column, join=join, filters=filters), after, limit, *values)
+        if not frame.empty:
+            # Nullable integers, not floats with NaN: the same dtypes in every chunk,
+            # whether or not it happens to hold a sentence in no topic.
+            frame = frame.astype({name: "Int64" for name in _NULLABLE_IDS})
         if not embeddings:
-            return self._frame(_SENTENCES.format(embedding="", join=""))
-        frame = self._frame(_SENTENCES.format(
-            embedding=", st.embedding", join="JOIN sentence_topics st ON st.run_id = sa.run_id"
-                                             " AND st.sentence_id = sa.sentence_id"))
+            return frame
         if frame.empty:
             return frame, np.zeros((0, 0), dtype=np.float32)
         vectors = np.stack([as_array(v) for v in frame.pop("embedding")])

@@ -1,0 +1,11 @@
+-- firmtopics schema, version 12: how far the attaching of sentences in no topic to the
+-- run's themes has come.
+--
+-- The theme stage compares every sentence in no topic with every fine theme (schema 6).
+-- It does so in batches of sentences, in sentence id order, each batch in a short
+-- transaction of its own that also moves this mark: the sentence id up to which every
+-- sentence of the run has been compared with its stored themes. A run interrupted while
+-- attaching takes up after the mark and redoes no batch. NULL: the run's themes are not
+-- stored yet, or are out of date (firms were added since), so the theme stage is run
+-- whole; the transaction that stores the themes sets it to 0.
+ALTER TABLE runs ADD COLUMN attached_through bigint;
