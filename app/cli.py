@@ -50,19 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def run_option(command, default: str | None = "default", what: str = "the run to read") -> None:
-        command.add_argument("--run", default=default, metavar="NAME",
-                             help=f"{what} (default: {default})" if default else what)
-
-    def json_option(command, what: str) -> None:
-        command.add_argument("--json", action="store_true", help=f"{what} as JSON, for scripts")
-
     ingest = commands.add_parser("ingest", help="load a corpus file (.jsonl, .jsonl.gz, .csv, .parquet)")
     ingest.add_argument("path", type=Path,
                         help="one row a sentence: firm_id, sentence; optional firm_name, doc_id, period")
 
     run = commands.add_parser("run", help="process every firm not yet done, then themes, then indexes")
-    run_option(run, what="the run to start or resume")
+    _run_option(run, what="the run to start or resume")
     run.add_argument("--input", type=Path, metavar="PATH", help="ingest this file first")
     run.add_argument("--retry-failed", action="store_true", help="take the firms recorded as failed again")
     run.add_argument("--dry-run", action="store_true",
@@ -70,18 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     update = commands.add_parser("update", help="bring new sentences and firms into a finished run, keeping its "
                                  "topics and themes")
-    run_option(update, what="the finished run to update")
+    _run_option(update, what="the finished run to update")
     update.add_argument("--input", type=Path, metavar="PATH", help="ingest this file first")
 
     status = commands.add_parser("status", help="where a run stands")
-    run_option(status)
-    json_option(status, "the run's state, counts, timings, usage and quality")
+    _run_option(status)
+    _json_option(status, "the run's state, counts, timings, usage and quality")
 
     runs = commands.add_parser("runs", help="every run of the database: status, counts, model, dates")
     runs.add_argument("--json", action="store_true", help="one JSON object per run and line, for scripts")
 
     commands.add_parser("demo", help="make a sample corpus and run the whole job on it")
 
+    _reading_commands(commands)
+    return parser
+
+
+def _run_option(command, default: str | None = "default", what: str = "the run to read") -> None:
+    command.add_argument("--run", default=default, metavar="NAME",
+                         help=f"{what} (default: {default})" if default else what)
+
+
+def _json_option(command, what: str) -> None:
+    command.add_argument("--json", action="store_true", help=f"{what} as JSON, for scripts")
+
+
+def _reading_commands(commands) -> None:
+    """The parsers of the commands that read a run's results (``app/read/``)."""
     search = commands.add_parser("search", help="the themes, topics or sentences nearest in meaning to a text")
     search.add_argument("text", help="what to look for, in your words")
     search.add_argument("--level", choices=("theme", "topic", "sentence"), default="topic",
@@ -90,39 +98,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --level theme: only themes of this level (1 = the finest; default: every level)")
     search.add_argument("--firm", metavar="ID", help="only this firm's topics or sentences")
     search.add_argument("--limit", type=int, default=10, metavar="K", help="hits to return (default: 10, at most 1000)")
-    run_option(search)
+    _run_option(search)
     search.add_argument("--json", action="store_true", help="one JSON object per hit and line, for scripts")
 
     show = commands.add_parser("show", help="a theme, topic or firm, up and down the hierarchy")
     show.add_argument("kind", choices=("theme", "topic", "firm"), help="what ID names")
     show.add_argument("id", help="a theme or topic id (a number), or a firm id")
-    run_option(show, default=None,
+    _run_option(show, default=None,
                what="the run (a firm: default 'default'; a theme or topic id already names its run)")
     show.add_argument("--prompt", action="store_true",
                       help="a theme or topic: the exact messages sent to the LLM and its reply")
-    json_option(show, "everything shown")
+    _json_option(show, "everything shown")
 
     trends = commands.add_parser("trends", help="themes over time: each theme's share of each period")
-    run_option(trends)
+    _run_option(trends)
     trends.add_argument("--theme", type=int, metavar="ID", help="one theme, period by period")
     trends.add_argument("--top", type=int, default=10, metavar="N", help="the N largest themes (default: 10)")
     trends.add_argument("--json", action="store_true", help="one JSON object per theme and period, for scripts")
 
     export = commands.add_parser("export", help="a run's firms, topics, themes and sentences as Parquet files")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write into")
-    run_option(export)
+    _run_option(export)
 
     panel = commands.add_parser("panel", help="the firm x period x theme panel, as a Parquet or CSV file")
     panel.add_argument("--out", type=Path, required=True, metavar="FILE",
                        help="the file to write: .parquet or .csv (its format)")
     panel.add_argument("--level", type=int, metavar="N",
                        help="only the themes of this level (1 = the finest; default: every level)")
-    run_option(panel)
+    _run_option(panel)
 
     report = commands.add_parser("report", help="a self-contained HTML page on a run: themes and a topic map")
     report.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write into")
-    run_option(report)
-    return parser
+    _run_option(report)
 
 
 def _version() -> str:
