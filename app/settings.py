@@ -67,8 +67,9 @@ class RunSettings:
     # unassigned. UMAP's and HDBSCAN's memory grows with the sentences clustered, so
     # without a cap one giant firm could exceed the machine's memory, and, taken first
     # again on every restart (firms go largest first), never let the run finish. 200,000
-    # sentences (the largest ECTSum firm has under 2,000) cluster within a few GB on the
-    # CPU (docs/benchmarks.md, section 11), comfortable on a 16 GB machine.
+    # sentences (the largest ECTSum firm has under 2,000) cluster in 2.5 GB on the CPU, a
+    # firm of 1,000,000 sampled so in 3.7 GB (docs/benchmarks.md, section 11): comfortable
+    # on a 16 GB machine.
     max_firm_sentences: int = 200_000
     umap_n_neighbors: int = 15
     umap_n_components: int = 5
