@@ -73,7 +73,7 @@ class Embedder:
         # In chunks, each written into its rows of ``out`` as it comes: the model keeps
         # every batch's vectors and then stacks them, so one call for a firm of millions of
         # sentences would hold its vectors two or three times over. A firm of up to
-        # ENCODE_CHUNK sentences is one call, as before.
+        # ENCODE_CHUNK sentences is one call.
         for start in range(0, len(texts), ENCODE_CHUNK):
             rows = order[start:start + ENCODE_CHUNK]
             out[rows] = self.model.encode(
