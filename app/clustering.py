@@ -10,6 +10,10 @@ embedding space; these are shown to the namer and stored as evidence).
 Outliers: a sentence HDBSCAN left out joins the topic whose centre is nearest when it is
 close enough (``attach_outliers``); the rest stay outliers.
 
+Giant firms: a firm of more than ``max_firm_sentences`` sentences is clustered on a
+seeded sample of that many (``firm_sample``), since UMAP's and HDBSCAN's memory grows
+with what they cluster; its other sentences are placed as outliers are.
+
 Themes: the firm topics of a run are grouped by Ward's agglomerative clustering of their
 vectors into a number of themes fixed by the number of topics (``theme_count``), and
 BERTopic's c-TF-IDF gives each theme its keywords (``theme_keywords``). Ward, not UMAP +
@@ -26,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +46,7 @@ UMAP_MIN_DOCS = 60  # below this many documents, cluster without UMAP (see clust
 # umap-learn finds exact neighbours below this many points, approximate ones (NN-descent)
 # above; below it we hand it the same exact neighbours, computed faster (see exact_neighbours).
 UMAP_EXACT_BELOW = 4096
+ATTACH_BLOCK = 65_536  # outliers compared with the topic centres at once (attach_outliers)
 
 
 class TooFewToCluster(ValueError):
@@ -190,8 +196,35 @@ def firm_min_cluster_size(n_sentences: int, settings: RunSettings) -> int:
     return max(settings.hdbscan_min_cluster_size, round(n_sentences * settings.min_topic_share))
 
 
-def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend) -> Clustering:
-    """Cluster one firm's sentences into topics with the run's settings."""
+def firm_sample(n_sentences: int, settings: RunSettings, firm_id: str) -> np.ndarray | None:
+    """Which of a firm's ``n_sentences`` sentences (by position, in sentence-id order) it
+    is clustered on when it has more than ``settings.max_firm_sentences``: exactly that
+    many positions, ascending, drawn without replacement; None for a firm within the cap.
+
+    The draw is seeded by the run's seed and the firm's id (a CRC-32 of it: Python's own
+    ``hash`` of a string changes from process to process), so a resumed run, another
+    worker or a second run with the same settings clusters the same sentences."""
+    if n_sentences <= settings.max_firm_sentences:
+        return None
+    rng = np.random.default_rng([settings.seed, zlib.crc32(firm_id.encode("utf-8"))])
+    return np.sort(rng.choice(n_sentences, size=settings.max_firm_sentences, replace=False))
+
+
+def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend,
+                 *, sample: np.ndarray | None = None) -> Clustering:
+    """Cluster one firm's sentences into topics with the run's settings.
+
+    With ``sample`` (positions, from ``firm_sample``) only those sentences are clustered,
+    and the smallest topic follows the sample's size; the result still covers every
+    sentence: the others are outliers (-1), for ``attach_outliers`` to place, and members
+    and representatives are positions in ``docs``."""
+    if sample is not None:
+        part = cluster_firm([docs[i] for i in sample], embeddings[sample], settings, backend)
+        labels = np.full(len(docs), -1, dtype=np.int64)
+        labels[sample] = part.labels
+        return Clustering(labels=labels, clusters=[
+            Cluster(number=c.number, keywords=c.keywords, members=sample[c.members],
+                    representatives=[int(sample[i]) for i in c.representatives]) for c in part.clusters])
     return cluster_documents(docs, embeddings, backend=backend, n_neighbors=settings.umap_n_neighbors,
                              n_components=settings.umap_n_components, min_dist=settings.umap_min_dist,
                              n_epochs=settings.umap_n_epochs, seed=settings.seed,
@@ -226,17 +259,23 @@ def attach_outliers(embeddings: np.ndarray, labels: np.ndarray, threshold: float
     of a firm's sentences out, most of them plainly about one of its topics; attaching
     those keeps a researcher's sentence counts whole, and the caller marks them
     'nearest' so they can be counted with or without. Centres come from the clustered
-    sentences only, so attaching does not move them.
+    sentences only, so attaching does not move them. A firm clustered on a sample
+    (``cluster_firm``) has its other sentences among the outliers: they are placed the same way.
     """
     final = labels.copy()
     n_clusters = int(labels.max()) + 1 if len(labels) else 0
     outliers = np.flatnonzero(labels == -1)
     if n_clusters == 0 or len(outliers) == 0:
         return final
-    similarity = embeddings[outliers].astype(np.float64) @ centres(embeddings, labels, n_clusters).T
-    best = np.argmax(similarity, axis=1)
-    close = similarity[np.arange(len(outliers)), best] >= threshold
-    final[outliers[close]] = best[close]
+    topic_centres = centres(embeddings, labels, n_clusters)
+    # In blocks: a firm clustered on a sample may have millions of sentences to place,
+    # and their vectors in float64 at once would take twice the memory of the firm's own.
+    for start in range(0, len(outliers), ATTACH_BLOCK):
+        block = outliers[start:start + ATTACH_BLOCK]
+        similarity = embeddings[block].astype(np.float64) @ topic_centres.T
+        best = np.argmax(similarity, axis=1)
+        close = similarity[np.arange(len(block)), best] >= threshold
+        final[block[close]] = best[close]
     return final
 
 

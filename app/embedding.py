@@ -21,6 +21,8 @@ from app.settings import DEFAULT_EMBEDDING_MODEL
 
 log = get_logger("embedding")
 
+ENCODE_CHUNK = 16_384  # texts handed to the model at once (Embedder.encode)
+
 
 class ModelUnavailable(UsageError, RuntimeError):
     """The embedding model cannot be loaded (a usage error: wrong name or path, no network)."""
@@ -66,18 +68,21 @@ class Embedder:
         With ``sort_by_length`` the texts are batched in order of length so each batch
         pads to similar lengths (less wasted compute); rows come back in input order.
         """
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
-        vectors = self.model.encode(
-            [texts[i] for i in order],
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        ).astype(np.float32, copy=False)
-        out = np.empty_like(vectors)
-        out[order] = vectors
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        # In chunks, each written into its rows of ``out`` as it comes: the model keeps
+        # every batch's vectors and then stacks them, so one call for a firm of millions of
+        # sentences would hold its vectors two or three times over. A firm of up to
+        # ENCODE_CHUNK sentences is one call.
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            rows = order[start:start + ENCODE_CHUNK]
+            out[rows] = self.model.encode(
+                [texts[i] for i in rows],
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return out
 
 

@@ -274,7 +274,7 @@ class _Job:
             await drop_vector_indexes(conn, self.run_id)
             # Firms are coming: themes stored before are no longer to be resumed.
             await themes_out_of_date(conn, self.run_id)
-        largest = max(f.n_sentences for f in todo)
+        largest = min(max(f.n_sentences for f in todo), self.settings.max_firm_sentences)  # what is clustered
         warm_s = await anyio.to_thread.run_sync(lambda: warm_up(self.backend, self.settings, largest_firm=largest))
         timings["warm_up_s"] = round(warm_s, 2)
         stage_started = time.perf_counter()

@@ -18,7 +18,9 @@
 * The writer stores each firm whole, in one transaction.
 
 Memory is bounded by the queue sizes and the naming backlog (each firm held in naming
-has at least one topic waiting) times the largest firm, never by the corpus. A failure
+has at least one topic waiting) times the largest firm, never by the corpus; what
+clustering takes is bounded by ``max_firm_sentences``, on which a larger firm is
+clustered as a sample (``app.clustering.firm_sample``). A failure
 in any stage cancels the others (an anyio task group) and surfaces as the run's error:
 nothing hangs. A firm whose own processing fails is recorded as failed, with its error,
 and the run goes on.
@@ -37,7 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from app.backend import ClusteringBackend
 from app.claims import FirmClaims
-from app.clustering import TooFewToCluster, attach_outliers, cluster_firm
+from app.clustering import TooFewToCluster, attach_outliers, cluster_firm, firm_sample
 from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.errors import first_error
@@ -261,6 +263,7 @@ async def compute_firm(stage: FirmStage, firm: FirmToDo) -> ClusteredFirm:
                                        what=f"load firm {firm.firm_id}", window_s=stage.retry_window_s)
     sentence_ids = np.fromiter((r["sentence_id"] for r in rows), dtype=np.int64, count=len(rows))
     texts = [r["text"] for r in rows]
+    del rows  # a giant firm's records would otherwise stay beside its texts while it is embedded
     result = FirmResult(firm.firm_id, firm.firm_name, status="done", sentence_ids=sentence_ids)
     result.seconds["load"] = time.perf_counter() - started
     try:
@@ -299,9 +302,12 @@ def _embed_and_cluster_firm(
         result.status = "skipped"
         result.reason = f"only {len(texts)} sentences; at least {stage.settings.min_firm_sentences} needed to cluster"
         return []
+    sample = firm_sample(len(texts), stage.settings, firm.firm_id)
+    if sample is not None:
+        log.info("firm_sampled", firm=firm.firm_id, sentences=len(texts), sample=len(sample))
     started = time.perf_counter()
     try:
-        clustering = cluster_firm(texts, result.embeddings, stage.settings, stage.backend)
+        clustering = cluster_firm(texts, result.embeddings, stage.settings, stage.backend, sample=sample)
     except TooFewToCluster as exc:
         result.status = "skipped"
         result.reason = str(exc)
@@ -312,6 +318,10 @@ def _embed_and_cluster_firm(
     result.labels = final
     result.nearest = (clustering.labels == -1) & (final >= 0)
     result.quality = firm_quality(clustering.labels, final, [c.keywords for c in clustering.clusters], texts)
+    if sample is not None:
+        result.quality["sample"] = len(sample)
+        result.reason = (f"clustered on a seeded sample of {len(sample)} of its {len(texts)} sentences"
+                         " (FIRMTOPICS_MAX_FIRM_SENTENCES); the others joined their nearest topic when close enough")
     if not clustering.clusters:
         result.reason = "no topic found: HDBSCAN left every sentence as an outlier"
     return [

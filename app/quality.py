@@ -152,7 +152,8 @@ def run_quality(firms: list[dict], theme_sizes: list[int], linked_by_cluster: in
     each cross-firm theme, how many topics the theme clustering linked to a theme, and
     the number of firm topics. Returns a JSON-ready dict with ``"firms"``
     (means over firms; sentence shares weighted by each firm's sentences, so a small firm
-    does not count as much as a large one), ``"themes"`` and ``"worst_firms"`` (the firms
+    does not count as much as a large one; ``firms_sampled``, the firms whose dict carries
+    the ``"sample"`` they were clustered on), ``"themes"`` and ``"worst_firms"`` (the firms
     whose largest topic is largest, so a researcher knows where to look first).
 
     ``sentences_by_theme`` counts the run's sentences by how they reach a theme:
@@ -178,6 +179,8 @@ def run_quality(firms: list[dict], theme_sizes: list[int], linked_by_cluster: in
         "mean_largest_topic_share": mean_of("largest_topic_share"),
         "firms_with_catch_all": sum(1 for value in largest if value > CATCH_ALL_SHARE),
         "catch_all_share_threshold": CATCH_ALL_SHARE,
+        # Firms above FIRMTOPICS_MAX_FIRM_SENTENCES, clustered on a sample (their "sample").
+        "firms_sampled": sum(1 for firm in firms if firm.get("sample")),
         "outlier_share": weighted("outlier_share"),
         "nearest_share": weighted("nearest_share"),
         "unassigned_share": weighted("unassigned_share"),

@@ -5,7 +5,7 @@ Two kinds of settings are kept apart on purpose:
 * ``Settings`` says *where* things are (database, LLM server, model) and how the process
   behaves (concurrency, logging). Changing these does not change results.
 * ``RunSettings`` holds the parameters that *do* change results (model, UMAP/HDBSCAN
-  parameters, seed, minimum firm size). They are recorded in the ``runs`` table, and
+  parameters, seed, smallest and largest firm clustered whole). They are recorded in the ``runs`` table, and
   resuming a run with different ones is refused, so a published result is traceable to
   exactly the settings that produced it.
 
@@ -62,6 +62,15 @@ class RunSettings:
     seed: int = 42
     # Firms with fewer sentences than this are recorded as skipped: too few to cluster.
     min_firm_sentences: int = 30
+    # A firm with more sentences than this is clustered on a seeded sample of this many;
+    # the rest join their nearest topic when close enough (outlier_threshold) or stay
+    # unassigned. UMAP's and HDBSCAN's memory grows with the sentences clustered, so
+    # without a cap one giant firm could exceed the machine's memory, and, taken first
+    # again on every restart (firms go largest first), never let the run finish. 200,000
+    # sentences (the largest ECTSum firm has under 2,000) cluster in 2.5 GB on the CPU, a
+    # firm of 1,000,000 sampled so in 3.7 GB (docs/benchmarks.md, section 12): comfortable
+    # on a 16 GB machine.
+    max_firm_sentences: int = 200_000
     umap_n_neighbors: int = 15
     umap_n_components: int = 5
     umap_min_dist: float = 0.0
@@ -101,9 +110,12 @@ class RunSettings:
     def differences(self, recorded: Mapping) -> dict[str, tuple]:
         """Settings that differ from ``recorded`` (a ``runs.settings`` value).
 
-        Returns ``{name: (recorded, now)}``; empty when they match.
+        Returns ``{name: (recorded, now)}``; empty when they match. A setting the run
+        predates (missing from ``recorded``) counts as its default: a setting is added
+        with a default that keeps what runs did before it, so such a run still resumes.
         """
-        now = self.as_dict()
+        now, defaults = self.as_dict(), type(self)().as_dict()
+        recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
         keys = set(now) | set(recorded)
         return {
             k: (recorded.get(k), now.get(k))
@@ -118,6 +130,8 @@ class RunSettings:
 _RUN_ENV = {
     "seed": ("FIRMTOPICS_SEED", int, 0),
     "min_firm_sentences": ("FIRMTOPICS_MIN_FIRM_SENTENCES", int),
+    # A sample of fewer sentences than this would stand for a giant firm too poorly.
+    "max_firm_sentences": ("FIRMTOPICS_MAX_FIRM_SENTENCES", int, 100),
     "umap_n_neighbors": ("FIRMTOPICS_UMAP_N_NEIGHBORS", int, 2),
     "umap_n_components": ("FIRMTOPICS_UMAP_N_COMPONENTS", int),
     "umap_min_dist": ("FIRMTOPICS_UMAP_MIN_DIST", float),

@@ -28,6 +28,19 @@ def test_vectors_are_unit_length_float32_in_input_order(embedder):
 
 
 @pytest.mark.results
+def test_texts_in_several_chunks_give_the_vectors_of_one_call(embedder, monkeypatch):
+    import app.embedding
+
+    texts = [f"Sentence {i} about {'freight costs in Asia and port congestion' * (i % 3)} and dividends."
+             for i in range(10)]
+    whole = embedder.encode(texts)
+    monkeypatch.setattr(app.embedding, "ENCODE_CHUNK", 3)  # 4 model calls of up to 3 texts
+    chunked = embedder.encode(texts)
+    assert chunked.dtype == np.float32 and chunked.shape == (10, 384)
+    assert np.allclose(chunked, whole, atol=1e-5)  # same rows, in input order
+
+
+@pytest.mark.results
 def test_half_precision_output_is_stored_as_float32():
     class HalfModel:  # stands in for a model run in fp16 on a GPU
         def encode(self, texts, **kwargs):

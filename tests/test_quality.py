@@ -187,6 +187,7 @@ def test_run_quality_weights_shares_by_sentences_and_counts_catch_alls():
     assert f["mean_largest_topic_share"] == round((0.3 + 0.6 + 0.5) / 3, 4)
     assert f["firms_with_catch_all"] == 1
     assert f["catch_all_share_threshold"] == 0.5
+    assert f["firms_sampled"] == 0
     assert f["outlier_share"] == pytest.approx((0.1 * 100 + 0.5 * 300) / 400)  # 0.4, not the plain mean 0.3
     assert f["nearest_share"] == pytest.approx((0.05 * 100 + 0.2 * 300) / 400)
     assert f["unassigned_share"] == pytest.approx((0.05 * 100 + 0.3 * 300) / 400)
@@ -304,6 +305,11 @@ def test_label_scores_unassigned_is_its_own_cluster_and_mixed_types_work():
     json.dumps(scores, allow_nan=False)
 
 
+def test_run_quality_counts_the_firms_clustered_on_a_sample():
+    firms = [_firm("A", 900, 0.3) | {"sample": 300}, _firm("B", 100, 0.3), _firm("C", 700, 0.4) | {"sample": 300}]
+    assert run_quality(firms, theme_sizes=[2], linked_by_cluster=2, n_topics=2)["firms"]["firms_sampled"] == 2
+
+
 def test_label_scores_rejects_different_lengths_and_handles_empty():
     with pytest.raises(ValueError):
         label_scores([0, 1], [0])
@@ -333,6 +339,14 @@ def test_format_quality_contains_the_key_figures():
     assert "linked 50 by cluster, 3 unlinked" in text
     assert "ACME (0.62), BETA (0.55)" in text
     assert all(line.startswith("  ") for line in format_quality(quality))
+
+
+def test_format_quality_says_how_many_firms_were_clustered_on_a_sample():
+    firms = {"firms": 3, "mean_topics": 5.0, "firms_with_catch_all": 0, "catch_all_share_threshold": 0.5}
+    assert "clustered on a sample" not in "\n".join(format_quality({"firms": firms | {"firms_sampled": 0}}))
+    assert "clustered on a sample" not in "\n".join(format_quality({"firms": firms}))  # recorded before the count
+    assert ", 1 firm clustered on a sample" in format_quality({"firms": firms | {"firms_sampled": 1}})[0]
+    assert ", 2 firms clustered on a sample" in format_quality({"firms": firms | {"firms_sampled": 2}})[0]
 
 
 def test_format_quality_handles_none_and_empty():

@@ -48,6 +48,15 @@ def test_umap_epochs_are_umaps_choice_unless_set():
     assert Settings.from_env({"FIRMTOPICS_UMAP_N_EPOCHS": "200"}).run.umap_n_epochs == 200
 
 
+def test_the_largest_firm_clustered_whole_is_a_recorded_setting():
+    assert Settings.from_env({}).run.max_firm_sentences == 200_000
+    run = Settings.from_env({"FIRMTOPICS_MAX_FIRM_SENTENCES": "300"}).run
+    assert run.max_firm_sentences == 300 and run.as_dict()["max_firm_sentences"] == 300
+    assert run.differences(RunSettings().as_dict()) == {"max_firm_sentences": (200_000, 300)}
+    with pytest.raises(SettingsError, match="FIRMTOPICS_MAX_FIRM_SENTENCES must be at least 100, got 99"):
+        Settings.from_env({"FIRMTOPICS_MAX_FIRM_SENTENCES": "99"})
+
+
 def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default():
     # Runs recorded before umap_n_epochs existed have no such key: UMAP chose the
     # epochs then, as None does now, so they match.
@@ -55,6 +64,10 @@ def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default():
     del recorded["umap_n_epochs"]
     assert RunSettings().differences(recorded) == {}
     assert RunSettings(umap_n_epochs=200).differences(recorded) == {"umap_n_epochs": (None, 200)}
+    # Runs recorded before the giant-firm cap: the default cap, at which they resume.
+    del recorded["max_firm_sentences"]
+    assert RunSettings().differences(recorded) == {}
+    assert RunSettings(max_firm_sentences=300).differences(recorded) == {"max_firm_sentences": (200_000, 300)}
 
 
 def test_run_settings_differences_name_each_change():

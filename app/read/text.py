@@ -31,10 +31,12 @@ def format_quality(quality: dict | None) -> list[str]:
         n_firms = firms.get("firms", 0)
         catch_all = firms.get("firms_with_catch_all", 0)
         threshold = firms.get("catch_all_share_threshold")
+        sampled = firms.get("firms_sampled") or 0
         lines.append(
             f"  quality: {n_firms} {_plural(n_firms, 'firm')}, {_num(firms.get('mean_topics'), 1)} topics a firm, "
             f"largest topic {_num(firms.get('mean_largest_topic_share'), 2)} of a firm's sentences (mean), "
             f"{catch_all} {_plural(catch_all, 'firm')} with a catch-all topic (> {_pct(threshold, 0)})"
+            + (f", {sampled} {_plural(sampled, 'firm')} clustered on a sample" if sampled else "")
         )
         lines.append(
             f"  sentences: {_pct(firms.get('unassigned_share'))} unassigned "
