@@ -23,7 +23,11 @@ the subjects the topics were made from.
     python bench/scale.py --theme-topics 200000
     python bench/scale.py --theme-topics 16000 --compare
 
-``--sentences N`` (the database part at N sentences) is not built yet (docs/benchmarks.md).
+``--sentences N``: the database part at N synthetic sentences: the theme stage, the
+attaching, the indexes, then every reading command, one JSON line each (``what``,
+``seconds``, ``peak_rss_gb``); ``bench/scale_database.py`` says how.
+
+    python bench/scale.py --sentences 1000000
 """
 
 from __future__ import annotations
@@ -41,34 +45,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_run, shared with the tests
 
 from app.clustering import WARD_EXACT_MAX, broader_levels, theme_count, theme_labels  # noqa: E402
 from app.settings import RunSettings  # noqa: E402
+from synthetic_run import synthetic_topics  # noqa: E402
 
-DIMENSION = 384  # all-MiniLM-L6-v2's, the default model
-SPREAD = 0.4  # a subject's spread around its family, per dimension (a family's direction: 1.0)
-NOISE = 1.2  # a topic's spread around its subject, per dimension
-CHUNK = 100_000  # topics made at a time, so making them needs no more memory than holding them
 EXACT_MAX = {"auto": WARD_EXACT_MAX, "exact": math.inf, "two-stage": 0}
-
-
-def synthetic_topics(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` unit topic vectors (float32, one a row) and each one's subject (see the module
-    docstring)."""
-    rng = np.random.default_rng(seed)
-    n_subjects = max(2, round(math.sqrt(n)))
-    n_families = max(2, round(math.sqrt(n_subjects)))
-    families = rng.standard_normal((n_families, DIMENSION), dtype=np.float32)
-    subjects = families[rng.integers(0, n_families, n_subjects)]
-    subjects += SPREAD * rng.standard_normal((n_subjects, DIMENSION), dtype=np.float32)
-    subject_of = rng.integers(0, n_subjects, n)
-    vectors = np.empty((n, DIMENSION), dtype=np.float32)
-    for start in range(0, n, CHUNK):
-        rows = slice(start, min(start + CHUNK, n))
-        chunk = subjects[subject_of[rows]] + NOISE * rng.standard_normal((len(vectors[rows]), DIMENSION),
-                                                                          dtype=np.float32)
-        vectors[rows] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
-    return vectors, subject_of
 
 
 def theme_stage(n: int, method: str, labels_out: Path | None = None) -> dict:
@@ -112,12 +95,24 @@ def compare(n: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--theme-topics", type=int, required=True, metavar="N",
-                        help="run the theme stage's grouping on N synthetic topics")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--theme-topics", type=int, metavar="N",
+                      help="run the theme stage's grouping on N synthetic topics")
+    size.add_argument("--sentences", type=int, metavar="N",
+                      help="the database part: a run of N synthetic sentences, its later stages and the commands")
     parser.add_argument("--method", choices=sorted(EXACT_MAX), default="auto")
     parser.add_argument("--compare", action="store_true", help="exact and two-stage side by side")
     parser.add_argument("--labels-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # one step of --sentences, in a process of its own
     args = parser.parse_args()
+    if args.sentences is not None:
+        import scale_database
+
+        if args.stage:
+            scale_database.run_stage(args.stage, args.sentences)
+        else:
+            scale_database.measure(args.sentences)
+        return
     result = compare(args.theme_topics) if args.compare else theme_stage(args.theme_topics, args.method,
                                                                           args.labels_out)
     print(json.dumps(result), flush=True)

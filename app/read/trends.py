@@ -32,15 +32,19 @@ async def trend_rows(conn: asyncpg.Connection, run_name: str, *, theme_id: int |
     if theme_id is not None and not await conn.fetchval(
             "SELECT 1 FROM themes WHERE theme_id = $1 AND run_id = $2", theme_id, run["run_id"]):
         raise UsageError(f"no theme {theme_id} in run {run_name!r}")
+    # The view is read once (MATERIALIZED): it aggregates every sentence of the run, and
+    # the largest themes are picked from its rows rather than from a second pass over it.
     rows = await conn.fetch(
-        "WITH sized AS ("
-        "  SELECT theme_id, sum(n_sentences) AS total FROM theme_periods WHERE run_id = $1 GROUP BY theme_id"
-        "  ORDER BY total DESC, theme_id LIMIT $3)"
-        " SELECT tp.theme_id, tp.theme_name, tp.period, tp.n_firms, tp.n_sentences, tp.share_of_period"
-        " FROM theme_periods tp JOIN sized USING (theme_id)"
-        " WHERE tp.run_id = $1 AND ($2::bigint IS NULL OR tp.theme_id = $2)"
-        " ORDER BY sized.total DESC, tp.theme_id, tp.period",
-        run["run_id"], theme_id, top if theme_id is None else 2**31 - 1)
+        "WITH periods AS MATERIALIZED ("
+        "  SELECT theme_id, theme_name, period, n_firms, n_sentences, share_of_period FROM theme_periods"
+        "  WHERE run_id = $1),"
+        " sized AS ("
+        "  SELECT theme_id, sum(n_sentences) AS total FROM periods WHERE $2::bigint IS NULL OR theme_id = $2"
+        "  GROUP BY theme_id ORDER BY total DESC, theme_id LIMIT $3)"
+        " SELECT p.theme_id, p.theme_name, p.period, p.n_firms, p.n_sentences, p.share_of_period"
+        " FROM periods p JOIN sized USING (theme_id)"
+        " ORDER BY sized.total DESC, p.theme_id, p.period",
+        run["run_id"], theme_id, top)
     return [{**dict(r), "share_of_period": float(r["share_of_period"])} for r in rows]
 
 
