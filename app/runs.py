@@ -260,11 +260,13 @@ async def left_sentences(conn: asyncpg.Connection, run_id: int) -> list[asyncpg.
     Firms the run has not recorded at all are the run's firms left (``firm_counts``);
     these are the sentences a finished firm would otherwise lose without a word.
     ``firmtopics update`` brings them in."""
+    # Sentence ids only grow: a firm's sentences after the last one the run took in
+    # (run_firms.last_sentence_id) are read through the (firm_id, sentence_id) index alone.
     return await conn.fetch(
-        "SELECT s.firm_id, d.period, count(*)::integer AS n FROM sentences s"
-        " JOIN run_firms r ON r.run_id = $1 AND r.firm_id = s.firm_id AND r.status IN ('done', 'skipped')"
+        "SELECT s.firm_id, d.period, count(*)::integer AS n FROM run_firms r"
+        " JOIN sentences s ON s.firm_id = r.firm_id AND s.sentence_id > r.last_sentence_id"
         " LEFT JOIN documents d ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id"
-        " WHERE NOT EXISTS (SELECT 1 FROM sentence_topics st WHERE st.run_id = $1 AND st.sentence_id = s.sentence_id)"
+        " WHERE r.run_id = $1 AND r.status IN ('done', 'skipped')"
         " GROUP BY s.firm_id, d.period ORDER BY s.firm_id, d.period", run_id)
 
 

@@ -305,11 +305,10 @@ async def _firm_new_rows(conn: asyncpg.Connection, run_id: int, firm_id: str):
 async def _mark_new_firms(conn: asyncpg.Connection, run_id: int, update_no: int) -> None:
     """Mark the rows of firms written since the update began as the update's (the firm
     stage writes them as a run's own); repeated after a resume, it marks what is left."""
-    for table in ("topics", "sentence_topics"):
-        await conn.execute(
-            f"UPDATE {table} x SET update_no = $2 FROM run_firms r, run_updates u"
-            " WHERE x.run_id = $1 AND x.update_no IS NULL AND r.run_id = $1 AND r.firm_id = x.firm_id"
-            " AND u.run_id = $1 AND u.update_no = $2 AND r.finished_at >= u.started_at", run_id, update_no)
+    since = ("FROM run_firms r, run_updates u WHERE x.run_id = $1 AND x.update_no IS NULL AND r.run_id = $1"
+             " AND r.firm_id = x.firm_id AND u.run_id = $1 AND u.update_no = $2 AND r.finished_at >= u.started_at")
+    await conn.execute("UPDATE topics x SET update_no = $2 " + since, run_id, update_no)
+    await conn.execute("UPDATE sentence_topics x SET update_no = $2 " + since, run_id, update_no)
 
 
 async def _write_known_firm(conn, run_id: int, result: FirmResult, topics: dict, update_no: int) -> None:
@@ -330,8 +329,10 @@ async def _write_known_firm(conn, run_id: int, result: FirmResult, topics: dict,
         await conn.executemany("UPDATE topics SET n_sentences = n_sentences + $2 WHERE topic_id = $1", old)
         await conn.execute(
             "UPDATE run_firms SET n_sentences = n_sentences + $3, n_topics = n_topics + $4,"
-            " n_outliers = n_outliers + $5 WHERE run_id = $1 AND firm_id = $2",
-            run_id, result.firm_id, result.n_sentences, len(result.topics), result.n_outliers)
+            " n_outliers = n_outliers + $5, last_sentence_id = greatest(last_sentence_id, $6)"
+            " WHERE run_id = $1 AND firm_id = $2",
+            run_id, result.firm_id, result.n_sentences, len(result.topics), result.n_outliers,
+            int(result.sentence_ids.max()))
 
 
 async def _link(conn, run_id: int, links) -> None:

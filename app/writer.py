@@ -67,7 +67,7 @@ async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) 
         try:
             await conn.execute(
                 "INSERT INTO run_firms (run_id, firm_id, status, reason, n_sentences, n_topics, n_outliers, seconds,"
-                " quality) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)",
+                " quality, last_sentence_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)",
                 run_id,
                 result.firm_id,
                 result.status,
@@ -77,6 +77,7 @@ async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) 
                 result.n_outliers,
                 {k: round(v, 3) for k, v in result.seconds.items()},
                 result.quality,
+                int(result.sentence_ids.max()) if result.n_sentences else None,
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyWritten(f"firm {result.firm_id!r} is already recorded for run {run_id}") from None

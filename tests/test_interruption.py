@@ -12,6 +12,7 @@ needed. The harness (``Job``, ``Database``, ``snapshot``, ...) is in ``support.p
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -205,6 +206,10 @@ class StoppingNamer:
 
     def __getattr__(self, name):
         return getattr(self._namer, name)
+
+    @contextlib.asynccontextmanager
+    async def for_run(self, pool, run_id):  # itself, bound: the offline namer keeps nothing
+        yield self
 
     async def name_topic(self, topic):
         if topic.firm_id == self._firm:
