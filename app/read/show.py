@@ -76,15 +76,19 @@ async def theme_detail(conn: asyncpg.Connection, theme_id: int, run_name: str | 
         "SELECT theme_id, name, n_topics, n_firms FROM themes WHERE parent_theme_id = $1"
         " ORDER BY n_topics DESC, theme_id", theme_id)
     n_levels = await conn.fetchval("SELECT max(level) FROM themes WHERE run_id = $1", run["run_id"])
-    # Topics link to fine themes only; theme_lineage brings a broader theme every topic
+    # Topics link to fine themes only; theme_lineage brings a broader theme every theme
     # under it (for a fine theme it is the theme itself, at distance 0), so n_topics,
-    # n_sentences and the evidence mean the same thing at every level.
+    # n_sentences and the evidence mean the same thing at every level. The themes come
+    # first, as a list of ids: joined to the recursive view, the planner cannot tell how
+    # few they are and read every topic of the database (at 1,000,000 sentences, 25,635
+    # topics, to keep a few hundred); by a list, the topics come through their index.
+    under = [r["theme_id"] for r in await conn.fetch("SELECT theme_id FROM theme_lineage WHERE ancestor_id = $1",
+                                                     theme_id)]
     topics = await conn.fetch(
         "SELECT t.topic_id, t.firm_id, f.firm_name, t.name, t.n_sentences, t.theme_id, t.theme_assignment,"
         "       t.evidence_sentence_ids"
-        " FROM theme_lineage l JOIN topics t ON t.theme_id = l.theme_id"
-        " JOIN firms f ON f.firm_id = t.firm_id"
-        " WHERE l.ancestor_id = $1 ORDER BY t.firm_id, t.n_sentences DESC, t.topic_id", theme_id)
+        " FROM topics t JOIN firms f ON f.firm_id = t.firm_id"
+        " WHERE t.theme_id = ANY($1::bigint[]) ORDER BY t.firm_id, t.n_sentences DESC, t.topic_id", under)
     # One evidence sentence from each topic, largest topics first, then a second round,
     # and so on: the sample shows as many firms as it can.
     by_size = sorted(topics, key=lambda t: (-t["n_sentences"], t["topic_id"]))
