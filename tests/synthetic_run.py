@@ -5,9 +5,9 @@ and what the tests of the query plans read.
 Firms of a few hundred to a few thousand sentences (log-uniform, 200 to 4,000), one
 topic per 39 sentences (the 716 ECTSum firms: 7,917 topics for 307,933 sentences),
 documents of 127 sentences (ECTSum: 2,425 documents), each a quarter later than the
-firm's last, and generated sentences of about ECTSum's length (138 bytes on average).
-Of a firm's sentences 75% were clustered into a topic, 20% attached to one by nearness
-and 5% are in no topic (the shares of the ECTSum run in docs/quality.md).
+firm's last, and generated sentences of about ECTSum's length (147 bytes on average;
+ECTSum's: 138). Of a firm's sentences 75% were clustered into a topic, 20% attached to
+one by nearness and 5% are in no topic (the shares of the ECTSum run in docs/quality.md).
 
 The vectors are 384-dimensional unit vectors with the structure of a corpus: each topic
 a direction (``synthetic_topics``, also the topics of ``bench/scale.py --theme-topics``:
@@ -46,7 +46,7 @@ SHARES = {"cluster": 0.75, "nearest": 0.20, None: 0.05}  # how a sentence came t
 SENTENCE_NOISE = 0.06  # per dimension around its topic's direction (cosine about 0.55)
 SUBJECT_WORDS = 24  # words of a subject's own; a sentence uses 6 of them, keywords are the first 10
 FILLER_WORDS = 2000  # words any sentence may use
-WORDS_A_SENTENCE = 18  # about 140 bytes with the sentence's number
+WORDS_A_SENTENCE = 18  # about 147 bytes with the sentence's number
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zi", "da", "fe", "go", "hu", "ji", "po", "ba"]
 
 
