@@ -262,12 +262,14 @@ async def left_sentences(conn: asyncpg.Connection, run_id: int) -> list[asyncpg.
     ``firmtopics update`` brings them in."""
     # Sentence ids only grow: a firm's sentences after the last one the run took in
     # (run_firms.last_sentence_id) are read through the (firm_id, sentence_id) index alone.
+    # Each one's period is looked up by its document's key, so no more of documents is read.
     return await conn.fetch(
-        "SELECT s.firm_id, d.period, count(*)::integer AS n FROM run_firms r"
-        " JOIN sentences s ON s.firm_id = r.firm_id AND s.sentence_id > r.last_sentence_id"
-        " LEFT JOIN documents d ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id"
-        " WHERE r.run_id = $1 AND r.status IN ('done', 'skipped')"
-        " GROUP BY s.firm_id, d.period ORDER BY s.firm_id, d.period", run_id)
+        "SELECT firm_id, period, count(*)::integer AS n FROM ("
+        "  SELECT s.firm_id, (SELECT d.period FROM documents d WHERE d.firm_id = s.firm_id AND d.doc_id = s.doc_id)"
+        "         AS period"
+        "  FROM run_firms r JOIN sentences s ON s.firm_id = r.firm_id AND s.sentence_id > r.last_sentence_id"
+        "  WHERE r.run_id = $1 AND r.status IN ('done', 'skipped')) AS later"
+        " GROUP BY firm_id, period ORDER BY firm_id, period", run_id)
 
 
 def describe_left(rows) -> str | None:
