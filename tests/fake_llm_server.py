@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -160,6 +161,9 @@ class FakeLLMServer:
 
     ``api_key``: the only key accepted (``None``: any non-empty key). ``models``: the
     models that exist (``None``: any). ``latency``: seconds every chat request takes.
+    ``hold_until``: chat requests are held until that many are in flight at once, then all
+    go on (``latency`` is then the most any waits): a test of concurrency that does not
+    depend on how fast the machine starts requests.
     ``error_rate``: fraction of unscripted requests answered 503 (for soak benchmarks).
     ``record``: keep every request (tests); a long benchmark turns it off and keeps counts
     only. Use as ``async with FakeLLMServer(...) as server:``; ``server.base_url`` is
@@ -172,6 +176,7 @@ class FakeLLMServer:
         api_key: str | None = None,
         models: tuple[str, ...] | None = None,
         latency: float = 0.0,
+        hold_until: int | None = None,
         bad_key_status: int = 401,
         unknown_model_status: int = 404,
         error_rate: float = 0.0,
@@ -186,6 +191,8 @@ class FakeLLMServer:
         self.refuse_parameters = tuple(refuse_parameters)
         self.models = models
         self.latency = latency
+        self.hold_until = hold_until
+        self._gathered = asyncio.Event()
         self.bad_key_status = bad_key_status
         self.unknown_model_status = unknown_model_status
         self.error_rate = error_rate
@@ -263,6 +270,8 @@ class FakeLLMServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
         self.peak_concurrent = max(self.peak_concurrent, self.in_flight)
+        if self.hold_until is not None and self.in_flight >= self.hold_until:
+            self._gathered.set()
         try:
             return await self._answer(request)
         finally:
@@ -276,7 +285,10 @@ class FakeLLMServer:
         self.request_count += 1
         if self.record:
             self.requests.append(RecordedRequest(request.path, dict(request.headers), body))
-        if self.latency:
+        if self.hold_until is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._gathered.wait(), self.latency)
+        elif self.latency:
             await self._sleep(self.latency)
         if not isinstance(body, dict):
             return web.json_response({"error": {"message": "request body is not JSON"}}, status=400)

@@ -63,9 +63,12 @@ def topic(worker: int, n: int) -> TopicToName:
 @pytest.mark.parametrize("run_wide", [None, 4])
 async def test_three_workers_keep_to_the_run_wide_limit(pool, run_wide):
     # Three namers of one run (three workers), each allowed 8 requests of its own: with
-    # a run-wide limit of 4 the server never sees more than 4 at once; without, 24.
+    # a run-wide limit of 4 the server never sees more than 4 at once; without, 24. Without
+    # a limit the server holds each request until all 24 are in, so a busy machine that is
+    # slow to start them cannot make the count come out lower.
     run_id = await bare_run(pool)
-    async with FakeLLMServer(api_key=KEY, latency=0.2) as fake:
+    server = FakeLLMServer(api_key=KEY, latency=0.2) if run_wide else FakeLLMServer(api_key=KEY, hold_until=24, latency=30)
+    async with server as fake:
         async with llm_namer(fake.base_url, run_wide) as a, llm_namer(fake.base_url, run_wide) as b, \
                 llm_namer(fake.base_url, run_wide) as c:
             labels = []
