@@ -349,6 +349,7 @@ async def attach_remaining(on_a_connection, run_id: int, threshold: float, *,
     total = 0
     while (attached := await on_a_connection(one_batch)) is not None:
         total += attached
+    await on_a_connection(lambda conn: count_theme_periods(conn, run_id))
     return total
 
 
@@ -367,7 +368,31 @@ async def attach_update(on_a_connection, run_id: int, threshold: float, update_n
         if row["last"] is None:
             break
         after, total = row["last"], total + row["attached"]
+    await on_a_connection(lambda conn: count_theme_periods(conn, run_id))
     return total
+
+
+_COUNT_PERIODS = """
+INSERT INTO theme_period_counts (run_id, theme_id, period, n_firms, n_sentences)
+SELECT st.run_id, coalesce(t.theme_id, st.theme_id), d.period, count(DISTINCT st.firm_id), count(*)
+FROM sentence_topics st
+JOIN sentences s   ON s.sentence_id = st.sentence_id
+JOIN documents d   ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id
+LEFT JOIN topics t ON t.topic_id = st.topic_id
+WHERE st.run_id = $1 AND coalesce(t.theme_id, st.theme_id) IS NOT NULL
+GROUP BY st.run_id, coalesce(t.theme_id, st.theme_id), d.period
+"""
+
+
+async def count_theme_periods(conn: asyncpg.Connection, run_id: int) -> None:
+    """Count each fine theme's firms and sentences per period for the run, afresh
+    (``theme_period_counts``, read by the ``theme_periods`` view and ``trends``), in one
+    transaction. Called once the run's sentences are all in their themes: at the end of
+    the attaching, in the theme stage and in an update. One pass over the run's dated
+    sentences, so ``trends`` need not aggregate them at each read."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM theme_period_counts WHERE run_id = $1", run_id)
+        await conn.execute(_COUNT_PERIODS, run_id)
 
 
 async def attach_sentences_to_themes(conn: asyncpg.Connection, run_id: int, threshold: float, *,

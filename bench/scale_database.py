@@ -11,6 +11,10 @@ sentences, binary COPY). Then the program's own later stages run on it, each tim
   model loaded as the job has it;
 * ``attaching``: that attaching alone (``attach_sentences_to_themes``), once more;
 * ``indexes``: ``app.schema.build_vector_indexes``, the HNSW indexes and ANALYZE;
+* ``periods``: what ``trends`` reads, the counts of each theme per period kept by the
+  theme stage (``app.read.trends.trend_rows``), side by side with the aggregation of every
+  sentence of the run that the ``theme_periods`` view made before it read those counts
+  (each the fastest of three), and the counting itself (``count_theme_periods``);
 * each search below with the model loaded already (``app.read.search.search`` given the
   embedder): what a search costs the database, apart from starting Python and loading
   the model, which do not grow with the run.
@@ -46,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCALE = Path(__file__).resolve().parent / "scale.py"
 RUN = "default"
 SEARCH_TEXT = "supply chain costs"
-STAGES = ("themes", "attaching", "indexes")
+STAGES = ("themes", "attaching", "indexes", "periods")
 GB = 2**20  # ru_maxrss is in KiB
 
 
@@ -141,8 +145,8 @@ def run_stage(stage: str, n_sentences: int) -> None:
 
     settings = Settings.from_env()
     logs.configure(settings.log_format, settings.secrets())  # to stderr, as the commands log
-    steps = {"load": _load, "themes": _themes, "attaching": _attaching, "indexes": _indexes, "searches": _searches,
-             "sizes": _sizes}
+    steps = {"load": _load, "themes": _themes, "attaching": _attaching, "periods": _periods, "indexes": _indexes,
+             "searches": _searches, "sizes": _sizes}
     result = asyncio.run(_with_pool(settings, steps[stage], n_sentences))
     for line in result if isinstance(result, list) else [{"what": stage, **result}]:
         print(json.dumps(line), flush=True)
@@ -204,6 +208,46 @@ async def _attaching(pool, settings, n_sentences: int) -> dict:
         attached = await attach_sentences_to_themes(conn, run_id, settings.run.theme_outlier_threshold)
         seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 2), "attached": attached}
+
+
+# What the theme_periods view aggregated at each read before its counts were kept (schema 14).
+_TRENDS_BY_AGGREGATION = """
+WITH periods AS MATERIALIZED (
+  SELECT theme_id, period, n_firms, n_sentences,
+         round(n_sentences::numeric / sum(n_sentences) OVER (PARTITION BY period), 4) AS share_of_period
+  FROM (SELECT coalesce(t.theme_id, st.theme_id) AS theme_id, d.period,
+               count(DISTINCT st.firm_id)::int AS n_firms, count(*)::int AS n_sentences
+        FROM sentence_topics st JOIN sentences s USING (sentence_id)
+        JOIN documents d ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id
+        LEFT JOIN topics t ON t.topic_id = st.topic_id
+        WHERE st.run_id = $1 AND coalesce(t.theme_id, st.theme_id) IS NOT NULL GROUP BY 1, 2) counted),
+sized AS (SELECT theme_id, sum(n_sentences) AS total FROM periods GROUP BY theme_id ORDER BY total DESC, theme_id
+          LIMIT 10)
+SELECT p.* FROM periods p JOIN sized USING (theme_id) ORDER BY sized.total DESC, p.theme_id, p.period
+"""
+
+
+async def _periods(pool, settings, n_sentences: int) -> dict:
+    from app.read.trends import trend_rows
+    from app.themes import count_theme_periods
+
+    async def fastest(action) -> tuple[float, object]:
+        times, result = [], None
+        for _ in range(3):
+            started = time.perf_counter()
+            result = await action()
+            times.append(time.perf_counter() - started)
+        return min(times), result
+
+    run_id = await _run_id(pool)
+    async with pool.acquire() as conn:
+        counting, _ = await fastest(lambda: count_theme_periods(conn, run_id))
+        kept, rows = await fastest(lambda: trend_rows(conn, RUN))
+        aggregated, old = await fastest(lambda: conn.fetch(_TRENDS_BY_AGGREGATION, run_id))
+    same = [(r["theme_id"], r["period"], r["n_sentences"]) for r in rows] == \
+        [(r["theme_id"], r["period"], r["n_sentences"]) for r in old]
+    return {"seconds": round(kept, 3), "aggregated_seconds": round(aggregated, 3),
+            "ratio": round(aggregated / kept, 1), "counting_seconds": round(counting, 2), "same_rows": same}
 
 
 async def _indexes(pool, settings, n_sentences: int) -> dict:

@@ -157,20 +157,20 @@ JOIN theme_lineage l ON l.theme_id = sa.theme_id AND l.ancestor_is_top;
 -- and its share of the period's sentences that are in a theme (share_of_period sums to 1
 -- over a run's themes in one period). A sentence's theme is sentence_assignments' (its
 -- topic's, or the one it was attached to); sentences of documents without a period are
--- left out.
+-- left out. The counts are theme_period_counts', written when the run's sentences are all
+-- in their themes (schema 14), so reading this view does not aggregate the run again.
 CREATE VIEW theme_periods AS
-SELECT sa.run_id,
-       sa.run_name,
-       sa.theme_id,
-       sa.theme_name,
-       d.period,
-       count(DISTINCT sa.firm_id)::integer AS n_firms,
-       count(*)::integer                   AS n_sentences,
-       round(count(*)::numeric / sum(count(*)) OVER (PARTITION BY sa.run_id, d.period), 4) AS share_of_period
-FROM sentence_assignments sa
-JOIN documents d ON d.firm_id = sa.firm_id AND d.doc_id = sa.doc_id
-WHERE sa.theme_id IS NOT NULL
-GROUP BY sa.run_id, sa.run_name, sa.theme_id, sa.theme_name, d.period;
+SELECT c.run_id,
+       r.name   AS run_name,
+       c.theme_id,
+       th.name  AS theme_name,
+       c.period,
+       c.n_firms,
+       c.n_sentences,
+       round(c.n_sentences::numeric / sum(c.n_sentences) OVER (PARTITION BY c.run_id, c.period), 4) AS share_of_period
+FROM theme_period_counts c
+JOIN runs r    ON r.run_id = c.run_id
+JOIN themes th ON th.theme_id = c.theme_id;
 
 -- Each firm's exposure to each theme, period by period: the panel a regression reads. One
 -- row per firm, period and theme, at every level: n_sentences, the firm-period's sentences

@@ -461,3 +461,14 @@ def fresh_database(server_url: str):
         yield with_database(server_url, name)
     finally:
         drop_database(server_url, name)
+
+
+# Each fine theme's firms and sentences per period, aggregated from the sentences as they
+# stand: what the counts behind the theme_periods view must equal.
+LIVE_THEME_PERIODS = """
+SELECT st.run_id, coalesce(t.theme_id, st.theme_id) AS theme_id, d.period,
+       count(DISTINCT st.firm_id)::int AS n_firms, count(*)::int AS n_sentences
+FROM sentence_topics st JOIN sentences s USING (sentence_id)
+JOIN documents d ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id
+LEFT JOIN topics t ON t.topic_id = st.topic_id
+WHERE coalesce(t.theme_id, st.theme_id) IS NOT NULL GROUP BY 1, 2, 3"""

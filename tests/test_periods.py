@@ -13,6 +13,7 @@ from app.cli import main
 from app.corpus import IngestReport, check_fields, read_chunks
 from app.ingest import ingest_file
 from app.read.trends import format_trends
+from support import LIVE_THEME_PERIODS
 
 
 def write_jsonl(path, rows):
@@ -76,12 +77,7 @@ async def test_theme_periods_is_its_join(conn):
     join = {tuple(r) for r in await conn.fetch(
         "SELECT run_id, theme_id, period, n_firms, n_sentences,"
         "       round(n_sentences::numeric / sum(n_sentences) OVER (PARTITION BY run_id, period), 4)"
-        " FROM (SELECT st.run_id, coalesce(t.theme_id, st.theme_id) AS theme_id, d.period,"
-        "              count(DISTINCT st.firm_id)::int AS n_firms, count(*)::int AS n_sentences"
-        "       FROM sentence_topics st JOIN sentences s USING (sentence_id)"
-        "       JOIN documents d ON d.firm_id = s.firm_id AND d.doc_id = s.doc_id"
-        "       LEFT JOIN topics t ON t.topic_id = st.topic_id"
-        "       WHERE coalesce(t.theme_id, st.theme_id) IS NOT NULL GROUP BY 1, 2, 3) counted")}
+        f" FROM ({LIVE_THEME_PERIODS}) counted")}
     assert view == join and {r[2] for r in view} == {"2024Q1", "2024Q2"}  # the demo corpus's quarters
     for period in ("2024Q1", "2024Q2"):
         assert sum(r[5] for r in view if r[2] == period) == pytest.approx(1, abs=1e-3)

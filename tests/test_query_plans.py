@@ -29,6 +29,7 @@ from app.read.export import TABLES
 from app.read.search import nearest
 from app.read.show import firm_detail, theme_detail, topic_detail
 from app.read.status import status_detail
+from app.read.trends import trend_rows
 from app.runs import set_status
 from app.schema import build_vector_indexes
 from app.settings import RunSettings, Settings
@@ -145,8 +146,8 @@ def _vector(seed: int = 0) -> np.ndarray:
 
 # The reading commands whose filters keep a small part of a large table (a firm, a theme,
 # a topic, the nearest rows), each with the indexes that serve those filters. ``trends``
-# and ``export`` read every row of the run (``trends`` aggregates them all; ``export`` is
-# checked below); without a firm, a search of topics or themes may read them all (see the
+# reads the counts the theme stage wrote, no large table. ``export`` reads every row of
+# the run (checked below); without a firm, a search of topics or themes may read them all (see the
 # test of the sentences' search).
 FIRM_TOPICS = "topics_run_id_firm_id_topic_no_key"  # a run's topics, or one firm's (the unique key)
 SENTENCE_HNSW = "sentence_topics_embedding_hnsw_run_1"
@@ -162,6 +163,7 @@ SERVED_BY = {
     "search topic --firm": {FIRM_TOPICS},
     "search sentence": {SENTENCE_HNSW},
     "search sentence --firm": {SENTENCE_HNSW},
+    "trends": set(),
 }
 
 
@@ -173,6 +175,7 @@ def _selective(run: Run) -> dict:
         "show theme (top)": lambda pool, conn: theme_detail(conn, run.top_theme),
         "show theme (fine)": lambda pool, conn: theme_detail(conn, run.fine_theme),
         "show topic": lambda pool, conn: topic_detail(conn, run.topic),
+        "trends": lambda pool, conn: trend_rows(conn, "default"),
     }
     for level in ("theme", "topic", "sentence"):
         for firm in (None, run.firm):

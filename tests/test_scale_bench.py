@@ -14,7 +14,7 @@ import pytest
 from support import job_env
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["load", "themes", "attaching", "indexes"]
+STAGES = ["load", "themes", "attaching", "indexes", "periods"]
 COMMANDS = {"status", "search theme", "search theme --firm", "search topic", "search topic --firm",
             "search sentence", "search sentence --firm", "show firm", "show theme", "show topic", "trends",
             "export", "report"}
@@ -27,7 +27,7 @@ def test_the_database_part_prints_a_line_per_stage_and_command(database_url, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     whats = [line["what"] for line in lines]
-    assert whats[:4] == STAGES and whats[-1] == "sizes"
+    assert whats[:5] == STAGES and whats[-1] == "sizes"
     assert COMMANDS <= set(whats)
     assert {f"{command}, model loaded" for command in COMMANDS if command.startswith("search")} <= set(whats)
     for line in lines:
@@ -36,6 +36,7 @@ def test_the_database_part_prints_a_line_per_stage_and_command(database_url, tmp
     by_what = {line["what"]: line for line in lines}
     assert by_what["load"]["sentences"] == 20000 and by_what["load"]["topics"] > 0
     assert by_what["themes"]["levels"][0] > 0
+    assert by_what["periods"]["same_rows"]  # the kept counts give what the aggregation gave
     assert all(line["hits"] == 10 for line in lines if line["what"].endswith("model loaded"))
     assert by_what["export"]["bytes"] > 0 and by_what["report"]["bytes"] > 0
     tables = by_what["sizes"]["tables"]

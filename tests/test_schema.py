@@ -258,3 +258,35 @@ async def test_programs_starting_at_once_on_a_new_database_migrate_it_once(datab
         for conn in connections:
             await conn.close()
     assert sorted(map(len, applied)) == [0] * 5 + [len(migrations())]
+
+
+async def test_a_version_13_database_gets_its_theme_counts_per_period(database_url):
+    """Runs stored before the counts were kept are counted by the migration, so ``trends``
+    shows them as before: a sentence through its topic's theme, one attached to a theme."""
+    pool = await create_pool(database_url, vector=False)
+    try:
+        async with pool.acquire() as conn:
+            await migrate_to(conn, 13)
+            await insert_one_result(conn, "F")
+            run_id, attached = await conn.fetchrow("SELECT run_id, sentence_id FROM sentence_topics")
+            await conn.execute("INSERT INTO documents (firm_id, doc_id, period) VALUES ('F', 'd', '2024Q1')")
+            theme_id = await conn.fetchval(
+                "INSERT INTO themes (run_id, theme_no, name, summary, keywords, name_source, n_topics, n_firms)"
+                " VALUES ($1, 0, 'demand', 's', '{}', 'keywords', 1, 1) RETURNING theme_id", run_id)
+            topic_id = await conn.fetchval(
+                "INSERT INTO topics (run_id, firm_id, topic_no, name, summary, keywords, name_source, n_sentences,"
+                " theme_id) VALUES ($1, 'F', 0, 'n', 's', '{}', 'keywords', 1, $2) RETURNING topic_id",
+                run_id, theme_id)
+            second = await conn.fetchval(
+                "INSERT INTO sentences (firm_id, doc_id, text) VALUES ('F', 'd', 'Costs fell.') RETURNING sentence_id")
+            await conn.execute(
+                "INSERT INTO sentence_topics (run_id, sentence_id, firm_id, topic_id, embedding, topic_assignment)"
+                " VALUES ($1, $2, 'F', $3, '[0,1]', 'cluster')", run_id, second, topic_id)
+            await conn.execute("UPDATE sentence_topics SET theme_id = $1 WHERE sentence_id = $2", theme_id, attached)
+
+            assert await apply_migrations(conn) == [v for v, _, _ in migrations() if v >= 14]
+            rows = [tuple(r) for r in await conn.fetch(
+                "SELECT theme_name, period, n_firms, n_sentences, share_of_period FROM theme_periods")]
+            assert rows == [("demand", "2024Q1", 1, 2, 1)]
+    finally:
+        await pool.close()

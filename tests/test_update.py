@@ -17,7 +17,7 @@ import random
 import pytest
 
 from app.sample import FIRMS, sample_rows, sentence_about
-from tests.support import Job, check_whole, fetch, fresh_database, job_env, run_in_process, value
+from tests.support import LIVE_THEME_PERIODS, Job, check_whole, fetch, fresh_database, job_env, run_in_process, value
 
 pytestmark = pytest.mark.results
 
@@ -122,6 +122,11 @@ def study(server_url, tmp_path_factory):
             LEFT JOIN topics t ON t.topic_id = st.topic_id WHERE d.period = '2024Q3'""")
         seen["periods"] = [r["period"] for r in fetch(url, "SELECT DISTINCT period FROM theme_periods ORDER BY 1")]
         seen["stored"] = value(url, "SELECT count(*) FROM sentences")
+        counted = "SELECT run_id, theme_id, period, n_firms, n_sentences FROM theme_periods"
+        seen["periods_off"] = value(url, f"""
+            WITH live AS ({LIVE_THEME_PERIODS}), kept AS ({counted})
+            SELECT (SELECT count(*) FROM (TABLE live EXCEPT TABLE kept) a)
+                 + (SELECT count(*) FROM (TABLE kept EXCEPT TABLE live) b)""")
         seen["theme_counts"] = value(url, """
             SELECT count(*) FROM themes th WHERE th.level = 1 AND th.n_topics <>
               (SELECT count(*) FROM topics t WHERE t.theme_id = th.theme_id)""")
@@ -145,6 +150,7 @@ def test_update_brings_every_stored_sentence_in(study):
     assert study["status_after"]["firms"]["sentences_left"] == 0
     assert study["status_after"]["firms"]["left"] == 0
     assert "2024Q3" in study["periods"]
+    assert study["periods_off"] == 0  # trends' counts are the update's sentences, counted again
 
 
 def test_old_topics_themes_and_sentences_keep_their_ids_names_and_places(study):

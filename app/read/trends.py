@@ -1,4 +1,4 @@
-"""``firmtopics trends``: themes over time, from the ``theme_periods`` view (schema 8).
+"""``firmtopics trends``: themes over time, from the ``theme_periods`` view (schemas 8, 14).
 
 Which themes rose and which faded: each fine theme's share of a period's sentences that
 are in a theme, period by period (periods sort as text: ``2020Q4`` before ``2021Q1``).
@@ -32,8 +32,8 @@ async def trend_rows(conn: asyncpg.Connection, run_name: str, *, theme_id: int |
     if theme_id is not None and not await conn.fetchval(
             "SELECT 1 FROM themes WHERE theme_id = $1 AND run_id = $2", theme_id, run["run_id"]):
         raise UsageError(f"no theme {theme_id} in run {run_name!r}")
-    # The view is read once (MATERIALIZED): it aggregates every sentence of the run, and
-    # the largest themes are picked from its rows rather than from a second pass over it.
+    # The view is read once (MATERIALIZED), and the largest themes are picked from its rows:
+    # a theme and period a row, counted when the run's themes were made (schema 14).
     rows = await conn.fetch(
         "WITH periods AS MATERIALIZED ("
         "  SELECT theme_id, theme_name, period, n_firms, n_sentences, share_of_period FROM theme_periods"
