@@ -164,12 +164,17 @@ async def build_vector_indexes(conn: asyncpg.Connection, run_id: int, maintenanc
     """Build run ``run_id``'s HNSW (cosine) indexes, partial on its rows, once the heaps
     are loaded.
 
-    ``maintenance_work_mem`` is raised for this session only: the HNSW build is much
-    faster when the graph fits in memory.
+    ``maintenance_work_mem`` is raised to at least that for this session only: the HNSW
+    build is much faster when the graph fits in memory (about 2 KB a sentence; 1 GB holds
+    about 500,000). A larger value given by the server, its database or its role (``ALTER
+    DATABASE ... SET maintenance_work_mem = '64GB'``) is kept: the program does not know
+    how much memory the server has free, its administrator does (docs/deploy.md).
     """
     if not re.fullmatch(r"\d+\s*(kB|MB|GB)", maintenance_work_mem):
         raise ValueError(f"maintenance_work_mem must look like '1GB', got {maintenance_work_mem!r}")
-    await conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
+    await conn.execute(
+        "SELECT set_config('maintenance_work_mem', $1, false) WHERE pg_size_bytes($1)"
+        " > pg_size_bytes(current_setting('maintenance_work_mem'))", maintenance_work_mem)
     await conn.execute(_index_sql(run_id))
     # Fresh statistics after the bulk load, so the planner picks good plans (and the
     # HNSW indexes) for the first queries, not only after autovacuum gets round to it.

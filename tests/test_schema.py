@@ -62,6 +62,19 @@ async def test_schema_has_no_vector_index_until_built(pool):
         assert len(await vector_indexes_present(conn, 2)) == 3
 
 
+async def test_the_index_build_takes_at_least_a_gigabyte_and_keeps_more_given_by_the_server(pool):
+    async with pool.acquire() as conn:
+        await fix_embedding_dimension(conn, 4)
+        await conn.execute("SET maintenance_work_mem = '64MB'")  # PostgreSQL's default
+        await build_vector_indexes(conn, 1)
+        assert await conn.fetchval("SHOW maintenance_work_mem") == "1GB"
+        await drop_vector_indexes(conn, 1)
+        await conn.execute("SET maintenance_work_mem = '3GB'")  # as ALTER DATABASE ... SET would give
+        await build_vector_indexes(conn, 1)
+        assert await conn.fetchval("SHOW maintenance_work_mem") == "3GB"
+        await conn.execute("RESET maintenance_work_mem")
+
+
 async def test_first_run_fixes_the_dimension_and_another_is_refused(pool):
     async with pool.acquire() as conn:
         await fix_embedding_dimension(conn, 4)
