@@ -20,12 +20,29 @@
 # docs/deploy.md.
 ARG RAPIDS_VERSION=26.10
 ARG RAPIDS_PYTHON=3.12
-# The CPU image's torch release (the GPU image takes torch from conda, see below).
+# The CPU image's torch release (the GPU image takes torch from conda, see below); the
+# same release as constraints.txt's pin (tests/test_deploy_files.py checks).
 ARG TORCH_VERSION=2.13.0
+
+# Base images by digest. A tag such as python:3.11-slim-bookworm is moved to a new build
+# now and then; a digest names one build for good. Each FROM below ends in a *_DIGEST
+# ARG: empty, the tag alone is used; set to "@sha256:<64 hex digits>", Docker pulls
+# exactly that build (the tag then only documents it). To pin, learn the digest of the
+# tag named in the FROM line, on a machine with Docker:
+#
+#   docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
+#   docker buildx imagetools inspect rapidsai/base:26.10-cuda12-py3.12 --format '{{json .Manifest.Digest}}'
+#
+# and write it here: PYTHON_DIGEST for the cpu image, RAPIDS_DIGEST for the gpu image (or
+# pass --build-arg PYTHON_DIGEST=@sha256:...). It is the digest of
+# the multi-platform index, so the same pin serves amd64 and arm64. Re-learn it when the
+# tag's release is raised.
+ARG PYTHON_DIGEST=
+ARG RAPIDS_DIGEST=
 
 
 ############################################################################# cpu image
-FROM python:3.11-slim-bookworm AS cpu
+FROM python:3.11-slim-bookworm${PYTHON_DIGEST} AS cpu
 ARG TORCH_VERSION
 
 SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
@@ -42,6 +59,12 @@ ENV PYTHONUNBUFFERED=1 \
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
  && mkdir -p /opt/firmtopics \
  && pip list --format=freeze | grep -i '^torch==' > /opt/firmtopics/constraints.txt
+
+# The tested versions (constraints.txt: what the test suite passes with) join the
+# constraints, so the image installs those and not the newest that pyproject.toml's
+# ranges allow. Its torch pin (2.13.0) is met by the CPU build (2.13.0+cpu).
+COPY constraints.txt /opt/firmtopics/tested-constraints.txt
+RUN grep -v '^#' /opt/firmtopics/tested-constraints.txt >> /opt/firmtopics/constraints.txt
 
 # The project's dependencies get a layer of their own (read from pyproject.toml), so that
 # changing the code does not reinstall them.
@@ -83,7 +106,7 @@ CMD ["run"]
 
 
 ############################################################################# gpu image
-FROM rapidsai/base:${RAPIDS_VERSION}-cuda12-py${RAPIDS_PYTHON} AS gpu
+FROM rapidsai/base:${RAPIDS_VERSION}-cuda12-py${RAPIDS_PYTHON}${RAPIDS_DIGEST} AS gpu
 ARG RAPIDS_VERSION
 ARG RAPIDS_PYTHON
 
@@ -115,8 +138,16 @@ RUN conda install -y -n base \
 # numba<0.65), while umap-learn, pynndescent and bertopic accept newer ones, so a plain
 # `pip install` may upgrade numba and leave cuML broken at import time. With -c, pip
 # installs only what is missing and fails loudly rather than replace a RAPIDS package.
+#
+# The tested versions (the repository's constraints.txt) are then added for every
+# package the image does not have: what pip installs on top of RAPIDS is what the test
+# suite passed with, and a package RAPIDS brings keeps RAPIDS' version.
+COPY constraints.txt /opt/firmtopics/tested-constraints.txt
 RUN mkdir -p /opt/firmtopics \
- && pip list --format=freeze > /opt/firmtopics/constraints.txt
+ && pip list --format=freeze > /opt/firmtopics/constraints.txt \
+ && python -c "import re; key = lambda line: re.sub(r'[-_.]+', '-', line.split('==')[0].strip()).lower(); pins = lambda name: [l.split('#')[0].strip() for l in open(name) if l.split('#')[0].strip()]; have = {key(l) for l in pins('/opt/firmtopics/constraints.txt')}; print('\\n'.join(l for l in pins('/opt/firmtopics/tested-constraints.txt') if key(l) not in have))" \
+        > /opt/firmtopics/tested-missing.txt \
+ && cat /opt/firmtopics/tested-missing.txt >> /opt/firmtopics/constraints.txt
 
 # The project's dependencies get a layer of their own (read from pyproject.toml), so that
 # changing the code does not reinstall them. cuML itself is not a pip dependency here:

@@ -19,7 +19,11 @@ transaction, is passed over the same way (``pg_try_advisory_lock``), and ends wi
 session all the same.
 
 The theme stage is run by one worker only: the one that takes the run's theme lock
-(another advisory lock, on its own key space) when no firm is left.
+(another advisory lock, on its own key space) when no firm is left. That lock, too, is
+held on a connection of its own (``ThemeLock``), replaced and taken again when lost; the
+holder checks it every ``THEME_LOCK_CHECK_S`` while its stage runs, so a lost connection
+is found within seconds, not at the end, and a worker whose lock was taken by another
+during a failover stops its stage.
 
 With ``LLM_RUN_CONCURRENCY`` set, LLM requests are limited for the whole run, across
 workers, the same way: a request is sent while its worker holds one of that many slots
@@ -38,6 +42,7 @@ import anyio
 import asyncpg
 
 from app.database import RETRYABLE, retry_connection_errors
+from app.errors import first_error
 from app.logs import get_logger
 
 log = get_logger("claims")
@@ -47,6 +52,8 @@ log = get_logger("claims")
 _THEME_LOCK_BASE = 7_424_002 << 24
 # LLM slots: one bigint per (run, slot), above every theme lock key; 1,023 slots at most.
 _LLM_SLOT_BASE = 7_424_003 << 40
+# Seconds between two checks of the theme lock's connection while its stage runs.
+THEME_LOCK_CHECK_S = 1.0
 
 
 class _LockSession:
@@ -242,15 +249,69 @@ class LLMSlots(_LockSession):
                                                               self._first_key + slot), what="release an LLM slot")
 
 
+class ThemeLock(_LockSession):
+    """The run's theme lock, held by the one worker that runs the theme stage (and an
+    update), on a connection of its own.
+
+    Use as ``async with ThemeLock(pool, run_id) as lock:``, then ``await lock.take()``
+    (False: another worker holds it) and ``await lock.hold_while(work)``. Leaving the
+    block gives it back (the pool resets the connection; a dead connection has lost it
+    already, so giving it back cannot fail)."""
+
+    kind = "theme lock"
+
+    def __init__(self, pool: asyncpg.Pool, run_id: int, *, window_s: float | None = None) -> None:
+        super().__init__(pool, window_s=window_s)
+        self.run_id = run_id
+        self.held = False
+        self.lost = False  # another worker took it while this one had no connection
+
+    async def _take_again(self, conn: asyncpg.Connection) -> None:
+        if self.held and not await take_theme_lock(conn, self.run_id):
+            self.held, self.lost = False, True
+            log.warning("theme_lock_lost", run_id=self.run_id,
+                        reason="another worker took the theme stage during a reconnect; this one stops its stage")
+
+    async def take(self) -> bool:
+        """Try to become the worker that runs the run's theme stage; returns whether it did."""
+        async def take(conn: asyncpg.Connection) -> bool:
+            self.held = await take_theme_lock(conn, self.run_id)
+            return self.held
+
+        return await self._run(take, what="take the theme lock")
+
+    async def hold_while(self, work, *, check_s: float = THEME_LOCK_CHECK_S):
+        """``await work()`` while the lock is held, checking its connection every
+        ``check_s`` seconds (a lost one is replaced and the lock taken again). Returns what
+        ``work`` returns, or None with ``lost`` set when another worker took the lock: the
+        work is then cancelled (its open transaction rolls back)."""
+        result = None
+
+        async def keep(scope: anyio.CancelScope) -> None:
+            while not self.lost:
+                await anyio.sleep(check_s)
+                await self._run(lambda conn: conn.fetchval("SELECT 1"), what="check the theme lock")
+            scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keep, tg.cancel_scope)
+                result = await work()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return None if self.lost else result
+
+
 def worker_name() -> str:
     """This worker as ``status`` shows it: ``firmtopics worker HOST pid PID``."""
     return f"firmtopics worker {socket.gethostname()[:40]} pid {os.getpid()}"
 
 
 async def take_theme_lock(conn: asyncpg.Connection, run_id: int) -> bool:
-    """Try to become the worker that runs the theme stage of ``run_id``; the lock is held
-    by ``conn``'s session until it is closed or ``release_theme_lock``. Returns whether
-    this worker got it."""
+    """Try to take the theme lock of ``run_id`` on ``conn`` (``ThemeLock`` is what the
+    stages use); the lock is held by ``conn``'s session until it is closed or
+    ``release_theme_lock``. Returns whether it was taken."""
     return await conn.fetchval("SELECT pg_try_advisory_lock($1)", _THEME_LOCK_BASE + run_id)
 
 

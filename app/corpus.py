@@ -89,9 +89,8 @@ class IngestReport:
 
     ``rows_read`` counts the rows of the file (blank lines are not rows); it equals
     ``rows_valid + bad_rows``. ``rows_valid = rows_added + rows_already_present``.
-    ``problems`` holds the first ``MAX_PROBLEMS`` messages (bad rows, cleaned rows, an
-    early end), each naming the file and the line or row. ``truncated`` says the file
-    ended early (e.g. a cut gzip): the rows before the break were kept.
+    ``problems`` holds the first ``MAX_PROBLEMS`` messages (bad rows, cleaned rows), each
+    naming the file and the line or row.
 
     ``read_chunks`` fills in what was read and found wrong; ``app.ingest.ingest_file``
     adds what was stored (``rows_added``, ``rows_already_present``, ``firms_added``).
@@ -107,22 +106,18 @@ class IngestReport:
     firms_seen: int = 0
     firms_added: int = 0
     problems: list[str] = field(default_factory=list)
-    truncated: bool = False
 
     def summary(self) -> str:
-        """A few human lines for stdout: the counts, the early end if any, the first problem."""
+        """A few human lines for stdout: the counts and the first problem."""
         lines = [
             f"{self.path}: {self.rows_read} rows read, {self.rows_valid} valid "
             f"({self.rows_added} sentences added, {self.rows_already_present} already present), "
             f"{self.bad_rows} bad, {self.cleaned_rows} cleaned; "
             f"{self.firms_seen} firms ({self.firms_added} new)."
         ]
-        if self.truncated:
-            # The early-end message is always kept, as the last problem.
-            lines.append(self.problems[-1] if self.problems else "The file ends early.")
         if (self.bad_rows or self.cleaned_rows) and self.problems:
             lines.append(f"First problem: {self.problems[0]}")
-            unlisted = self.bad_rows + self.cleaned_rows + int(self.truncated) - len(self.problems)
+            unlisted = self.bad_rows + self.cleaned_rows - len(self.problems)
             if unlisted > 0:
                 lines.append(f"({len(self.problems)} problems are listed in the log; {unlisted} more were only counted.)")
         return "\n".join(lines)
@@ -158,9 +153,10 @@ def read_chunks(path: str | Path, report: IngestReport, *,
     that stops before the end calls its ``close()`` to release the file.
 
     The checks that can be made before reading (format, existence, header or Parquet
-    schema) raise ``IngestError`` right away, from this call. A file whose rows are all
-    bad (or that has no rows) raises ``IngestError`` at the end of the iteration; nothing
-    will have been written for it, since only valid rows are ever written.
+    schema) raise ``IngestError`` right away, from this call. A file that cannot be read
+    to its end (cut short or damaged, a Parquet string that is not UTF-8, a JSON object
+    with a key twice) raises ``IngestError`` where that is found, naming the line or row;
+    so does, at the end, a file whose rows are all bad (or that has no rows).
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
@@ -178,9 +174,7 @@ def _checked_chunks(records: Iterator[_Record], path: Path, report: IngestReport
     try:
         for record in records:
             if record.ends_early:
-                report.truncated = True
-                add_problem(report, log, f"{path}:{record.where}: {record.error}", always=True)
-                break
+                raise IngestError(f"{path}:{record.where}: {record.error}")
             report.rows_read += 1
             read_in_chunk += 1
             row = _check_record(record, path, report, log)
@@ -224,18 +218,15 @@ def _check_record(record: _Record, path: Path, report: IngestReport, log) -> Row
 def _refuse_if_nothing_valid(path: Path, report: IngestReport) -> None:
     if report.rows_valid:
         return
-    if report.rows_read == 0 and not report.truncated:
+    if report.rows_read == 0:
         raise IngestError(f"{path} has no rows: nothing to ingest")
     first = f"; first problem: {report.problems[0]}" if report.problems else ""
     raise IngestError(f"{path} has no valid row ({report.rows_read} rows read, {report.bad_rows} bad){first}")
 
 
-def add_problem(report: IngestReport, log, message: str, *, always: bool = False) -> None:
-    """Keep and log the first ``MAX_PROBLEMS`` messages; the counters keep counting.
-
-    ``always`` is for the early end of a file: the one message a user must not miss.
-    """
-    if always or len(report.problems) < MAX_PROBLEMS:
+def add_problem(report: IngestReport, log, message: str) -> None:
+    """Keep and log the first ``MAX_PROBLEMS`` messages; the counters keep counting."""
+    if len(report.problems) < MAX_PROBLEMS:
         report.problems.append(message)
         log.warning("ingest_problem", problem=message)
 
@@ -370,7 +361,8 @@ def _jsonl_records(path: Path, compressed: bool) -> Iterator[_Record]:
 
     Lines are read as bytes and decoded one by one, so invalid UTF-8 spoils only its own
     line. A gzip stream that is cut or damaged ends the records with an ``ends_early``
-    record naming the line where it broke; the lines before it were complete.
+    record naming the line where it broke. A JSON object with a key twice raises
+    ``IngestError``: which value is meant cannot be known.
     """
     line_no = 0
     with _open_binary(path, compressed) as stream:
@@ -378,12 +370,28 @@ def _jsonl_records(path: Path, compressed: bool) -> Iterator[_Record]:
             for line_no, raw in enumerate(stream, start=1):
                 if not raw.strip():
                     continue  # a blank line is not a row
-                yield _parse_jsonl_line(raw, line_no)
+                yield _parse_jsonl_line(raw, line_no, path)
         except _GZIP_ERRORS as exc:
             yield _ends_early(f"line {line_no + 1}", exc)
 
 
-def _parse_jsonl_line(raw: bytes, line_no: int) -> _Record:
+class _DuplicateKey(ValueError):
+    """A JSON object holds a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return value
+
+
+# One decoder for every line: the json module builds a new one for each loads() given a hook.
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _parse_jsonl_line(raw: bytes, line_no: int, path: Path) -> _Record:
     where = f"line {line_no}"
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte order mark, written by some editors
@@ -392,9 +400,11 @@ def _parse_jsonl_line(raw: bytes, line_no: int) -> _Record:
     except UnicodeDecodeError as exc:
         return _Record(where, None, f"invalid UTF-8 (byte {exc.start + 1} of the line)")
     try:
-        value = json.loads(text)
+        value = _JSON.decode(text)
     except json.JSONDecodeError as exc:
         return _Record(where, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    except _DuplicateKey as exc:
+        raise IngestError(f"{path}:{where}: key {str(exc)!r} appears twice in one object: which one is meant?") from None
     if not isinstance(value, dict):
         return _Record(where, None, f"not a JSON object (got {_json_kind(value)})")
     return _Record(where, value)
@@ -402,8 +412,7 @@ def _parse_jsonl_line(raw: bytes, line_no: int) -> _Record:
 
 def _ends_early(where: str, exc: BaseException) -> _Record:
     reason = str(exc) or type(exc).__name__
-    return _Record(where, None, f"the file ends early or is damaged here ({reason}); "
-                                "the rows before this point were kept", ends_early=True)
+    return _Record(where, None, f"the file ends early or is damaged here ({reason})", ends_early=True)
 
 
 # --- CSV -----------------------------------------------------------------------------------
@@ -437,13 +446,23 @@ def _csv_header(reader, path: Path) -> dict[str, int]:
     names = [n.strip() for n in names]
     if any(_SURROGATE.search(n) for n in names):
         raise IngestError(f"{path}: the header line is not valid UTF-8")
+    if repeated := _repeated_column(names):
+        raise IngestError(f"{path}:line 1: {repeated}")
     for required in REQUIRED_COLUMNS:
         if required not in names:
             raise IngestError(f"{path} has no '{required}' column (found: {', '.join(names)})")
-    positions: dict[str, int] = {}
-    for index, name in enumerate(names):
-        positions.setdefault(name, index)  # a repeated column name: the first one counts
-    return {name: positions[name] for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in positions}
+    return {name: names.index(name) for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in names}
+
+
+def _repeated_column(names: list[str]) -> str | None:
+    """What is wrong when a column name comes twice (which column is meant cannot be
+    known), or None."""
+    for name in dict.fromkeys(names):
+        at = [str(i + 1) for i, n in enumerate(names) if n == name]
+        if len(at) > 1:
+            return (f"column '{name}' appears {len(at)} times (columns {', '.join(at[:-1])} and {at[-1]}): "
+                    "which one is meant?")
+    return None
 
 
 def _csv_rows(stream, reader, header: dict[str, int]) -> Iterator[_Record]:
@@ -496,11 +515,13 @@ def _parquet_records(path: Path, batch_size: int) -> Iterator[_Record]:
     except IngestError:
         parquet.close()
         raise
-    return _parquet_rows(parquet, columns, batch_size)
+    return _parquet_rows(parquet, columns, batch_size, path)
 
 
 def _parquet_columns(path: Path, schema: pa.Schema) -> list[str]:
-    """The columns to read; IngestError when one is missing or of the wrong type."""
+    """The columns to read; IngestError when one is missing, repeated or of the wrong type."""
+    if repeated := _repeated_column(schema.names):
+        raise IngestError(f"{path}: {repeated}")
     for required in REQUIRED_COLUMNS:
         if required not in schema.names:
             raise IngestError(f"{path} has no '{required}' column (found: {', '.join(schema.names)})")
@@ -523,11 +544,11 @@ def _check_parquet_type(path: Path, name: str, arrow_type: pa.DataType) -> None:
         raise IngestError(f"{path}: column '{name}' holds {arrow_type}, not text or whole numbers")
 
 
-def _parquet_rows(parquet: pq.ParquetFile, columns: list[str], batch_size: int) -> Iterator[_Record]:
+def _parquet_rows(parquet: pq.ParquetFile, columns: list[str], batch_size: int, path: Path) -> Iterator[_Record]:
     row_no = 0
     try:
         for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-            values = {name: batch.column(name).to_pylist() for name in columns}
+            values = {name: _column_values(batch, name, row_no, path) for name in columns}
             for i in range(batch.num_rows):
                 row_no += 1
                 yield _Record(f"row {row_no}", {name: values[name][i] for name in columns})
@@ -535,3 +556,19 @@ def _parquet_rows(parquet: pq.ParquetFile, columns: list[str], batch_size: int) 
         yield _ends_early(f"row {row_no + 1}", exc)
     finally:
         parquet.close()
+
+
+def _column_values(batch: pa.RecordBatch, name: str, rows_before: int, path: Path) -> list:
+    """A batch's column as Python values. A string column's bytes are not checked when
+    the file is written or read: invalid UTF-8 raises ``IngestError`` naming the row."""
+    column = batch.column(name)
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        for i, value in enumerate(column):
+            try:
+                value.as_py()
+            except UnicodeDecodeError as exc:
+                raise IngestError(f"{path}:row {rows_before + i + 1}: column '{name}' is not valid UTF-8 "
+                                  f"(byte {exc.start + 1})") from None
+        raise

@@ -36,7 +36,7 @@ import asyncpg
 from threadpoolctl import threadpool_limits
 
 from app.backend import ClusteringBackend, choose_backend
-from app.claims import FirmClaims, release_theme_lock, take_theme_lock
+from app.claims import FirmClaims, ThemeLock
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
 from app.embedding import Embedder, load_embedder
@@ -293,25 +293,30 @@ class _Job:
 
     async def themes_and_indexes(self) -> JobOutcome | None:
         """The theme and index stages, run by the one worker that holds the run's theme
-        lock (a session lock: if that worker dies, a later start of any worker takes it)."""
-        async with self.pool.acquire() as theme_lock:
-            if not await take_theme_lock(theme_lock, self.run_id):
+        lock (a session lock: if that worker dies, a later start of any worker takes it;
+        if its connection is lost, it is taken again, see ``app.claims.ThemeLock``)."""
+        async with ThemeLock(self.pool, self.run_id, window_s=self.retry_window_s) as lock:
+            if not await lock.take():
                 return await self.left_to_others("another worker is running the theme stage")
-            try:
-                status_now = await run_status(theme_lock, self.run_id)
-                if status_now == "complete" and not self.took_any:
-                    # Another worker finished the run while this one wrote its last firm.
-                    self.outcome.status = "nothing_to_do"
-                    self.outcome.firms = await firm_counts(theme_lock, self.run_id)
-                    return self.outcome
-                await self.themes(redo=status_now != "themes_done" or self.took_any)
-                await self.record("themes_done")
-                if self.stop.is_set():
-                    return await self.stopped("themes_done")
-                await self.indexes()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await release_theme_lock(theme_lock, self.run_id)
+            ended = await lock.hold_while(self.locked_stages)
+            if lock.lost:
+                return await self.left_to_others("another worker took the theme stage while this one's "
+                                                 "connection to the database was lost")
+        return ended
+
+    async def locked_stages(self) -> JobOutcome | None:
+        """``themes_and_indexes`` once the lock is held."""
+        status_now = await self.retried(lambda conn: run_status(conn, self.run_id), "run status")
+        if status_now == "complete" and not self.took_any:
+            # Another worker finished the run while this one wrote its last firm.
+            self.outcome.status = "nothing_to_do"
+            self.outcome.firms = await self.firm_counts()
+            return self.outcome
+        await self.themes(redo=status_now != "themes_done" or self.took_any)
+        await self.record("themes_done")
+        if self.stop.is_set():
+            return await self.stopped("themes_done")
+        await self.indexes()
         return None
 
     async def themes(self, *, redo: bool) -> None:

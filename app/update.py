@@ -36,7 +36,7 @@ import asyncpg
 import numpy as np
 
 from app.backend import ClusteringBackend
-from app.claims import FirmClaims, release_theme_lock, take_theme_lock
+from app.claims import FirmClaims, ThemeLock
 from app.clustering import (
     REPRESENTATIVES,
     TooFewToCluster,
@@ -104,16 +104,16 @@ async def run_update(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
                              backend={**backend.describe(), "device": embedder.device})
     outcome = UpdateOutcome(run.run_id, run_name, "updated")
-    async with pool.acquire() as lock:
-        if not await take_theme_lock(lock, run.run_id):
+    async with ThemeLock(pool, run.run_id, window_s=retry_window_s) as lock:
+        if not await lock.take():
             outcome.status = "left_to_others"
             return outcome
-        try:
-            step = _Update(pool, run.run_id, settings, embedder, backend, namer, stop, retry_window_s)
-            return await step.all(lock, outcome)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await release_theme_lock(lock, run.run_id)
+        step = _Update(pool, run.run_id, settings, embedder, backend, namer, stop, retry_window_s)
+        done = await lock.hold_while(lambda: step.all(outcome))
+    if lock.lost:  # another worker took the update over during a failover
+        outcome.status = "left_to_others"
+        return outcome
+    return done
 
 
 async def check_updatable(conn: asyncpg.Connection, run_name: str) -> None:
@@ -144,19 +144,26 @@ class _Update:
     async def retried(self, action, what: str):
         return await with_connection_retry(self.pool, action, what=what, window_s=self.retry_window_s)
 
-    async def all(self, conn: asyncpg.Connection, outcome: UpdateOutcome) -> UpdateOutcome:
-        started = time.perf_counter()
+    async def begin(self, conn: asyncpg.Connection) -> tuple[list, list, int | None]:
+        """What is new, and the number of the update (the one left running, or a new one;
+        None when there is nothing to add). Safe to repeat: a new update's row, once
+        committed, is the one left running."""
         new_firms = await firms_to_do(conn, self.run_id)
         left = await left_sentences(conn, self.run_id)
         update_no = await conn.fetchval(
             "SELECT update_no FROM run_updates WHERE run_id = $1 AND status = 'running'", self.run_id)
-        if update_no is None and not new_firms and not left:
-            outcome.status = "nothing_to_add"
-            return outcome
-        if update_no is None:
+        if update_no is None and (new_firms or left):
             update_no = await conn.fetchval(
                 "INSERT INTO run_updates (run_id, update_no) SELECT $1, coalesce(max(update_no), 0) + 1"
                 " FROM run_updates WHERE run_id = $1 RETURNING update_no", self.run_id)
+        return new_firms, left, update_no
+
+    async def all(self, outcome: UpdateOutcome) -> UpdateOutcome:
+        started = time.perf_counter()
+        new_firms, left, update_no = await self.retried(self.begin, "start the update")
+        if update_no is None:
+            outcome.status = "nothing_to_add"
+            return outcome
         outcome.update_no = update_no
         log.info("update_started", run_id=self.run_id, update=update_no, new_firms=len(new_firms),
                  firms_with_new_sentences=len({r["firm_id"] for r in left}),

@@ -315,8 +315,16 @@ def dockerfile() -> Dockerfile:
     return Dockerfile((ROOT / "Dockerfile").read_text())
 
 
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}")
+
+
+def without_digest(image: str) -> str:
+    """``NAME:TAG@sha256:...`` as ``NAME:TAG`` (Docker pulls by the digest and ignores the tag)."""
+    return DIGEST.sub("", image)
+
+
 def test_gpu_image_is_a_pinned_rapids_base(dockerfile):
-    base = dockerfile.stages["gpu"]
+    base = without_digest(dockerfile.stages["gpu"])
     image, _, tag = base.partition(":")
     assert image == "rapidsai/base"
     # <release>-cuda<major>-py3.<minor>: a fixed RAPIDS release, never "latest", on a
@@ -331,7 +339,7 @@ def test_gpu_is_the_default_target(dockerfile):
 
 def test_cpu_image_is_a_pinned_slim_python(dockerfile):
     # A slim image of a fixed Python minor release the project supports (3.11 and up).
-    base = re.fullmatch(r"python:3\.(\d+)(?:\.\d+)?-slim(-\w+)?", dockerfile.stages["cpu"])
+    base = re.fullmatch(r"python:3\.(\d+)(?:\.\d+)?-slim(-\w+)?", without_digest(dockerfile.stages["cpu"]))
     assert base and int(base[1]) >= 11, dockerfile.stages["cpu"]
 
 
@@ -347,6 +355,61 @@ def test_gpu_install_is_constrained_to_the_images_own_versions(dockerfile):
     assert dependency_installs, "the project's dependencies are installed after the constraints are written"
     for run in dependency_installs:
         assert re.search(rf"(-c|--constraint)[ =]{re.escape(constraints)}", run), run
+
+
+@pytest.mark.parametrize("stage", ["gpu", "cpu"])
+def test_base_image_can_be_pinned_by_digest(dockerfile, stage):
+    """Each FROM ends in a digest ARG: empty (the tag alone) or ``@sha256:`` and 64 hex
+    digits, and the file says how to learn the digest, so a pin is one line to set."""
+    from_line = next(a for s, i, a in dockerfile.instructions if i == "FROM" and s == stage)
+    match = re.search(r"\$\{(\w+_DIGEST)\}(?:\s|$)", from_line)
+    assert match, f"FROM {from_line}: the image reference must end in a ${{..._DIGEST}} ARG"
+    digest = dockerfile.global_args[match[1]]
+    assert digest == "" or DIGEST.fullmatch(digest), f"{match[1]}={digest!r} is not @sha256:<64 hex digits>"
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(rf"#.*{match[1]}", text) and "imagetools inspect" in text, "how to pin is documented"
+
+
+def constraint_pins() -> dict[str, str]:
+    """constraints.txt as {normalised package name: version}."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+@pytest.mark.parametrize("stage", ["gpu", "cpu"])
+def test_image_installs_the_tested_versions(dockerfile, stage):
+    """The repository's constraints.txt reaches the build and every dependency install
+    is held to it (through the image's constraints file, which takes it in)."""
+    assert "constraints.txt" in copied_sources(dockerfile)
+    runs = dockerfile.of("RUN", stage)
+    takes_in = [i for i, run in enumerate(runs) if "tested-constraints.txt" in run and "/opt/firmtopics/constraints.txt" in run]
+    assert takes_in, "the tested pins are added to the constraints file the installs use"
+    installs = [i for i, run in enumerate(runs) if re.search(r"pip install\b", run) and " -r " in run]
+    assert installs and min(installs) > min(takes_in)
+    for i in installs:
+        assert "-c /opt/firmtopics/constraints.txt" in runs[i], runs[i]
+
+
+def test_cpu_torch_is_the_tested_release(dockerfile):
+    assert dockerfile.global_args["TORCH_VERSION"] == constraint_pins()["torch"]
+
+
+def test_tested_pins_go_in_without_overriding_the_gpu_images_own(tmp_path):
+    """The GPU image's step: a package the image has keeps the image's version; the
+    others get the tested one. Run here on a made-up pair of files."""
+    runs = Dockerfile((ROOT / "Dockerfile").read_text()).of("RUN", "gpu")
+    step = next(run for run in runs if "tested-constraints.txt" in run)
+    command = re.search(r"(python -c \"[^\"]+\")", step)[1]
+    (tmp_path / "constraints.txt").write_text("numba==0.64.0\nTorch==2.9.1\n")
+    (tmp_path / "tested-constraints.txt").write_text("# a comment\ntorch==2.13.0\nnumba==0.65.1\nhdbscan==0.8.40\n")
+    command = command.replace("/opt/firmtopics/", f"{tmp_path}/")
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["hdbscan==0.8.40"]
 
 
 def test_cpu_image_installs_cpu_torch_before_the_project(dockerfile):

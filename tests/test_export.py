@@ -125,3 +125,67 @@ async def test_themes_of_every_level_export_with_their_parent(levelled_conn, tmp
     level_of = dict(zip(themes["theme_id"], themes["level"]))
     for row in themes.dropna(subset=["parent_theme_id"]).itertuples():
         assert level_of[int(row.parent_theme_id)] == row.level + 1
+
+
+# --- the files are replaced whole, never written in place ----------------------------------
+
+
+def mark_as_previous(out) -> dict[str, bytes]:
+    """Rewrite each exported file so that it is told apart from a new export of the same
+    run (Parquet: a metadata key; run.json: a field); returns the files' bytes."""
+    for path in out.glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"previous": b"yes"}), path)
+    manifest = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**manifest, "previous": True}))
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+@pytest.mark.results
+async def test_an_export_killed_midway_leaves_the_previous_export_whole(conn, sample_run, tmp_path):
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    out = tmp_path / "out"
+    await export_run(conn, "default", out)
+    previous = mark_as_previous(out)
+    # The export reads the sentences last: holding their table makes it wait there, with
+    # firms, themes and topics already written, and it is killed right then.
+    env = {**os.environ, "DATABASE_URL": sample_run, "LOG_FORMAT": "json"}
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE sentence_topics IN ACCESS EXCLUSIVE MODE")
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "export", "--out", str(out),
+                                                       env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                       stderr=asyncio.subprocess.DEVNULL)
+        for _ in range(600):
+            if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                                   " AND relation = 'sentence_topics'::regclass"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the export never reached the sentences")
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == previous
+    # The next export replaces every file and leaves nothing of the killed one behind.
+    await export_run(conn, "default", out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(previous)
+    assert all(b"previous" not in pq.read_schema(p).metadata for p in out.glob("*.parquet"))
+    assert "previous" not in json.loads((out / "run.json").read_text())
+
+
+@pytest.mark.results
+async def test_export_replaces_a_symlink_and_never_writes_through_it(conn, tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    for name in ("run.json", "themes.parquet"):
+        (elsewhere / name).write_text("not the export's to touch")
+        (out / name).symlink_to(elsewhere / name)
+    await export_run(conn, "default", out)
+    for name in ("run.json", "themes.parquet"):
+        assert (elsewhere / name).read_text() == "not the export's to touch"
+        assert not (out / name).is_symlink()
+    assert json.loads((out / "run.json").read_text())["model"] == "all-MiniLM-L6-v2"

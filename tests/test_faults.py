@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import asyncpg
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -173,6 +174,98 @@ async def test_a_dropped_connection_anywhere_in_a_run_is_retried_and_changes_not
         assert await conn.fetchval(
             "SELECT count(*) - count(DISTINCT (run_id, sentence_id)) FROM sentence_topics") == 0
         assert await conn.fetchval("SELECT count(*) - count(DISTINCT (run_id, firm_id)) FROM run_firms") == 0
+
+
+# --- the theme lock's connection dropped in the theme stage --------------------------------
+
+
+def theme_lock_holder(run_id: int) -> str:
+    """SQL for the pid holding run ``run_id``'s theme lock (a one-bigint advisory lock:
+    pg_locks shows its high half as classid, its low half as objid)."""
+    from app.claims import _THEME_LOCK_BASE
+
+    key = _THEME_LOCK_BASE + run_id
+    return ("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            f" AND classid::bigint = {key >> 32} AND objid::bigint = {key & 0xFFFFFFFF}")
+
+
+class ThemeLockDropper(DroppingPool):
+    """The run's pool, except that when the theme stage is about to store its themes
+    (``DELETE FROM themes``), the connection holding the run's theme lock is terminated.
+    With ``rival``, the test's own connection then takes the lock at once, as a second
+    worker finishing its last firm in that moment would; without, the test waits until the
+    lock is held again and records by whom."""
+
+    def __init__(self, pool, admin, *, rival: bool = False):
+        super().__init__(pool, admin, ["DELETE FROM themes"])
+        self.rival = rival
+        self.holders: list[int] = []  # the lock's holder before the drop, then after
+
+    async def drop_if_due(self, conn, sql: str) -> None:
+        if "DELETE FROM themes" not in sql or self.dropped:
+            return
+        self.dropped.append(sql)
+        run_id = await self._admin.fetchval("SELECT run_id FROM runs WHERE name = 'lock'")
+        holder = await self._admin.fetchval(theme_lock_holder(run_id))
+        self.holders.append(holder)
+        await self._admin.execute("SELECT pg_terminate_backend($1)", holder)
+        while await self._admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", holder):
+            await asyncio.sleep(0.01)
+        if self.rival:
+            from app.claims import _THEME_LOCK_BASE
+
+            assert await self._admin.fetchval("SELECT pg_try_advisory_lock($1)", _THEME_LOCK_BASE + run_id)
+            await asyncio.sleep(3)  # the dropping worker finds out meanwhile
+            return
+        for _ in range(100):  # the theme stage goes on (this statement waits): is the lock held again?
+            if (again := await self._admin.fetchval(theme_lock_holder(run_id))) is not None:
+                self.holders.append(again)
+                return
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.results
+async def test_a_dropped_theme_lock_connection_is_replaced_and_the_lock_taken_again(pool, embedder, database_url):
+    await insert_corpus(pool, sample_rows(firms=3, sentences_per_subject=24))
+    admin = await asyncpg.connect(database_url)
+    try:
+        dropper = ThemeLockDropper(pool, admin)
+        with anyio.fail_after(300):
+            outcome = await run_job(dropper, RunSettings(), run_name="lock", embedder=embedder, backend=CPU,
+                                    namer=OfflineNamer())
+        run_id = outcome.run_id
+        assert dropper.dropped, "the theme stage was reached"
+        # Held again within a few seconds, by a new connection: a second worker could not take it.
+        assert len(dropper.holders) == 2 and dropper.holders[0] != dropper.holders[1], dropper.holders
+        assert await admin.fetchval(theme_lock_holder(run_id)) is None, "given back at the end"
+    finally:
+        await admin.close()
+    # The run finished, and is recorded so: a lock on a dead connection is not an error.
+    assert outcome.status == "complete" and outcome.themes > 0
+    result = await run_result(pool, "lock")
+    assert result["status"] == "complete" and result["themes"] == outcome.themes
+
+
+@pytest.mark.results
+async def test_a_theme_lock_taken_by_another_worker_during_a_drop_ends_this_workers_stage(pool, embedder,
+                                                                                          database_url):
+    await insert_corpus(pool, sample_rows(firms=3, sentences_per_subject=24))
+    admin = await asyncpg.connect(database_url)
+    try:
+        dropper = ThemeLockDropper(pool, admin, rival=True)
+        with anyio.fail_after(300):
+            outcome = await run_job(dropper, RunSettings(), run_name="lock", embedder=embedder, backend=CPU,
+                                    namer=OfflineNamer())
+        # The other worker has the stage now: this one stored no theme and left it to that one.
+        assert outcome.status == "left_to_others"
+        assert await admin.fetchval("SELECT count(*) FROM themes") == 0
+        assert await admin.fetchval("SELECT status FROM runs WHERE name = 'lock'") == "firms_done"
+    finally:
+        await admin.close()  # the other worker goes away: the next start finishes the run
+    with anyio.fail_after(300):
+        again = await run_job(pool, RunSettings(), run_name="lock", embedder=embedder, backend=CPU,
+                              namer=OfflineNamer())
+    assert again.status == "complete" and again.themes > 0
 
 
 # --- a database that drops every connection once, then goes away ------------------------
@@ -365,6 +458,36 @@ def ingest(main, capsys, path: Path) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def unusable_halfway(tmp_path) -> list[tuple]:
+    """Files found unusable only after thousands of good rows (more than a chunk), each
+    with what its error must say: the file, and the line or row where it went wrong."""
+    good = [{"firm_id": f"HALF{i % 9}", "doc_id": f"d{i}", "sentence": f"Sentence number {i} of a long file."}
+            for i in range(12_000)]
+    lines = b"".join(json.dumps(row).encode() + b"\n" for row in good)
+    whole = gzip.compress(lines)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) * 3 // 4])
+    twice = tmp_path / "key_twice.jsonl"
+    twice.write_bytes(lines + b'{"firm_id": "HALF1", "sentence": "One.", "sentence": "Two."}\n')
+    header = tmp_path / "header_twice.csv"
+    header.write_text("firm_id,sentence,firm_id\nHALF1,One.,HALF2\n")
+    columns = tmp_path / "columns_twice.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["HALF1"]), pa.array(["One."]), pa.array(["HALF2"])],
+                                        names=["firm_id", "sentence", "firm_id"]), columns)
+    values = [row["sentence"].encode() for row in good] + [b"bad \xff bytes"]
+    offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+    sentence = pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets.tobytes()),
+                                                                pa.py_buffer(b"".join(values))])
+    not_utf8 = tmp_path / "not_utf8.parquet"
+    pq.write_table(pa.table({"firm_id": [f"HALF{i % 9}" for i in range(len(values))], "sentence": sentence}),
+                   not_utf8)
+    return [(cut, ": the file ends early or is damaged here"),
+            (twice, ":line 12001: key 'sentence' appears twice in one object"),
+            (header, ":line 1: column 'firm_id' appears 2 times (columns 1 and 3)"),
+            (columns, ": column 'firm_id' appears 2 times (columns 1 and 3)"),
+            (not_utf8, ":row 12001: column 'sentence' is not valid UTF-8")]
+
+
 def test_broken_input_files_exit_with_the_contract_codes(env, tmp_path, capsys):
     from app.cli import main
 
@@ -396,25 +519,14 @@ def test_broken_input_files_exit_with_the_contract_codes(env, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
     for bad, says in [(no_column, "no 'sentence' column"), (wrong_types, "column 'sentence' holds int64"),
-                      (empty, "is empty")]:
+                      (empty, "is empty"), *unusable_halfway(tmp_path)]:
         code, out, err = ingest(main, capsys, bad)
         assert code == 2, bad
         [line] = error_lines(err)
-        assert str(bad) in line and says in line
+        assert str(bad) in line and says in line, line
         assert "Traceback" not in err
     assert value(env, "SELECT count(*) FROM sentences") == before
-
-    # A truncated gzip: the rows before the break are kept, and the command exits 2.
-    whole = gzip.compress(b"".join(
-        json.dumps({"firm_id": "G", "doc_id": "d", "sentence": f"Sentence number {i} of a long file."}).encode()
-        + b"\n" for i in range(3000)))
-    cut = tmp_path / "cut.jsonl.gz"
-    cut.write_bytes(whole[: len(whole) // 2])
-    code, out, err = ingest(main, capsys, cut)
-    assert code == 2
-    assert "ends early" in error_lines(err)[0]
-    kept = value(env, "SELECT count(*) FROM sentences WHERE firm_id = 'G'")
-    assert 0 < kept < 3000
+    assert value(env, "SELECT count(*) FROM firms WHERE firm_id LIKE 'HALF%'") == 0
 
     # `run --input` with an unusable file stops before any run is created.
     code = main(["run", "--input", str(no_column)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -180,17 +181,127 @@ async def test_a_one_megabyte_sentence_is_stored_whole(pool, tmp_path):
     assert stored == sentence
 
 
-async def test_a_truncated_gzip_keeps_the_rows_before_the_break(pool, tmp_path):
+async def assert_nothing_stored(pool) -> None:
+    for table in ("firms", "documents", "sentences"):
+        assert await pool.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def good_rows(n: int, start: int = 0) -> list[dict]:
+    return [{"firm_id": f"F{i % 3}", "doc_id": f"d{i}", "period": "2020Q1", "sentence": f"Sentence {i}."}
+            for i in range(start, start + n)]
+
+
+async def test_a_truncated_gzip_is_refused_and_nothing_of_it_is_stored(pool, tmp_path):
     rows = [{"firm_id": f"F{i % 5}", "sentence": f"Distinct sentence {i} about item {i * 7919 % 10007}."} for i in range(4000)]
     data = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), compresslevel=1)
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(data[: len(data) // 2])
-    report = await ingest_file(pool, path, chunk_rows=500)
-    assert report.truncated is True
-    assert 0 < report.rows_added < len(rows)
-    assert report.problems[-1].startswith(f"{path}:line {report.rows_read + 1}: the file ends early")
-    stored = await stored_sentences(pool)
-    assert stored == [(r["firm_id"], None, r["sentence"]) for r in rows[: len(stored)]]
+    with pytest.raises(IngestError) as exc:
+        await ingest_file(pool, path, chunk_rows=500)  # several chunks read before the break
+    assert re.fullmatch(rf"{re.escape(str(path))}:line \d+: the file ends early or is damaged here .*; "
+                        "nothing of the file was stored", one_line(exc))
+    await assert_nothing_stored(pool)
+
+
+def parquet_with_bad_utf8(path: Path, rows: int, bad_row: int) -> Path:
+    """A Parquet file whose ``sentence`` column holds invalid UTF-8 in row ``bad_row`` (from 1)
+    (pyarrow's writer does not check; some other writers do not either)."""
+    import numpy as np
+
+    values = [f"Sentence {i}.".encode() for i in range(1, rows + 1)]
+    values[bad_row - 1] = b"bad \xff\xfe bytes"
+    offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+    sentence = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets.tobytes()),
+                                                         pa.py_buffer(b"".join(values))])
+    pq.write_table(pa.table({"firm_id": [f"F{i % 3}" for i in range(rows)], "sentence": sentence}), path)
+    return path
+
+
+async def test_parquet_with_invalid_utf8_is_refused_naming_the_row(pool, tmp_path):
+    path = parquet_with_bad_utf8(tmp_path / "bad.parquet", rows=10, bad_row=8)
+    with pytest.raises(IngestError) as exc:
+        await ingest_file(pool, path, chunk_rows=3)  # two chunks of good rows before it
+    assert one_line(exc) == (f"{path}:row 8: column 'sentence' is not valid UTF-8 (byte 5); "
+                             "nothing of the file was stored")
+    await assert_nothing_stored(pool)
+
+
+async def test_duplicate_parquet_columns_are_refused(pool, tmp_path):
+    path = tmp_path / "dup.parquet"
+    table = pa.Table.from_arrays([pa.array(["F", "G"]), pa.array(["A.", "B."]), pa.array(["C.", "D."])],
+                                 names=["firm_id", "sentence", "sentence"])
+    pq.write_table(table, path)
+    with pytest.raises(IngestError) as exc:
+        await ingest_file(pool, path)
+    assert one_line(exc) == f"{path}: column 'sentence' appears 2 times (columns 2 and 3): which one is meant?"
+    await assert_nothing_stored(pool)
+
+
+async def test_duplicate_csv_headers_are_refused(pool, tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("firm_id,sentence,doc_id,sentence\nF,A.,d,B.\n", encoding="utf-8")
+    with pytest.raises(IngestError) as exc:
+        await ingest_file(pool, path)
+    assert one_line(exc) == f"{path}:line 1: column 'sentence' appears 2 times (columns 2 and 4): which one is meant?"
+    await assert_nothing_stored(pool)
+
+
+async def test_a_duplicate_json_key_is_refused_naming_the_line(pool, tmp_path):
+    path = write_jsonl(tmp_path / "dup.jsonl", good_rows(6))
+    with path.open("ab") as f:
+        f.write(b'{"firm_id": "F", "sentence": "One.", "sentence": "Two."}\n')
+    with pytest.raises(IngestError) as exc:
+        await ingest_file(pool, path, chunk_rows=2)
+    assert one_line(exc) == (f"{path}:line 7: key 'sentence' appears twice in one object: which one is meant?; "
+                             "nothing of the file was stored")
+    await assert_nothing_stored(pool)
+
+
+async def test_an_error_after_some_chunks_leaves_nothing_of_the_file(pool, tmp_path):
+    """A good file first, then one that fails late: the good one stays whole, and nothing
+    of the failing one is stored, not even its own good chunks or its firms."""
+    first = write_jsonl(tmp_path / "first.jsonl", good_rows(4))
+    await ingest_file(pool, first)
+    before = await stored_sentences(pool), await stored_firms(pool)
+    later = write_jsonl(tmp_path / "later.jsonl", good_rows(9, start=100) + [{"firm_id": "NEW", "sentence": "x"}])
+    with later.open("ab") as f:
+        f.write(b'{"firm_id": "F", "sentence": "One.", "firm_id": "G"}\n')
+    with pytest.raises(IngestError, match=r"later\.jsonl:line 11: key 'firm_id'"):
+        await ingest_file(pool, later, chunk_rows=2)
+    assert (await stored_sentences(pool), await stored_firms(pool)) == before
+    assert await pool.fetchval("SELECT count(*) FROM documents") == 4
+
+
+async def test_a_connection_dropped_during_an_ingest_is_retried_and_stores_the_file_once(pool, tmp_path):
+    """The ingest's connection is terminated while it writes (held up by a lock the test
+    holds on ``sentences``, then killed): the file is ingested again on a new connection,
+    whole and once."""
+    import asyncio
+
+    rows = good_rows(20)
+    path = write_jsonl(tmp_path / "twenty.jsonl", rows)
+    async with pool.acquire() as holder:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE sentences IN EXCLUSIVE MODE")
+            ingest = asyncio.create_task(ingest_file(pool, path, chunk_rows=5))
+            for _ in range(300):
+                waiting = await holder.fetchval("SELECT pid FROM pg_locks WHERE NOT granted"
+                                                " AND relation = 'sentences'::regclass")
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the ingest never reached the sentences")
+            assert await holder.fetchval("SELECT pg_terminate_backend($1)", waiting)
+    report = await ingest
+    assert (report.rows_read, report.rows_added, report.rows_already_present) == (20, 20, 0)
+    assert await stored_sentences(pool) == [(r["firm_id"], r["doc_id"], r["sentence"]) for r in rows]
 
 
 async def test_a_file_with_no_valid_row_writes_nothing(pool, tmp_path):

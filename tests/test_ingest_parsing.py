@@ -74,7 +74,6 @@ def test_jsonl_rows_are_read_in_file_order(tmp_path, name):
     assert (report.rows_read, report.rows_valid, report.bad_rows, report.cleaned_rows) == (3, 3, 0, 0)
     assert report.firms_seen == 3
     assert report.problems == []
-    assert report.truncated is False
 
 
 @pytest.mark.parametrize("name", ["corpus.csv", "corpus.csv.gz"])
@@ -372,25 +371,28 @@ def cut_gzip(path: Path, rows: int, keep_fraction: float = 0.5, keep_bytes: int 
 
 
 @pytest.mark.parametrize("name", ["cut.jsonl.gz", "cut.csv.gz"])
-def test_a_truncated_gzip_keeps_the_rows_before_the_break(tmp_path, name):
+def test_a_truncated_gzip_is_refused_where_it_breaks(tmp_path, name):
+    """The chunks before the break are read, then the file is refused, naming the line
+    where it broke (the ingest then stores none of them: tests/test_ingest_db.py)."""
     path = tmp_path / name
     sentences = cut_gzip(path, 5000)
-    rows, report, _ = read_all(path, chunk_rows=1000)
-    assert report.truncated is True
-    assert 0 < len(rows) < len(sentences)
-    # Only whole rows, in order: a prefix of what was written.
-    assert [r.text for r in rows] == sentences[: len(rows)]
+    report = IngestReport(path=str(path))
+    chunks = read_chunks(path, report, chunk_rows=1000)
+    rows = []
+    with pytest.raises(IngestError) as exc:
+        for chunk in chunks:
+            rows.extend(chunk)
+    assert 0 < report.rows_read < len(sentences)
     first_line = 1 if name.endswith(".jsonl.gz") else 2
-    broken_at = first_line + len(rows)
-    assert report.problems[-1].startswith(f"{path}:line {broken_at}: the file ends early")
-    assert report.bad_rows == 0
-    assert report.rows_read == report.rows_valid == len(rows)
+    assert str(exc.value).startswith(f"{path}:line {first_line + report.rows_read}: the file ends early or is damaged")
+    assert "\n" not in str(exc.value)
+    assert [r.text for r in rows] == sentences[: len(rows)]  # only whole rows were read before it
 
 
 def test_a_truncated_gzip_with_no_whole_row_is_refused(tmp_path):
     path = tmp_path / "stub.jsonl.gz"
     cut_gzip(path, 5000, keep_bytes=14)  # the 10-byte header and a few bytes of data
-    with pytest.raises(IngestError, match=r"stub\.jsonl\.gz has no valid row.*line 1: the file ends early"):
+    with pytest.raises(IngestError, match=r"stub\.jsonl\.gz:line 1: the file ends early"):
         read_all(path)
 
 
@@ -433,17 +435,15 @@ def test_only_the_first_hundred_problems_are_kept_and_logged(tmp_path):
     assert warnings[0]["problem"] == f"{path}:line 1: sentence is missing or empty"
 
 
-def test_summary_states_the_counts_and_the_break():
+def test_summary_states_the_counts_and_the_first_problem():
     report = IngestReport(
         path="c.jsonl.gz", rows_read=10, rows_valid=8, rows_added=5, rows_already_present=3, bad_rows=2,
-        cleaned_rows=1, firms_seen=2, firms_added=1, problems=["c.jsonl.gz:line 4: sentence is missing or empty",
-                                                                "c.jsonl.gz:line 11: the file ends early (x)"],
-        truncated=True,
+        cleaned_rows=1, firms_seen=2, firms_added=1, problems=["c.jsonl.gz:line 4: sentence is missing or empty"],
     )
     text = report.summary()
     assert "c.jsonl.gz" in text
     for phrase in ["10 rows read", "8 valid", "5 sentences added", "3 already present", "2 bad", "1 cleaned",
                    "2 firms", "1 new"]:
         assert phrase in text
-    assert "ends early" in text
+    assert "First problem: c.jsonl.gz:line 4: sentence is missing or empty" in text
     assert len(text.splitlines()) <= 5

@@ -229,3 +229,15 @@ def test_cli_report_writes_the_page(cli_env, tmp_path, capsys):
 @pytest.mark.results
 def test_cli_report_of_an_unknown_run_exits_2(cli_env, tmp_path, capsys):
     assert "no run named 'nope'" in one_line_error(capsys, ["report", "--out", str(tmp_path), "--run", "nope"])
+
+
+@pytest.mark.results
+async def test_report_replaces_a_symlink_and_never_writes_through_it(conn, tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere.html"
+    out.mkdir()
+    elsewhere.write_text("not the report's to touch")
+    (out / "report.html").symlink_to(elsewhere)
+    path = await write_report(conn, "default", out)
+    assert elsewhere.read_text() == "not the report's to touch"
+    assert path == out / "report.html" and not path.is_symlink()
+    assert "<html" in path.read_text() and [p.name for p in out.iterdir()] == ["report.html"]

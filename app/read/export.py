@@ -16,14 +16,14 @@ matrix). The ids join the files to each other exactly as the tables join in SQL.
 Memory stays flat however large the run: rows are read through a server-side cursor in
 chunks and each chunk is written as it comes (pyarrow's ``ParquetWriter``). All files
 are read in one read-only, repeatable-read transaction, so they are one consistent
-snapshot. Each file is written under a temporary name and renamed when whole, so a
-failed export never leaves a truncated file that looks finished.
+snapshot. The files are written into a temporary folder inside DIR and moved into place
+when all are whole (``app.read.staging``): an export that fails or is killed leaves the
+previous export as it was, and a link at a file's name is replaced, never written through.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from app.database import as_array, open_database
 from app.logs import get_logger
+from app.read.staging import staged_files
 from app.runs import load_run
 
 log = get_logger("export")
@@ -128,17 +129,12 @@ async def write_table(conn: asyncpg.Connection, path: Path, query: str, run_id: 
     """
     import pyarrow.parquet as pq
 
-    partial = path.with_name(path.name + ".partial")
     rows_written = 0
-    try:
-        with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
-            cursor = await conn.cursor(query, run_id)
-            while rows := await cursor.fetch(chunk_rows):
-                writer.write_batch(record_batch(rows, schema))
-                rows_written += len(rows)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        cursor = await conn.cursor(query, run_id)
+        while rows := await cursor.fetch(chunk_rows):
+            writer.write_batch(record_batch(rows, schema))
+            rows_written += len(rows)
     return rows_written
 
 
@@ -181,20 +177,20 @@ async def export_run(conn: asyncpg.Connection, run_name: str, out_dir: Path,
     unfinished run.
     """
     run = await load_run(conn, run_name)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # Each file says where it came from, so a copy found later is still traceable.
     metadata = {"firmtopics.run": run["name"], "firmtopics.run_id": str(run["run_id"]),
                 "firmtopics.model": run["model"]}
     counts: dict[str, int] = {}
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        for stem, query, columns in TABLES:
-            schema = arrow_schema(columns, run["embedding_dim"], metadata)
-            counts[stem] = await write_table(conn, out_dir / f"{stem}.parquet", query, run["run_id"], schema,
-                                             chunk_rows=chunk_rows)
-            log.info("exported", file=f"{stem}.parquet", rows=counts[stem])
-    manifest = run_manifest(run, counts)
-    (out_dir / "run.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with staged_files(out_dir) as staging:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            for stem, query, columns in TABLES:
+                schema = arrow_schema(columns, run["embedding_dim"], metadata)
+                counts[stem] = await write_table(conn, staging / f"{stem}.parquet", query, run["run_id"], schema,
+                                                 chunk_rows=chunk_rows)
+                log.info("exported", file=f"{stem}.parquet", rows=counts[stem])
+        manifest = run_manifest(run, counts)
+        (staging / "run.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
     return counts
 
 

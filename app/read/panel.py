@@ -12,19 +12,21 @@ level is written.
 
 The file's format is its extension's, ``.parquet`` or ``.csv``. It is streamed as
 ``export`` streams its files: rows through a server-side cursor in chunks, each written as
-it comes (memory stays flat however large the panel), under a temporary name renamed
-when whole, so a failed write never leaves a truncated file that looks finished.
+it comes (memory stays flat however large the panel), into a temporary folder beside
+the file and renamed when whole (``app.read.staging``), so a failed write never leaves a
+truncated file that looks finished, and a link at its name is replaced, never written
+through.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import asyncpg
 
 from app.errors import UsageError
 from app.read.export import CHUNK_ROWS, record_batch
+from app.read.staging import staged_files
 from app.runs import load_run
 
 # The panel's columns with their Arrow types, in the order of the file and the DataFrame.
@@ -101,21 +103,16 @@ async def write_panel(conn: asyncpg.Connection, run_name: str, path: Path, *, le
     run = await load_run(conn, run_name)
     await check_level(conn, run["run_id"], run_name, level)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     schema = _schema(run, level)
     written = 0
-    try:
+    with staged_files(path.parent) as staging:
         # A server-side cursor lives in a transaction; a read-only one cannot change anything.
         async with conn.transaction(readonly=True):
-            with _writer(partial, schema, kind) as writer:
+            with _writer(staging / path.name, schema, kind) as writer:
                 cursor = await conn.cursor(QUERY, run["run_id"], level)
                 while rows := await cursor.fetch(chunk_rows):
                     writer.write_batch(record_batch(rows, schema))
                     written += len(rows)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return written
 
 

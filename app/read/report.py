@@ -35,6 +35,7 @@ import numpy as np
 from app.clustering import UMAP_MIN_DOCS
 from app.database import as_array, open_database
 from app.logs import get_logger
+from app.read.staging import staged_files
 from app.read.text import clip, format_quality
 from app.runs import load_run
 
@@ -441,10 +442,10 @@ async def write_report(conn: asyncpg.Connection, run_name: str, out_dir: Path, *
     from app.read.trends import trend_rows
 
     trends = trends_html(await trend_rows(conn, run_name, top=TREND_THEMES))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.html"
-    path.write_text(render_html(data, chart, trends), encoding="utf-8")
+    page = render_html(data, chart, trends)
+    with staged_files(out_dir) as staging:  # replaced whole; a link at its name is not followed
+        (staging / "report.html").write_text(page, encoding="utf-8")
+    path = Path(out_dir) / "report.html"
     log.info("report_written", path=str(path), themes=data["counts"]["themes"], levels=data["levels"],
              topics=data["map_total"], topics_mapped=len(data["topics"]))
     return path
