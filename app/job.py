@@ -275,8 +275,9 @@ class _Job:
             # Firms are coming: themes stored before are no longer to be resumed.
             await themes_out_of_date(conn, self.run_id)
         largest = min(max(f.n_sentences for f in todo), self.settings.max_firm_sentences)  # what is clustered
-        warm_s = await anyio.to_thread.run_sync(lambda: warm_up(self.backend, self.settings, largest_firm=largest))
-        timings["warm_up_s"] = round(warm_s, 2)
+        if not self.stop.is_set():  # a worker stopped already takes no firm: nothing to warm up for
+            warm_s = await anyio.to_thread.run_sync(lambda: warm_up(self.backend, self.settings, largest_firm=largest))
+            timings["warm_up_s"] = round(warm_s, 2)
         stage_started = time.perf_counter()
         sentences = sum(f.n_sentences for f in todo)
         log.info("stage_started", stage="firms", firms=len(todo), sentences=sentences)
