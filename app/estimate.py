@@ -156,7 +156,8 @@ def sample_topics(texts_by_firm: dict[str, list[str]], settings: RunSettings, mo
 
     chosen = middle_firms({firm: len(t) for firm, t in texts_by_firm.items()
                            if len(t) >= settings.min_firm_sentences})
-    embedder = load_embedder(settings.embedding_model, batch_size=model_settings.embedding_batch_size)
+    embedder = load_embedder(settings.embedding_model, batch_size=model_settings.embedding_batch_size,
+                             backend=settings.embed_backend, cache_dir=model_settings.data_dir / "models")
     backend = choose_backend()
     sentences, topics, keys = 0, [], []
     for firm in chosen:

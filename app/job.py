@@ -39,7 +39,7 @@ from app.backend import ClusteringBackend, choose_backend
 from app.claims import FirmClaims, ThemeLock
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
-from app.embedding import Embedder, load_embedder
+from app.embedding import Embedder, load_run_embedder
 from app.llm import make_namer
 from app.logs import get_logger
 from app.naming import Namer
@@ -100,9 +100,7 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
     stop = anyio.Event()
     outcome: JobOutcome | None = None
     async with make_namer(settings) as namer:  # checks the LLM key before any heavy work
-        embedder = await anyio.to_thread.run_sync(
-            lambda: load_embedder(settings.run.embedding_model, batch_size=settings.embedding_batch_size)
-        )
+        embedder = await anyio.to_thread.run_sync(load_run_embedder, settings)
         backend = choose_backend()
         log.info("backend_chosen", clustering=backend.name, device=embedder.device)
         # OpenBLAS on one thread: its pool, called from our worker threads, was seen to spin
@@ -186,7 +184,7 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
         await fix_embedding_dimension(conn, embedder.dimension)
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
                              backend={**backend.describe(), "device": embedder.device,
-                                      "fp16": embedder.device == "cuda"})
+                                      "fp16": embedder.device == "cuda", "embedding": embedder.provenance})
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
         finished = run.status == "complete" and not todo
         counts = await firm_counts(conn, run.run_id) if finished else {}

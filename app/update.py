@@ -102,7 +102,8 @@ async def run_update(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str
     async with pool.acquire() as conn:
         await check_updatable(conn, run_name)
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
-                             backend={**backend.describe(), "device": embedder.device})
+                             backend={**backend.describe(), "device": embedder.device,
+                                      "embedding": embedder.provenance})
     outcome = UpdateOutcome(run.run_id, run_name, "updated")
     async with ThemeLock(pool, run.run_id, window_s=retry_window_s) as lock:
         if not await lock.take():

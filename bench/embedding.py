@@ -19,15 +19,37 @@ machine whose load comes and goes). Ratio = bare seconds / seconds of the way, o
 bare encode; above 1 = faster).
 
     python bench/embedding.py [--sentences 700] [--repeats 5] [--batch-size 64]
+
+With ``--backends``, the embedding backends (the ``FIRMTOPICS_EMBED_BACKEND`` setting) are
+compared instead, on the CPU: torch fp32 and the exported ones (``app.exported_model``;
+and ``openvino``, the ONNX export run by OpenVINO, when that package is installed),
+each loaded as the program loads it (its export built first, into a temporary folder:
+the seconds that takes are printed too) and called as the program calls it
+(``Embedder.encode``), firm by firm on the first ``--sentences`` ECTSum sentences (5,000
+by default here), the order rotating from firm to firm. Printed: sentences/s, the ratio
+to torch fp32 (above 1 = faster) and the cosine of each vector to torch's. Then how much
+the topics move: each of the first ``--ari-firms`` firms (12) is clustered by
+``app.clustering.cluster_firm`` with the program's settings, outliers attached, from each
+backend's vectors, under ``--seeds`` seeds; the adjusted Rand index between a backend's
+topics and torch's (same seed) stands next to the index between torch's topics under two
+seeds, the noise floor: a backend moves the topics no more than a new seed does when its
+index is not below the floor. The quality figures of each way (``app.quality``) come
+with it.
+
+    python bench/embedding.py --backends torch,onnx,onnx-int8,openvino [--sentences 5000]
+                              [--ari-firms 12] [--seeds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +58,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app import clustering  # noqa: E402
+from app.backend import CPU  # noqa: E402
 from app.embedding import load_embedder  # noqa: E402
-from app.settings import DEFAULT_EMBEDDING_MODEL  # noqa: E402
+from app.quality import firm_quality, run_quality  # noqa: E402
+from app.settings import DEFAULT_EMBEDDING_MODEL, RunSettings  # noqa: E402
 from common import ECTSUM, machine, table  # noqa: E402
 
 
@@ -145,10 +170,115 @@ def main(args) -> None:
           "Goal: Embedder >= 0.9 x bare encode.")
 
 
+def openvino_embedder(args, cache: Path):
+    """The ONNX export run by OpenVINO instead of ONNX Runtime (a way measured, not one of
+    the program's backends): ``pip install openvino`` first."""
+    import openvino
+
+    embedder = load_embedder(args.model, batch_size=args.batch_size, backend="onnx", cache_dir=cache)
+    compiled = openvino.Core().compile_model(embedder.provenance["file"], "CPU")
+    embedder.model.run = lambda feeds: compiled(feeds)[0]
+    return embedder
+
+
+def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict, dict]:
+    """Each backend loaded (its export built in a temporary folder) and timed on every
+    firm, the order rotating; returns {backend: seconds} and {backend: vectors}."""
+    cache = Path(tempfile.mkdtemp(prefix="firmtopics-exports-", dir="/tmp"))
+    embedders = {}
+    for name in names:
+        started = time.perf_counter()
+        embedders[name] = openvino_embedder(args, cache) if name == "openvino" else load_embedder(
+            args.model, batch_size=args.batch_size, device="cpu", backend=name, cache_dir=cache)
+        print(f"{name}: loaded (export built) in {time.perf_counter() - started:.1f} s", flush=True)
+        embedders[name].encode(firms[0][: args.batch_size * 2])  # first-call overhead outside the timings
+    seconds = {name: 0.0 for name in names}
+    parts = {name: [] for name in names}
+    for i, texts in enumerate(firms):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            started = time.perf_counter()
+            parts[name].append(embedders[name].encode(texts))
+            seconds[name] += time.perf_counter() - started
+        print(f"firm {i + 1}/{len(firms)} ({len(texts)} sentences): "
+              + ", ".join(f"{k} {seconds[k]:.0f} s" for k in names), flush=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    return seconds, {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def topics_moved(firms: list[list[str]], vectors: dict, seeds: list[int]) -> tuple[dict, dict]:
+    """Every firm large enough clustered from each backend's vectors under each seed;
+    returns {(backend, seed): [final labels of each firm]} and {(backend, seed): the
+    run's firm quality figures}."""
+    defaults = RunSettings()
+    spans, start = [], 0
+    for texts in firms:
+        if len(texts) >= defaults.min_firm_sentences:
+            spans.append((texts, start))
+        start += len(texts)
+    clustering.warm_up(CPU, defaults, largest_firm=max(len(t) for t, _ in spans))
+    labels, quality = {}, {}
+    for name, matrix in vectors.items():
+        for seed in seeds:
+            settings = dataclasses.replace(defaults, seed=seed)
+            labels[name, seed], figures = [], []
+            for texts, begin in spans:
+                embeddings = matrix[begin:begin + len(texts)]
+                result = clustering.cluster_firm(texts, embeddings, settings, CPU)
+                final = clustering.attach_outliers(embeddings, result.labels, settings.outlier_threshold)
+                labels[name, seed].append(final)
+                figures.append(firm_quality(result.labels, final, [c.keywords for c in result.clusters], texts))
+            quality[name, seed] = run_quality(figures, [], 0, 0)["firms"]
+            print(f"{name}, seed {seed}: clustered", flush=True)
+    return labels, quality
+
+
+def backends_main(args) -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    names = args.backends.split(",")
+    if names[0] != "torch":
+        names = ["torch"] + [n for n in names if n != "torch"]
+    firms, description = ectsum_firms(args.sentences or 5000)
+    n = sum(len(f) for f in firms)
+    print(f"corpus: {description} ({n} sentences); model {args.model} on the CPU, batch size {args.batch_size}; "
+          f"{machine()}", flush=True)
+    seconds, vectors = time_backends(firms, names, args)
+    cosines = {name: np.sum(vectors["torch"] * v, axis=1) for name, v in vectors.items()}
+    print()
+    print(table(["backend", "seconds", "sentences/s", "ratio to torch fp32", "cosine to torch: mean", "min"],
+                [[name, f"{s:.1f}", f"{n / s:.0f}", f"**{seconds['torch'] / s:.2f}**", f"{cosines[name].mean():.4f}",
+                  f"{cosines[name].min():.4f}"] for name, s in seconds.items()]))
+    seeds = [42 + i for i in range(args.seeds)]
+    labels, quality = topics_moved(firms[: args.ari_firms], vectors, seeds)
+
+    def ari(a, b) -> float:
+        return statistics.mean(adjusted_rand_score(x, y) for x, y in zip(labels[a], labels[b]))
+
+    floor = statistics.mean(ari(("torch", a), ("torch", b)) for a in seeds for b in seeds if a < b)
+    rows = []
+    for (name, seed), q in quality.items():
+        moved = f"{floor:.3f} (noise floor: torch, two seeds)" if name == "torch" else \
+            f"{ari((name, seed), ('torch', seed)):.3f}"
+        rows.append([name, seed, moved, f"{q['mean_topics']:.1f}", q["firms_with_catch_all"],
+                     f"{q['mean_largest_topic_share']:.0%}", f"{q['unassigned_share']:.1%}"])
+    print()
+    print(table(["backend", "seed", "ARI to torch fp32 (mean over firms)", "topics a firm", "catch-all firms",
+                 "largest topic", "unassigned"], rows))
+    print("\nTargets: bare encode >= 2.5x torch fp32; ARI to torch fp32 >= the noise floor.")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sentences", type=int, default=700)
+    parser.add_argument("--sentences", type=int, default=None, help="700; 5000 with --backends")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each way per firm (the least is taken)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL)
-    main(parser.parse_args())
+    parser.add_argument("--backends", default=None, help="compare these embedding backends (comma-separated)")
+    parser.add_argument("--ari-firms", type=int, default=12)
+    parser.add_argument("--seeds", type=int, default=2)
+    arguments = parser.parse_args()
+    if arguments.backends:
+        backends_main(arguments)
+    else:
+        arguments.sentences = arguments.sentences or 700
+        main(arguments)

@@ -102,6 +102,13 @@ def embedder():
 
 
 @pytest.fixture(scope="session")
+def exports_dir(tmp_path_factory) -> Path:
+    """A folder for the exported embedding models, shared by the session (an export is
+    built once, in seconds, and reused as the program reuses the data folder's)."""
+    return tmp_path_factory.mktemp("exports")
+
+
+@pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory) -> Path:
     """The generated sample corpus (the demo's), as a .jsonl.gz file."""
     from app.sample import write_sample_corpus

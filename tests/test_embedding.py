@@ -1,6 +1,8 @@
 """The embedding model: the default loads offline, vectors are unit-length float32 in
 input order, the device is chosen at start, and a model that cannot load is one clear error."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,54 @@ def test_device_is_cuda_only_when_torch_sees_a_gpu(monkeypatch):
 def test_a_model_that_cannot_load_is_one_clear_error(tmp_path):
     with pytest.raises(ModelUnavailable, match="cannot load embedding model"):
         load_embedder(str(tmp_path / "no-such-model"), device="cpu")
+
+
+TEXTS = ["A much longer sentence about freight costs and port congestion in Asia, which hurt margins.",
+         "Short one.", "Dividends rose.", "Cloud revenue grew strongly across enterprise customers this year.",
+         "We expect capital expenditure of about $2 billion in fiscal 2022, mostly on new stores.",
+         "Thank you, operator."]
+
+
+@pytest.mark.results
+@pytest.mark.parametrize("backend, least_cosine", [("onnx", 0.9999), ("onnx-int8", 0.96)])
+def test_an_exported_backend_embeds_close_to_torch_on_the_cpu(embedder, exports_dir, backend, least_cosine):
+    exported = load_embedder("all-MiniLM-L6-v2", backend=backend, cache_dir=exports_dir)
+    assert exported.device == "cpu" and exported.dimension == 384
+    vectors = exported.encode(TEXTS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    # Rows come back in input order, and a sentence embedded alone (no padding, no other
+    # sentence in its batch) gets nearly the same vector. Nearly, for int8: its activations
+    # are quantized with one scale for the whole batch, so batch-mates move it a little.
+    assert np.allclose(vectors, exported.encode(TEXTS, sort_by_length=False), atol=1e-4)
+    alone = np.stack([exported.encode([t])[0] for t in TEXTS])
+    assert np.sum(vectors * alone, axis=1).min() > least_cosine
+    assert np.sum(vectors * embedder.encode(TEXTS), axis=1).min() > least_cosine
+    assert exported.provenance["backend"] == backend and len(exported.provenance["source_sha256"]) == 64
+
+
+@pytest.mark.results
+def test_an_export_is_built_once_from_the_local_weights_and_reused(exports_dir):
+    from app.exported_model import file_digest
+
+    first = load_embedder("all-MiniLM-L6-v2", backend="onnx-int8", cache_dir=exports_dir)
+    path = Path(first.provenance["file"])
+    assert path.parent.parent == exports_dir and first.provenance["source_sha256"][:16] in path.parent.name
+    assert first.provenance["sha256"] == file_digest(path)
+    assert first.provenance["quantization"]["per_channel"] is True
+    built = path.stat().st_mtime_ns
+    again = load_embedder("all-MiniLM-L6-v2", backend="onnx-int8", cache_dir=exports_dir)
+    assert path.stat().st_mtime_ns == built and again.provenance == first.provenance
+    assert np.allclose(first.encode(TEXTS), again.encode(TEXTS), atol=1e-6)
+
+
+def test_the_settings_backends_are_torch_and_the_exported_ones():
+    from app.exported_model import EXPORTED_BACKENDS
+    from app.settings import EMBED_BACKENDS
+
+    assert set(EMBED_BACKENDS) == {"torch", *EXPORTED_BACKENDS}
+
+
+def test_an_exported_backend_needs_a_folder_for_its_export():
+    with pytest.raises(ModelUnavailable, match="the onnx backend needs"):
+        load_embedder("all-MiniLM-L6-v2", backend="onnx", cache_dir=None)

@@ -2,6 +2,7 @@
 edge cases, failure isolation, and errors that end the run instead of hanging it."""
 
 import dataclasses
+from pathlib import Path
 
 import anyio
 import pytest
@@ -76,6 +77,24 @@ async def test_resuming_with_other_settings_is_refused(pool, embedder):
     # Another run name with other settings is fine: several runs coexist.
     other = await job(pool, embedder, run="wide", settings=RunSettings(umap_n_neighbors=30))
     assert other.status == "complete"
+
+
+@pytest.mark.results
+async def test_the_embedding_backend_and_its_export_are_recorded_and_a_resume_with_another_refused(
+        pool, embedder, exports_dir):
+    from app.embedding import load_embedder
+    from app.exported_model import file_digest
+
+    await insert_corpus(pool, sample_rows(firms=1))
+    int8 = load_embedder("all-MiniLM-L6-v2", backend="onnx-int8", cache_dir=exports_dir)
+    assert (await job(pool, int8, settings=RunSettings(embed_backend="onnx-int8"))).status == "complete"
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT settings, backend FROM runs")
+    recorded = row["backend"]["embedding"]
+    assert row["settings"]["embed_backend"] == "onnx-int8" and recorded["backend"] == "onnx-int8"
+    assert recorded["sha256"] == file_digest(Path(recorded["file"])) and "onnxruntime" in recorded["built_with"]
+    with pytest.raises(SettingsChanged, match="embed_backend: run has 'onnx-int8', now 'torch'"):
+        await job(pool, embedder)
 
 
 async def test_a_model_of_another_dimension_is_refused(pool, embedder):

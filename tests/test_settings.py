@@ -70,6 +70,20 @@ def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default():
     assert RunSettings(max_firm_sentences=300).differences(recorded) == {"max_firm_sentences": (200_000, 300)}
 
 
+def test_the_embedding_backend_is_a_recorded_setting_torch_unless_set():
+    assert Settings.from_env({}).run.embed_backend == "torch"
+    run = Settings.from_env({"FIRMTOPICS_EMBED_BACKEND": "onnx-int8"}).run
+    assert run.embed_backend == "onnx-int8" and run.as_dict()["embed_backend"] == "onnx-int8"
+    assert run.differences(RunSettings().as_dict()) == {"embed_backend": ("torch", "onnx-int8")}
+    with pytest.raises(SettingsError, match="FIRMTOPICS_EMBED_BACKEND must be one of torch, onnx, onnx-int8"):
+        Settings.from_env({"FIRMTOPICS_EMBED_BACKEND": "tensorrt"})
+    # A run recorded before the setting existed ran torch, and resumes with it.
+    recorded = RunSettings().as_dict()
+    del recorded["embed_backend"]
+    assert RunSettings().differences(recorded) == {}
+    assert run.differences(recorded) == {"embed_backend": ("torch", "onnx-int8")}
+
+
 def test_run_settings_differences_name_each_change():
     recorded = RunSettings().as_dict()
     changed = RunSettings(seed=1, umap_n_neighbors=30)
