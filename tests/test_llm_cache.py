@@ -129,6 +129,11 @@ async def test_a_run_killed_in_the_theme_stage_asks_nothing_again_on_resume(pool
     assert outcome.status == "complete"
     assert not asked_again & named_before
     assert usage["cache_hits"] == len(named_before) and usage["requests"] == len(asked_again) > 0
+    # The run's usage adds both processes' up: every request sent, the killed one's too.
+    async with pool.acquire() as conn:
+        recorded = await conn.fetchval("SELECT llm_usage FROM runs WHERE name = 'r'")
+    assert recorded["requests"] == len(fake.chat_requests) > usage["requests"]
+    assert recorded["cache_hits"] == usage["cache_hits"] and recorded["topics_named"] > usage["topics_named"]
     async with pool.acquire() as conn:
         assert {r["name_source"] for r in await conn.fetch("SELECT name_source FROM themes")} == {"llm"}
         assert await conn.fetchval("SELECT max(level) FROM themes") == 2
