@@ -21,6 +21,7 @@ import anyio
 
 from app import logs
 from app.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_message, exit_code_for, first_error, is_expected
+from app.safe_text import printable
 from app.settings import Settings, SettingsError, redact
 
 EXAMPLES = """examples:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(message: str, code: int, settings: Settings | None = None) -> int:
     secrets = settings.secrets() if settings else []
-    print(f"firmtopics: error: {redact(message, secrets)}", file=sys.stderr)
+    print(printable(f"firmtopics: error: {redact(message, secrets)}"), file=sys.stderr)
     return code
 
 
@@ -238,7 +239,7 @@ async def cmd_status(settings: Settings, args) -> int:
 
     async with open_database(settings) as pool:
         detail = await status_detail(pool, args.run)
-    print(json.dumps(detail, ensure_ascii=False) if args.json else format_status(detail))
+    print(printable(json.dumps(detail, ensure_ascii=False) if args.json else format_status(detail)))
     return EXIT_OK
 
 
@@ -249,7 +250,7 @@ async def cmd_runs(settings: Settings, args) -> int:
 
     async with open_database(settings) as pool:
         runs = await runs_list(pool)
-    print("\n".join(json.dumps(r, ensure_ascii=False) for r in runs) if args.json else format_runs(runs))
+    print(printable("\n".join(json.dumps(r, ensure_ascii=False) for r in runs) if args.json else format_runs(runs)))
     return EXIT_OK
 
 

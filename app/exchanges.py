@@ -86,6 +86,22 @@ class ExchangeLog:
         )
 
 
+# What the database (or the driver, encoding the text) refuses in a value: a reply that
+# led to one of these is not to be served from the log again.
+UNSTORABLE = (asyncpg.DataError, UnicodeError)
+
+
+async def forget_replies(conn: asyncpg.Connection, keys) -> None:
+    """Mark the exchanges with these request keys (None ones are skipped) unusable, so the
+    cache never serves them again: called when names from them could not be stored. Every
+    name of the failed write is forgotten, as which one was refused is not known; the
+    good ones cost a request each to ask again."""
+    keys = sorted({key for key in keys if key})
+    if keys:
+        await conn.execute("UPDATE llm_exchanges SET usable = false WHERE request_key = ANY($1::text[]) AND usable",
+                           keys)
+
+
 async def exchange_for(conn: asyncpg.Connection, key: str | None) -> asyncpg.Record | None:
     """The usable exchange behind a name (its ``name_request``), latest first; None for a
     keyword name or an exchange no longer kept."""

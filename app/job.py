@@ -42,7 +42,7 @@ from app.database import abandon_if_client_gone, with_connection_retry
 from app.embedding import Embedder, load_run_embedder
 from app.llm import make_namer
 from app.logs import get_logger
-from app.naming import Namer
+from app.naming import Namer, usage_since_recorded
 from app.pipeline import FirmStage, run_firm_stage
 from app.progress import Progress
 from app.runs import (
@@ -56,6 +56,7 @@ from app.runs import (
     run_status,
     set_status,
     store_run_quality,
+    worker_setup,
     workers_in_flight,
 )
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
@@ -182,9 +183,10 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
     started = time.perf_counter()
     async with pool.acquire() as conn:
         await fix_embedding_dimension(conn, embedder.dimension)
+        described = {**backend.describe(), "device": embedder.device, "fp16": embedder.device == "cuda"}
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
-                             backend={**backend.describe(), "device": embedder.device,
-                                      "fp16": embedder.device == "cuda", "embedding": embedder.provenance})
+                             backend={**described, "embedding": embedder.provenance},
+                             setup=worker_setup(described, namer.usage()))
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
         finished = run.status == "complete" and not todo
         counts = await firm_counts(conn, run.run_id) if finished else {}
@@ -235,9 +237,10 @@ class _Job:
         """``action(conn)`` on a pooled connection, retried over a dropped one."""
         return await with_connection_retry(self.pool, action, what=what, window_s=self.retry_window_s)
 
-    async def record(self, status: str, **fields) -> None:
-        """Set the run's status (one UPDATE: safe to repeat, so retried, not fatal)."""
-        await self.retried(lambda conn: set_status(conn, self.run_id, status, **fields), f"run status {status}")
+    async def record(self, status: str, **fields) -> dict:
+        """Set the run's status (one UPDATE: safe to repeat, so retried, not fatal);
+        returns the run's LLM usage now (``set_status``)."""
+        return await self.retried(lambda conn: set_status(conn, self.run_id, status, **fields), f"run status {status}")
 
     async def firm_counts(self) -> dict:  # app.runs.firm_counts, retried
         return await self.retried(lambda conn: firm_counts(conn, self.run_id), "firm counts")
@@ -352,8 +355,9 @@ class _Job:
         """Record the run complete, with its timings and LLM usage."""
         outcome = self.outcome
         outcome.timings["wall_s"] = round(time.perf_counter() - started, 2)
-        outcome.llm_usage = self.namer.usage()
-        await self.record("complete", timings=outcome.timings, llm_usage=outcome.llm_usage)
+        # The run's usage: what every worker and start of it added, this one's included.
+        outcome.llm_usage = await self.record("complete", timings=outcome.timings,
+                                              llm_usage=usage_since_recorded(self.namer))
         outcome.firms = await self.firm_counts()
         outcome.left = await self.retried(lambda conn: left_sentences(conn, self.run_id), "sentences left")
 
@@ -368,7 +372,7 @@ class _Job:
             if others:
                 log.info("run_goes_on_with_other_workers", workers=sorted({o["worker"] for o in others}))
             else:
-                await self.record("interrupted", llm_usage=self.namer.usage())
+                await self.record("interrupted", llm_usage=usage_since_recorded(self.namer))
         else:
             log.warning("stopped_between_stages", stopped_after=reached, reason="no stage starts after a stop")
         self.outcome.firms = await self.firm_counts()
@@ -388,7 +392,7 @@ class _Job:
         with anyio.CancelScope(shield=True):
             try:
                 async with self.pool.acquire() as conn:
-                    await set_status(conn, self.run_id, status, llm_usage=self.namer.usage())
+                    await set_status(conn, self.run_id, status, llm_usage=usage_since_recorded(self.namer))
             except Exception as error:  # the database may be what failed; the run stays resumable anyway
                 log.warning("run_status_not_recorded", status=status, error=f"{type(error).__name__}: {error}",
                             reason="the run stays resumable: start it again")

@@ -276,6 +276,7 @@ class LLMNamer:
         self._started_busy = False
         self._exchanges: ExchangeLog | None = None
         self._run_slots: LLMSlots | None = None  # the run-wide limit, when there is one
+        self.recorded_usage: dict = {}  # app.naming.usage_since_recorded; shared with bound copies
         self._counts = dict.fromkeys(
             ("requests", "retries", "failures", "fallbacks", "prompt_tokens", "completion_tokens", "total_tokens",
              "peak_in_flight", "topics_named", "themes_named", "cache_hits"),

@@ -95,6 +95,25 @@ class Namer(Protocol):
         ...
 
 
+def usage_since_recorded(namer: Namer) -> dict:
+    """``namer.usage()`` less what was returned for it before: counts (numbers) as the
+    increase since the last call, other fields as they are now (a peak stays a peak).
+    This is what a start of a run adds to ``runs.llm_usage`` (``app.runs.set_status``),
+    so the process's start-up check counts once and a namer serving run after run adds
+    to each only what that run used. The mark lives in the namer's ``recorded_usage``,
+    which its copies bound to a run share; a namer without one gives its whole usage."""
+    now = namer.usage()
+    recorded = getattr(namer, "recorded_usage", None)
+    if recorded is None:
+        return now
+    since = {key: value - recorded.get(key, 0)
+             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "peak_in_flight" else value
+             for key, value in now.items()}
+    recorded.clear()
+    recorded.update(now)
+    return since
+
+
 def keyword_name(keywords: list[str], words: int = 3) -> str:
     """A short name from the leading keywords, e.g. ``"revenue / growth / quarter"``."""
     chosen = [k for k in keywords if k][:words]
@@ -108,6 +127,7 @@ class OfflineNamer:
     named_topics: int = field(default=0)
     named_themes: int = field(default=0)
     concurrency: int = 1  # names come back at once: nothing to keep busy
+    recorded_usage: dict = field(default_factory=dict)  # see usage_since_recorded
 
     async def name_topic(self, topic: TopicToName) -> Label:
         self.named_topics += 1

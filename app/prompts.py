@@ -24,9 +24,11 @@ import json
 import re
 
 from app.naming import Label, ThemeToName, TopicToName
+from app.safe_text import clean
 
 # A name is a label on a chart or a table row, not a sentence.
 MAX_NAME_WORDS = 6
+MAX_NAME_CHARS = 80
 # The evidence shown for one topic: enough to name it, few enough tokens to stay cheap.
 MAX_SENTENCES = 10
 MAX_SENTENCE_CHARS = 400
@@ -139,8 +141,10 @@ def parse_label(content: str) -> Label:
 
     Accepts a bare JSON object, one inside a Markdown code fence, or one with text around
     it; keys are matched case-insensitively. Tidies the name (quotes, trailing period,
-    whitespace) and cuts it to ``MAX_NAME_WORDS`` words. Raises ``ReplyError`` when there
-    is no JSON object with a non-empty string ``name`` and ``summary``.
+    whitespace) and cuts it to ``MAX_NAME_WORDS`` words; control, escape, bidi and
+    surrogate characters are dropped from both (``app.safe_text``). Raises ``ReplyError``
+    when there is no JSON object with a string ``name`` and ``summary``, or either is
+    empty once cleaned (the caller asks again, then falls back to keywords).
     """
     data = _find_json_object(content or "")
     fields = {str(key).lower(): value for key, value in data.items()}
@@ -170,14 +174,21 @@ def _find_json_object(text: str) -> dict:
 
 
 def clean_name(name: str) -> str:
-    """A name on one line, without wrapping quotes or a final period, at most ``MAX_NAME_WORDS`` words."""
-    words = name.strip().strip("\"'`*").split()[:MAX_NAME_WORDS]
-    return " ".join(words).strip().rstrip(".;:,").strip("\"'`*").strip()
+    """A name on one line, without control characters, wrapping quotes or a final period,
+    at most ``MAX_NAME_WORDS`` words and ``MAX_NAME_CHARS`` characters (cut at a word end
+    where there is one)."""
+    words = clean(name).strip().strip("\"'`*").split()[:MAX_NAME_WORDS]
+    name = " ".join(words)
+    if len(name) > MAX_NAME_CHARS:
+        cut = name[:MAX_NAME_CHARS]
+        name = cut[: cut.rfind(" ")] if " " in cut else cut
+    return name.strip().rstrip(".;:,").strip("\"'`*").strip()
 
 
 def clean_summary(summary: str) -> str:
-    """A summary on one line, cut at a sentence end when it runs past ``MAX_SUMMARY_CHARS``."""
-    summary = " ".join(summary.split())
+    """A summary on one line without control characters, cut at a sentence end when it
+    runs past ``MAX_SUMMARY_CHARS``."""
+    summary = " ".join(clean(summary).split())
     if len(summary) <= MAX_SUMMARY_CHARS:
         return summary
     cut = summary[:MAX_SUMMARY_CHARS]

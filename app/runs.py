@@ -34,6 +34,20 @@ class SettingsChanged(UsageError, ValueError):
     """Resuming a run with other result-changing settings than it was started with."""
 
 
+class WorkerDiffers(SettingsChanged):
+    """A worker joining (or resuming) a run whose setup differs from the run's workers'."""
+
+
+def worker_setup(backend: dict, usage: dict) -> dict:
+    """What of a worker's setup changes results, as ``runs.setup`` holds it: ``clustering``
+    (``cuml`` or ``cpu``), ``embedding_precision`` (``fp16`` or ``fp32``) and ``naming``
+    (``llm MODEL``, or ``keywords`` without an LLM). Takes the worker's ``runs.backend``
+    dict and its namer's ``usage()``."""
+    naming = f"llm {usage.get('model')}" if usage.get("namer") == "llm" else "keywords"
+    return {"clustering": backend.get("clustering"), "embedding_precision": "fp16" if backend.get("fp16") else "fp32",
+            "naming": naming}
+
+
 @dataclass(frozen=True)
 class Run:
     """A run's identity and state as read from the ``runs`` table."""
@@ -57,37 +71,53 @@ def package_versions() -> dict[str, str]:
 
 
 async def open_run(
-    conn: asyncpg.Connection, name: str, settings: RunSettings, *, embedding_dim: int, backend: dict
+    conn: asyncpg.Connection, name: str, settings: RunSettings, *, embedding_dim: int, backend: dict,
+    setup: dict | None = None,
 ) -> Run:
-    """Create the run ``name``, or return the existing one if its settings match (a
-    resume, or another worker joining the run).
+    """Create the run ``name``, or return the existing one if its settings and its
+    workers' ``setup`` (``worker_setup``) match this worker's (a resume, or another
+    worker joining the run).
 
-    Raises ``SettingsChanged`` naming each differing setting (recorded vs now).
+    Raises ``SettingsChanged`` naming each differing setting (recorded vs now), and
+    ``WorkerDiffers`` naming each difference of setup. A run recorded without a setup
+    (before there was one) takes this worker's.
     """
     # Several workers may start the same new run at once: one insert wins, the others
     # find its row (ON CONFLICT DO NOTHING returns nothing for them).
     run_id = await conn.fetchval(
-        "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, backend, started_at)"
-        " VALUES ($1, $2::jsonb, $3, $4, $5::jsonb, $6::jsonb, now()) ON CONFLICT (name) DO NOTHING RETURNING run_id",
+        "INSERT INTO runs (name, settings, model, embedding_dim, package_versions, backend, setup, started_at)"
+        " VALUES ($1, $2::jsonb, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, now())"
+        " ON CONFLICT (name) DO NOTHING RETURNING run_id",
         name,
         settings.as_dict(),
         settings.embedding_model,
         embedding_dim,
         package_versions(),
         backend,
+        setup,
     )
-    if run_id is None:
-        row = await conn.fetchrow("SELECT run_id, status, settings FROM runs WHERE name = $1", name)
-        recorded = row["settings"]
-        differences = settings.differences(recorded)
-        if differences:
-            listed = "; ".join(f"{k}: run has {old!r}, now {new!r}" for k, (old, new) in differences.items())
-            raise SettingsChanged(
-                f"run {name!r} was started with other settings ({listed}); "
-                "resume it with its own settings, or start a new run with --run NAME"
-            )
-        return Run(row["run_id"], name, row["status"], recorded, created=False)
-    return Run(run_id, name, "running", settings.as_dict(), created=True)
+    if run_id is not None:
+        return Run(run_id, name, "running", settings.as_dict(), created=True)
+    row = await conn.fetchrow("SELECT run_id, status, settings FROM runs WHERE name = $1", name)
+    recorded = row["settings"]
+    _refuse(name, "was started with other settings", settings.differences(recorded),
+            "resume it with its own settings", SettingsChanged)
+    if setup is not None:
+        held = await conn.fetchval("UPDATE runs SET setup = coalesce(setup, $2::jsonb) WHERE run_id = $1"
+                                   " RETURNING setup", row["run_id"], setup)
+        differences = {k: (held.get(k), setup.get(k)) for k in sorted(set(held) | set(setup))
+                       if held.get(k) != setup.get(k)}
+        _refuse(name, "is processed by workers of another setup", differences,
+                "start this worker with the run's LLM model (or none), clustering backend and device",
+                WorkerDiffers, now="this worker")
+    return Run(row["run_id"], name, row["status"], recorded, created=False)
+
+
+def _refuse(name: str, what: str, differences: dict, remedy: str, error: type, now: str = "now") -> None:
+    """Raise ``error`` listing ``differences`` ({name: (the run's, this start's)}), if any."""
+    if differences:
+        listed = "; ".join(f"{k}: run has {old!r}, {now} {new!r}" for k, (old, new) in differences.items())
+        raise error(f"run {name!r} {what} ({listed}); {remedy}, or start a new run with --run NAME")
 
 
 async def find_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
@@ -150,22 +180,54 @@ async def load_run(conn: asyncpg.Connection, name: str, *, complete: bool = True
     return run
 
 
-async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **fields) -> None:
-    """Set a run's status, plus ``timings`` / ``llm_usage`` (merged into the JSON held)
-    and ``finished_at`` (set when the status is ``complete``)."""
+async def set_status(conn: asyncpg.Connection, run_id: int, status: str, **fields) -> dict:
+    """Set a run's status, plus ``timings`` (merged into the JSON held), ``llm_usage``
+    (added to the usage held: ``add_usage``) and ``finished_at`` (set when the status is
+    ``complete``). Returns the run's LLM usage now.
+
+    Pass as ``llm_usage`` only what was not added before (``app.naming.usage_since_recorded``):
+    each worker and each start of the run adds its own, so the run's counts are the sum of
+    them all. The row is locked while the usage is read and written, so two workers
+    finishing at once both count."""
     if status not in RUN_STATES:
         raise ValueError(f"unknown run status {status!r}")
-    await conn.execute(
-        "UPDATE runs SET status = $2,"
-        " timings = timings || coalesce($3::jsonb, '{}'::jsonb),"
-        " llm_usage = llm_usage || coalesce($4::jsonb, '{}'::jsonb),"
-        " finished_at = CASE WHEN $2 = 'complete' THEN now() ELSE finished_at END"
-        " WHERE run_id = $1",
-        run_id,
-        status,
-        fields.get("timings") or None,
-        fields.get("llm_usage") or None,
-    )
+    async with conn.transaction():
+        held = await conn.fetchval("SELECT llm_usage FROM runs WHERE run_id = $1 FOR UPDATE", run_id)
+        usage = add_usage(held or {}, fields.get("llm_usage") or {})
+        await conn.execute(
+            "UPDATE runs SET status = $2,"
+            " timings = timings || coalesce($3::jsonb, '{}'::jsonb),"
+            " llm_usage = $4::jsonb,"
+            " finished_at = CASE WHEN $2 = 'complete' THEN now() ELSE finished_at END"
+            " WHERE run_id = $1",
+            run_id,
+            status,
+            fields.get("timings") or None,
+            usage,
+        )
+    return usage
+
+
+# Usage fields that are a most-at-once (kept as the largest), and flags (true when true
+# for any worker); other numbers are counts and add up; any other field is the latest.
+_USAGE_PEAKS = frozenset({"peak_in_flight"})
+_USAGE_FLAGS = frozenset({"quota_exhausted", "started_while_busy"})
+
+
+def add_usage(held: dict, more: dict) -> dict:
+    """LLM usage ``held`` with ``more`` added: counts summed, peaks the larger, flags
+    or-ed, other fields (model, reason stopped, ...) the newer unless it is None."""
+    total = dict(held)
+    for key, value in more.items():
+        old = total.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in _USAGE_FLAGS:
+            total[key] = bool(old) or bool(value)
+        elif number and isinstance(old, (int, float)) and not isinstance(old, bool):
+            total[key] = max(old, value) if key in _USAGE_PEAKS else old + value
+        elif value is not None or key not in total:
+            total[key] = value
+    return total
 
 
 async def store_run_quality(conn: asyncpg.Connection, run_id: int, *, topics: int, linked: int) -> dict:

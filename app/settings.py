@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from app.errors import UsageError
 
@@ -272,24 +272,24 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """The secret strings this process knows (API key, database password)."""
-        found = []
-        if self.xai_api_key:
-            found.append(self.xai_api_key)
-        password = database_password(self.database_url)
-        if password:
-            found.append(password)
-        return found
+        found = [self.xai_api_key] if self.xai_api_key else []
+        return found + database_passwords(self.database_url)
 
     def __repr__(self) -> str:  # never print a secret, even in a debugger or a traceback
         return redact(
-            f"Settings(database_url={self.database_url!r}, xai_base_url={self.xai_base_url!r}, "
+            # No URL at all: its host and user are no secret, but a form of its password
+            # that no parser foresaw would be.
+            f"Settings(database_url={'set' if self.database_url else 'unset'}, xai_base_url={self.xai_base_url!r}, "
             f"xai_model={self.xai_model!r}, xai_api_key={'set' if self.xai_api_key else 'unset'}, "
             f"llm_concurrency={self.llm_concurrency}, run={self.run!r})",
             self.secrets(),
         )
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)", re.I)
+# A password in a URL within any text: after "scheme://user:" up to the last "@" before
+# the host (a password may hold an "@"), and a "password=" query parameter.
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^\s/?#]*)(?P<tail>@)", re.I)
+_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&\s#]*)(?P<tail>)", re.I)
 
 
 def is_local_url(url: str) -> bool:
@@ -307,20 +307,45 @@ def is_local_url(url: str) -> bool:
 
 
 def database_password(url: str | None) -> str | None:
-    """The password inside a ``postgresql://user:password@host/db`` URL, or None."""
+    """The password of a ``postgresql://user:password@host/db`` URL, percent-decoded, from
+    its user info or else its ``password=`` query parameter; None without one."""
     if not url:
         return None
-    match = _PASSWORD_IN_URL.search(url)
-    return match.group("password") or None if match else None
+    parts = urlsplit(url)
+    if parts.password:
+        return unquote(parts.password)
+    return next((value for key, value in parse_qsl(parts.query) if key.lower() == "password" and value), None)
+
+
+def database_passwords(url: str | None) -> list[str]:
+    """Every form of the password in a database URL: as written (user info, then the
+    ``password=`` query parameter), then percent-decoded, each once. Parsed with
+    ``urllib.parse``, whose user info ends at the last "@", so a password holding one
+    is found whole. Empty without a URL or a password."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    written = []
+    if parts.password:
+        written.append(parts.password)
+    written += [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key.lower() == "password"]
+    # parse_qsl decodes; the query's text as written is the other form.
+    written += [m.group("password") for m in _PASSWORD_IN_QUERY.finditer("?" + parts.query)]
+    forms = written + [unquote(w) for w in written]
+    return [form for i, form in enumerate(forms) if form and form not in forms[:i]]
 
 
 def redact(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
-    """``text`` with every known secret and any password inside a URL replaced by ``***``.
+    """``text`` with every known secret and any password inside a URL (user info or
+    ``password=`` query parameter) replaced by ``***``.
 
     Used on every log line and error message, so a secret cannot leak through an
-    exception that quotes a connection string or a request header.
+    exception that quotes a connection string or a request header. The longest secret
+    goes first, so a secret inside another is not left half shown.
     """
-    for secret in secrets:
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret:
             text = text.replace(secret, "***")
-    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + ("***" if m.group("password") else "") + m.group("tail"), text)
+    for pattern in (_PASSWORD_IN_URL, _PASSWORD_IN_QUERY):
+        text = pattern.sub(lambda m: m.group("head") + ("***" if m.group("password") else "") + m.group("tail"), text)
+    return text

@@ -52,6 +52,7 @@ from app.clustering import (
 from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.errors import first_error
+from app.exchanges import UNSTORABLE, forget_replies
 from app.logs import get_logger
 from app.naming import Label, MemberTopic, Namer, ThemeToName
 from app.settings import RunSettings
@@ -259,9 +260,13 @@ async def _store(pool, run_id, topic_ids, embeddings, *, levels, assignment, win
     dropped connection: the transaction rolled back, so a retry starts clean)."""
 
     async def store(conn: asyncpg.Connection) -> None:
-        async with conn.transaction():
-            await _replace_themes(conn, run_id, topic_ids, embeddings, levels=levels, assignment=assignment)
-            await restart_attaching(conn, run_id)
+        try:
+            async with conn.transaction():
+                await _replace_themes(conn, run_id, topic_ids, embeddings, levels=levels, assignment=assignment)
+                await restart_attaching(conn, run_id)
+        except UNSTORABLE:  # never served again from the log (see app.writer.write_firm)
+            await forget_replies(conn, [theme.label.request_key for level in levels for theme in level])
+            raise
 
     await with_connection_retry(pool, store, what="store themes", window_s=window_s)
 

@@ -16,6 +16,7 @@ import asyncpg
 import numpy as np
 
 from app.database import with_connection_retry
+from app.exchanges import UNSTORABLE, forget_replies
 from app.naming import Label
 
 
@@ -62,7 +63,17 @@ class FirmResult:
 async def write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) -> None:
     """Store ``result`` in one transaction: the firm's state, its topics, and each
     sentence's embedding and topic. Raises ``AlreadyWritten`` (and writes nothing) when
-    the firm is already recorded for the run."""
+    the firm is already recorded for the run. A name the database refuses (a character no
+    cleaning foresaw) makes the LLM replies behind the firm's names unusable in the
+    exchange log, and is raised: a resume asks again instead of failing the same way."""
+    try:
+        await _write_firm(conn, run_id, result)
+    except UNSTORABLE:
+        await forget_replies(conn, [t.label.request_key for t in result.topics])
+        raise
+
+
+async def _write_firm(conn: asyncpg.Connection, run_id: int, result: FirmResult) -> None:
     async with conn.transaction():
         try:
             await conn.execute(

@@ -2,6 +2,7 @@
 edge cases, failure isolation, and errors that end the run instead of hanging it."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import anyio
@@ -187,3 +188,52 @@ async def test_starting_a_run_leaves_the_indexes_of_another_run(pool, embedder):
     async with pool.acquire() as conn:
         assert await vector_indexes_present(conn, first.run_id) == before
         assert len(await vector_indexes_present(conn, second.run_id)) == 3
+
+
+@pytest.mark.results
+async def test_a_worker_with_another_setup_is_refused_naming_the_difference(pool, embedder):
+    from app.backend import CUML
+    from app.llm import LLMNamer
+    from app.runs import WorkerDiffers
+    from app.settings import Settings
+
+    await insert_corpus(pool, sample_rows(firms=1))
+    assert (await job(pool, embedder)).status == "complete"  # offline naming, CPU, fp32
+    async with pool.acquire() as conn:
+        before = dict(await conn.fetchrow("SELECT status, setup::text, finished_at FROM runs"))
+    with_key = LLMNamer(Settings(xai_api_key="xai-k", xai_model="grok-a"))
+    others = {  # what the worker differs in -> how the refusal names it
+        "naming: run has 'keywords', this worker 'llm grok-a'": dict(namer=with_key),
+        "clustering: run has 'cpu', this worker 'cuml'": dict(backend=CUML),
+        "embedding_precision: run has 'fp32', this worker 'fp16'": dict(
+            embedder=dataclasses.replace(embedder, device="cuda")),  # refused before it embeds anything
+    }
+    for difference, worker in others.items():
+        with pytest.raises(WorkerDiffers, match=re.escape(difference)):
+            await run_job(pool, SETTINGS, run_name="r", embedder=worker.get("embedder", embedder),
+                          backend=worker.get("backend", CPU), namer=worker.get("namer", OfflineNamer()))
+    async with pool.acquire() as conn:
+        assert dict(await conn.fetchrow("SELECT status, setup::text, finished_at FROM runs")) == before
+    # Two LLM workers of different models differ too; the same setup joins as ever.
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE runs SET setup = setup || '{\"naming\": \"llm grok-b\"}'")
+    with pytest.raises(WorkerDiffers, match="run has 'llm grok-b', this worker 'llm grok-a'"):
+        await run_job(pool, SETTINGS, run_name="r", embedder=embedder, backend=CPU, namer=with_key)
+    assert (await job(pool, embedder, run="other")).status == "complete"
+
+
+async def test_usage_of_several_processes_adds_up(pool):
+    from app.runs import set_status
+
+    async with pool.acquire() as conn:
+        run_id = await conn.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
+                                     " VALUES ('r', '{}', 'm', 384, '{}') RETURNING run_id")
+        first = {"namer": "llm", "requests": 5, "prompt_tokens": 100, "peak_in_flight": 4, "quota_exhausted": False,
+                 "stopped_reason": None}
+        second = {"namer": "llm", "requests": 2, "prompt_tokens": 30, "peak_in_flight": 2, "quota_exhausted": True,
+                  "stopped_reason": "quota"}
+        await set_status(conn, run_id, "interrupted", llm_usage=first)
+        await set_status(conn, run_id, "complete", llm_usage=second)
+        assert await conn.fetchval("SELECT llm_usage FROM runs") == {
+            "namer": "llm", "requests": 7, "prompt_tokens": 130, "peak_in_flight": 4, "quota_exhausted": True,
+            "stopped_reason": "quota"}

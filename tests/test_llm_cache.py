@@ -7,6 +7,7 @@ exact exchange; the key is in no kept row."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -17,7 +18,7 @@ from app.job import run_job
 from app.llm import LLMNamer
 from app.sample import sample_rows
 from app.settings import RunSettings, Settings
-from fake_llm_server import FakeLLMServer
+from fake_llm_server import FakeLLMServer, content, ok
 from support import fake_llm_process, fetch, insert_corpus, is_broader_theme
 
 KEY = "xai-cache-test-key-0123456789abcdef"
@@ -128,6 +129,72 @@ async def test_a_run_killed_in_the_theme_stage_asks_nothing_again_on_resume(pool
     assert outcome.status == "complete"
     assert not asked_again & named_before
     assert usage["cache_hits"] == len(named_before) and usage["requests"] == len(asked_again) > 0
+    # The run's usage adds both processes' up: every request sent, the killed one's too.
+    async with pool.acquire() as conn:
+        recorded = await conn.fetchval("SELECT llm_usage FROM runs WHERE name = 'r'")
+    assert recorded["requests"] == len(fake.chat_requests) > usage["requests"]
+    assert recorded["cache_hits"] == usage["cache_hits"] and recorded["topics_named"] > usage["topics_named"]
     async with pool.acquire() as conn:
         assert {r["name_source"] for r in await conn.fetch("SELECT name_source FROM themes")} == {"llm"}
         assert await conn.fetchval("SELECT max(level) FROM themes") == 2
+
+
+# Replies a model or a broken proxy may send: a NUL, a lone surrogate, terminal escape
+# sequences and bidi overrides inside the label, and a name of nothing but those.
+POISONED = [
+    json.dumps({"name": "Nul\u0000 name", "summary": "A summary with a NUL\u0000 in it."}),
+    json.dumps({"name": "Surrogate \ud800name", "summary": "A lone \udc00surrogate."}),
+    json.dumps({"name": "\u001b[2J\u001b]0;owned\u0007Escape name\u202e", "summary": "Red \u001b[31mtext\u001b[0m."}),
+    json.dumps({"name": "\u001b[H\u0000\u202e", "summary": "A name of control characters only."}),
+]
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+@pytest.mark.results
+async def test_poisoned_replies_are_cleaned_and_the_run_completes(pool, embedder):
+    await insert_corpus(pool, list(sample_rows(firms=2)))
+    async with FakeLLMServer(api_key=KEY) as fake:
+        # One request at a time, so the check takes the first answer and topics the rest.
+        fake.enqueue(ok(), *[content(reply) for reply in POISONED])
+        settings = Settings(xai_api_key=KEY, xai_base_url=fake.base_url, xai_model="grok-test", llm_concurrency=1)
+        async with LLMNamer(settings, backoff_base_s=0.01, backoff_cap_s=0.02) as namer:
+            outcome = await run_job(pool, RunSettings(), run_name="r", embedder=embedder, backend=CPU, namer=namer)
+            usage = namer.usage()
+
+    assert outcome.status == "complete" and outcome.firms["failed"] == 0
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT name, summary, name_source FROM topics UNION ALL"
+                                " SELECT name, summary, name_source FROM themes")
+        kept = await conn.fetchval("SELECT count(*) FROM llm_exchanges WHERE usable")
+    names = {r["name"] for r in rows}
+    assert {"Nul name", "Surrogate name", "Escape name"} <= names
+    assert not [r for r in rows if UNSAFE.search(r["name"] + r["summary"])]
+    # The name of control characters only was a bad reply: asked again, then named.
+    assert usage["retries"] == 1 and {r["name_source"] for r in rows} == {"llm"}
+    assert kept == len(rows)
+
+
+@pytest.mark.results
+async def test_a_reply_that_failed_to_store_is_not_served_again(pool):
+    from app.exchanges import UNSTORABLE, ExchangeLog
+    from app.naming import Label
+    from app.writer import FirmResult, TopicResult, write_firm
+
+    await insert_corpus(pool, list(sample_rows(firms=1)))
+    async with pool.acquire() as conn:
+        run_id = await conn.fetchval("INSERT INTO runs (name, settings, model, embedding_dim, package_versions)"
+                                       " VALUES ('r', '{}', 'm', 384, '{}') RETURNING run_id")
+        firm_id = await conn.fetchval("SELECT firm_id FROM firms LIMIT 1")
+    log = ExchangeLog(pool, run_id)
+    payload = {"model": "m", "messages": [{"role": "user", "content": "name it"}], "temperature": 0}
+    key = request_key(payload)
+    await log.record(key=key, payload=payload, status=200, reply="{}", usable=True, latency_s=0.1, subject="t")
+    assert await log.cached(key) == "{}"
+    # A label no cleaning foresaw: the database refuses it.
+    label = Label(name="bad\x00name", summary="s", source="llm", request_key=key)
+    result = FirmResult(firm_id, None, "done", topics=[TopicResult(0, ["k"], label, 1, [])])
+    async with pool.acquire() as conn:
+        with pytest.raises(UNSTORABLE):
+            await write_firm(conn, run_id, result)
+        assert await conn.fetchval("SELECT count(*) FROM run_firms") == 0  # nothing half-written
+    assert await log.cached(key) is None  # asked again next time, never served from the log

@@ -155,3 +155,33 @@ def test_accepts_keys_in_other_case():
 def test_unusable_replies_raise_reply_error(reply):
     with pytest.raises(prompts.ReplyError):
         prompts.parse_label(reply)
+
+
+# What a model (or a server in between) may put in a reply that a database column or a
+# terminal must never get: NUL, a lone surrogate, terminal escape sequences, bidi controls.
+POISON = "\x00\ud800\x1b[2J\x1b]0;pwned\x07\u202e\u2066\x9b\x7f"
+
+
+def reply_of(name: str, summary: str = "A summary.") -> str:
+    return json.dumps({"name": name, "summary": summary})
+
+
+def test_control_bidi_and_surrogate_characters_are_stripped():
+    label = prompts.parse_label(reply_of(f"Rev{POISON}enue\x1b[31m growth\x1b[0m",
+                                         f"Revenue {POISON}grew.\x00 Costs\u202e fell."))
+    assert label.name == "Revenue growth"
+    assert label.summary == "Revenue grew. Costs fell."
+    label.name.encode("utf-8"), label.summary.encode("utf-8")  # no lone surrogate left to fail on
+
+
+def test_a_name_is_capped_in_characters_too():
+    name = prompts.parse_label(reply_of("Supercalifragilistic" * 20)).name
+    assert 0 < len(name) <= prompts.MAX_NAME_CHARS
+
+
+@pytest.mark.parametrize("name", [POISON, "\x1b[2J\x1b[H", "\u202e\u202c", '"\x00"'])
+def test_a_name_of_nothing_but_control_characters_is_a_bad_reply(name):
+    with pytest.raises(prompts.ReplyError):
+        prompts.parse_label(reply_of(name))
+    with pytest.raises(prompts.ReplyError):
+        prompts.parse_label(reply_of("A name", summary=name.strip('"')))

@@ -9,7 +9,7 @@ import ast
 import re
 import secrets
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -114,6 +114,56 @@ def test_exports_hold_no_secret(secret_database, monkeypatch, tmp_path, capfd):
             assert secret.encode() not in raw and secret not in readable, path.name
     for secret in (KEY, PASSWORD):
         assert secret not in captured.out + captured.err
+
+
+# A password with the characters that split a URL wrongly, in each form a URL can carry it.
+AT_PASSWORD = "pw@" + secrets.token_hex(6) + ":x"
+AT_FORMS = (AT_PASSWORD, quote(AT_PASSWORD, safe=""), AT_PASSWORD.split("@", 1)[1])
+
+
+def url_forms(url: str) -> dict[str, str]:
+    """``url`` with ``AT_PASSWORD`` in its user info (percent-encoded, as a parser needs it)
+    or in its query string (after what the query holds) instead of its own password."""
+    parts = urlsplit(url)
+    user, host = parts.username, parts.netloc.rsplit("@", 1)[-1]
+    return {"user info": urlunsplit(parts._replace(netloc=f"{user}:{quote(AT_PASSWORD, safe='')}@{host}")),
+            "query": urlunsplit(parts._replace(netloc=f"{user}@{host}",
+                                               query="&".join(filter(None, [parts.query, "password="
+                                                                            + quote(AT_PASSWORD, safe="")])))),
+            }
+
+
+@pytest.mark.results
+def test_no_repr_and_no_json_output_shows_the_password_in_any_form(secret_database, monkeypatch, tmp_path, capfd):
+    from app.results import open_run
+    from app.settings import Settings
+
+    corpus = write_sample_corpus(tmp_path / "corpus.jsonl.gz", firms=2, sentences_per_subject=24)
+    forms = url_forms(secret_database)
+    base = {"LOG_FORMAT": "json", "FIRMTOPICS_DATA_DIR": str(tmp_path / "d")}
+    assert run_in_process(monkeypatch, {**base, "DATABASE_URL": forms["user info"]}, "run", "--input",
+                          str(corpus)) == 0
+    theme, topic, firm = fetch(secret_database, "SELECT t.theme_id, t.topic_id, t.firm_id FROM topics t"
+                                                " WHERE t.theme_id IS NOT NULL LIMIT 1")[0]
+    reads = [["status"], ["runs"], ["search", "revenue growth"], ["search", "costs", "--level", "sentence"],
+             ["show", "theme", str(theme)], ["show", "topic", str(topic)], ["show", "firm", firm], ["trends"],
+             ["status", "--run", "no-such-run"]]
+    shown = []
+    for name, url in forms.items():
+        for argv in reads:
+            code = run_in_process(monkeypatch, {**base, "DATABASE_URL": url}, *argv, "--json")
+            assert code == 0 or "no-such-run" in argv, (name, argv)
+        run = open_run(database_url=url)
+        shown += [repr(run), str(run), repr(Settings.from_env({"DATABASE_URL": url}))]
+        assert not run.themes().empty
+    # Nothing listens here: the error names the server, not the password.
+    closed = urlunsplit(urlsplit(forms["query"])._replace(netloc="127.0.0.1:1"))
+    assert run_in_process(monkeypatch, {**base, "DATABASE_URL": closed}, "status", "--json") != 0
+    captured = capfd.readouterr()
+    text = captured.out + captured.err + "".join(shown)
+    assert '"topic_id"' in captured.out and "cannot connect" in captured.err  # the outputs were read
+    for secret in AT_FORMS:
+        assert secret not in text
 
 
 # --- SQL is parameterised ----------------------------------------------------------------

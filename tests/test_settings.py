@@ -107,3 +107,39 @@ def test_data_dir_is_never_under_root_home_for_root(monkeypatch):
 
     monkeypatch.setattr(settings_module.os, "geteuid", lambda: 0)
     assert settings_module.default_data_dir() == Path("/var/lib/firmtopics")
+
+
+# A password in every form a DATABASE_URL can carry it: raw with an "@" in it (the last
+# "@" ends the user info), percent-encoded, and in the query string.
+AT_PASSWORD = "p@ss:w0rd-9f3"
+PASSWORD_FORMS = {
+    "raw with @": f"postgresql://user:{AT_PASSWORD}@db.example:5432/x",
+    "percent-encoded": "postgresql://user:p%40ss%3Aw0rd-9f3@db.example:5432/x",
+    "in the query": "postgresql://user@db.example:5432/x?sslmode=require&password=p%40ss%3Aw0rd-9f3",
+}
+
+
+@pytest.mark.parametrize("form", PASSWORD_FORMS)
+def test_a_password_in_any_form_is_masked(form):
+    url = PASSWORD_FORMS[form]
+    settings = Settings.from_env({"DATABASE_URL": url})
+    shown = [repr(settings), str(settings), redact(f"could not connect to {url}", settings.secrets()),
+             redact(f"could not connect to {url}")]  # also without knowing the secret
+    for text in shown:
+        for piece in (AT_PASSWORD, "p%40ss", "w0rd-9f3", "ss:w0rd"):
+            assert piece not in text, (form, text)
+    assert AT_PASSWORD in settings.secrets()
+    assert url not in repr(settings)  # no URL in a repr at all
+    # Only the password is masked: the host and the database stay readable in an error.
+    assert "db.example:5432/x" in redact(f"could not connect to {url}")
+
+
+def test_redaction_masks_nothing_but_the_password():
+    assert redact("postgres://a:b@c@h/db and mail@example.com") == "postgres://a:***@h/db and mail@example.com"
+    assert redact("postgres://h/db?password=x&sslmode=require") == "postgres://h/db?password=***&sslmode=require"
+    assert redact("postgres://a@h/db") == "postgres://a@h/db"
+
+
+def test_the_password_is_read_decoded_from_either_place():
+    assert [database_password(url) for url in PASSWORD_FORMS.values()] == [AT_PASSWORD] * 3
+    assert database_password("postgresql://user@h/db") is None and database_password(None) is None

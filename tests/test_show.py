@@ -3,13 +3,17 @@ the hierarchy agrees with the tables, and unknown ids are one clear error (exit 
 
 from __future__ import annotations
 
+import json
+import re
+
 import anyio
 import pytest
 
 from app.cli import main
 from app.errors import UsageError
 from app.read.show import SENTENCE_SAMPLE, firm_detail, format_theme, format_topic, show, theme_detail, topic_detail
-from support import offline_env, one_line_error
+from app.sample import sample_rows
+from support import fetch, offline_env, one_line_error
 
 
 @pytest.mark.results
@@ -239,3 +243,31 @@ def test_cli_show_walks_the_theme_levels(levelled_cli_env, capsys):
     assert main(["show", "topic", topic_id]) == 0
     out = capsys.readouterr().out
     assert f"  theme: {child_id}: " in out and f"(level 1) < {top['theme_id']}: {top['name']} (level 2)" in out
+
+
+# What a corpus (or a reply) may hold that a terminal would obey: escape sequences that
+# clear the screen, retitle the window or colour text, and bidi overrides that reorder it.
+TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.mark.results
+def test_no_escape_or_bidi_character_reaches_the_terminal(env, tmp_path, capsys):
+    rows = []
+    for i, row in enumerate(sample_rows(firms=1)):
+        poison = ("\x1b[2J\x1b]0;owned\x07", "\u202e", "\x9b31m")[i % 3]
+        rows.append({**row, "firm_name": f"Evil\x1b[31m {row['firm_id']}\u202e",
+                     "sentence": f"{poison}{row['sentence']}\u2066"})
+    corpus = tmp_path / "poisoned.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["run", "--input", str(corpus)]) == 0
+    firm = rows[0]["firm_id"]
+    theme, topic = fetch(env, "SELECT theme_id, topic_id FROM topics WHERE firm_id = $1 LIMIT 1", firm)[0]
+    capsys.readouterr()
+    reads = [["status"], ["runs"], ["search", "revenue"], ["search", "revenue", "--level", "sentence"],
+             ["show", "firm", firm], ["show", "topic", str(topic)], ["show", "theme", str(theme)], ["trends"]]
+    for argv in reads:
+        for json_flag in ([], ["--json"]):
+            assert main(argv + json_flag) == 0, argv
+            out = capsys.readouterr().out
+            assert firm in out or argv[0] in ("runs", "trends"), argv
+            assert not TERMINAL_UNSAFE.search(out), (argv + json_flag, TERMINAL_UNSAFE.findall(out))

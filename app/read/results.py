@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import numpy as np
@@ -106,7 +106,9 @@ class Run:
 
     name: str
     run_id: int
-    url: str
+    # Out of the repr: a notebook cell or a traceback showing the run must not show the
+    # database's password.
+    url: str = field(repr=False)
 
     def _frame(self, sql: str, *args) -> pd.DataFrame:
         rows = _on_a_connection(self.url, lambda conn: conn.fetch(sql, self.run_id, *args))

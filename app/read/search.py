@@ -36,6 +36,7 @@ import numpy as np
 from app.errors import UsageError
 from app.logs import get_logger
 from app.runs import load_run
+from app.safe_text import printable
 
 log = get_logger("search")
 
@@ -307,7 +308,7 @@ async def command(settings, args) -> int:
         hits = await search(conn, args.text, run_name=args.run, level=args.level, firm_id=args.firm,
                             limit=args.limit, theme_level=args.theme_level)
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    print(format_json_lines(hits) if args.json else
-          format_hits(hits, level=args.level, text=args.text, run_name=args.run, width=width,
-                      theme_level=args.theme_level))
+    print(printable(format_json_lines(hits) if args.json else
+                    format_hits(hits, level=args.level, text=args.text, run_name=args.run, width=width,
+                                theme_level=args.theme_level)))
     return 0

@@ -24,6 +24,7 @@ from app.errors import UsageError
 from app.prompts import reply_content
 from app.read.text import clip
 from app.runs import load_run, run_brief, run_by_id
+from app.safe_text import printable
 
 KINDS = ("theme", "topic", "firm")
 SENTENCE_SAMPLE = 20  # sentences printed for a topic; the rest are counted
@@ -424,9 +425,9 @@ async def command(settings, args) -> int:
     async with open_database(settings) as pool, pool.acquire() as conn:
         if args.json:
             detail = await show_detail(conn, args.kind, args.id, args.run, prompt=args.prompt)
-            print(json.dumps(detail, default=str, ensure_ascii=False))
+            print(printable(json.dumps(detail, default=str, ensure_ascii=False)))
         else:
-            print(await show(conn, args.kind, args.id, args.run, prompt=args.prompt))
+            print(printable(await show(conn, args.kind, args.id, args.run, prompt=args.prompt)))
     return 0
 
 

@@ -16,6 +16,7 @@ import asyncpg
 from app.errors import UsageError
 from app.read.text import clip
 from app.runs import load_run
+from app.safe_text import printable
 
 NAME_WIDTH = 40
 
@@ -89,7 +90,7 @@ async def command(settings, args) -> int:
         rows = await trend_rows(conn, args.run, theme_id=args.theme, top=args.top)
     if args.json:
         for row in rows:
-            print(json.dumps(row))
+            print(printable(json.dumps(row)))
     else:
-        print(format_trends(rows, args.run))
+        print(printable(format_trends(rows, args.run)))
     return 0
