@@ -53,7 +53,7 @@ from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.errors import first_error
 from app.logs import get_logger
-from app.naming import Label, MemberTopic, Namer, ThemeToName
+from app.naming import Label, MemberTopic, Namer, ThemeToName, distinct_names
 from app.settings import RunSettings
 
 log = get_logger("themes")
@@ -250,6 +250,8 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
             embedder.encode, [topic_text(names[i].name, names[i].summary) for i in by_llm], limiter=limiter
         )
         vectors[by_llm] = encoded
+    # No two themes of a level share a name, or a reader could not tell them apart.
+    names = distinct_names(names, [t.keywords for t in to_name])
     return [FormedTheme(t, label, vector) for t, label, vector in zip(to_name, names, vectors)]
 
 
