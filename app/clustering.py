@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.backend import ClusteringBackend
+from app.keywords import KeywordModel, firm_words
 from app.logs import get_logger
 from app.settings import RunSettings
 
@@ -78,17 +79,18 @@ class Clustering:
 def cluster_documents(docs: list[str], embeddings: np.ndarray, *, backend: ClusteringBackend, n_neighbors: int,
                       n_components: int, min_dist: float, min_cluster_size: int, seed: int, top_n_keywords: int = 10,
                       min_samples: int | None = None, cluster_selection: str = "leaf",
-                      n_epochs: int | None = None) -> Clustering:
+                      n_epochs: int | None = None, keywords: KeywordModel | None = None) -> Clustering:
     """Cluster ``docs`` (with their L2-normalised ``embeddings``) with BERTopic.
 
     UMAP's neighbourhood is capped below the number of documents, so small inputs work;
-    fewer than ``min_cluster_size * 2`` documents raise ``TooFewToCluster``.
+    fewer than ``min_cluster_size * 2`` documents raise ``TooFewToCluster``. ``keywords``
+    says how keywords are made (``app.keywords``; English stop words, single words when None).
     Returns a ``Clustering``; when HDBSCAN finds no cluster every label is -1 and
     ``clusters`` is empty (a legitimate result, not an error).
     """
     from bertopic import BERTopic
-    from sklearn.feature_extraction.text import CountVectorizer
 
+    keywords = keywords or KeywordModel()
     n = len(docs)
     if n < max(min_cluster_size * 2, 4):
         raise TooFewToCluster(f"{n} documents, fewer than {max(min_cluster_size * 2, 4)} needed to cluster")
@@ -110,8 +112,8 @@ def cluster_documents(docs: list[str], embeddings: np.ndarray, *, backend: Clust
     hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples,
                                          cluster_selection=cluster_selection)
     model = BERTopic(umap_model=umap_model, hdbscan_model=hdbscan_model,
-                     vectorizer_model=CountVectorizer(stop_words="english"), top_n_words=top_n_keywords,
-                     calculate_probabilities=False, verbose=False)
+                     vectorizer_model=keywords.vectorizer(), ctfidf_model=keywords.ctfidf(),
+                     top_n_words=top_n_keywords, calculate_probabilities=False, verbose=False)
     with warnings.catch_warnings():
         # Given neighbours, umap-learn warns that it cannot transform new data: not needed.
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
@@ -211,15 +213,18 @@ def firm_sample(n_sentences: int, settings: RunSettings, firm_id: str) -> np.nda
 
 
 def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend,
-                 *, sample: np.ndarray | None = None) -> Clustering:
+                 *, sample: np.ndarray | None = None, names: tuple[str | None, ...] = ()) -> Clustering:
     """Cluster one firm's sentences into topics with the run's settings.
+
+    ``names``: the firm's id and name, whose words its topics' keywords leave out
+    (``app.keywords``).
 
     With ``sample`` (positions, from ``firm_sample``) only those sentences are clustered,
     and the smallest topic follows the sample's size; the result still covers every
     sentence: the others are outliers (-1), for ``attach_outliers`` to place, and members
     and representatives are positions in ``docs``."""
     if sample is not None:
-        part = cluster_firm([docs[i] for i in sample], embeddings[sample], settings, backend)
+        part = cluster_firm([docs[i] for i in sample], embeddings[sample], settings, backend, names=names)
         labels = np.full(len(docs), -1, dtype=np.int64)
         labels[sample] = part.labels
         return Clustering(labels=labels, clusters=[
@@ -229,6 +234,7 @@ def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings,
                              n_components=settings.umap_n_components, min_dist=settings.umap_min_dist,
                              n_epochs=settings.umap_n_epochs, seed=settings.seed,
                              top_n_keywords=settings.top_n_keywords,
+                             keywords=KeywordModel.of(settings, firm_words(names)),
                              min_cluster_size=firm_min_cluster_size(len(docs), settings),
                              min_samples=settings.hdbscan_min_samples, cluster_selection=settings.cluster_selection)
 
@@ -425,27 +431,31 @@ def level_above(count: int, top_size: int) -> int | None:
     return root if root > top_size else min(top_size, max(2, round(count / 3)))
 
 
-def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int) -> list[list[str]]:
+def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int,
+                   keywords: KeywordModel | None = None, drop: frozenset[str] = frozenset()) -> list[list[str]]:
     """Each theme's keywords, by BERTopic's c-TF-IDF over its topics' texts (one document
     a topic): the words frequent in a theme's topics and rare in the other themes'.
+    ``keywords`` says how words are counted and weighed (``app.keywords``), ``drop`` are
+    terms (words or phrases) no theme takes as a keyword.
     Returns one keyword list per theme number 0 .. max(labels)."""
     from bertopic import BERTopic
     from bertopic.cluster import BaseCluster
     from bertopic.dimensionality import BaseDimensionalityReduction
-    from sklearn.feature_extraction.text import CountVectorizer
 
+    keywords = keywords or KeywordModel()
     # BERTopic's "manual" mode: the clusters are given (y), it only builds representations.
+    # It ranks more words than kept, so that some are left after those dropped.
     model = BERTopic(umap_model=BaseDimensionalityReduction(), hdbscan_model=BaseCluster(),
-                     vectorizer_model=CountVectorizer(stop_words="english"), top_n_words=top_n,
-                     calculate_probabilities=False, verbose=False)
+                     vectorizer_model=keywords.vectorizer(), ctfidf_model=keywords.ctfidf(),
+                     top_n_words=min(3 * top_n, 100), calculate_probabilities=False, verbose=False)
     model.fit(docs, embeddings=vectors, y=np.asarray(labels))
-    keywords = []
+    found = []
     _, first_topic = np.unique(labels, return_index=True)  # each theme's first topic, one pass
     for theme in range(int(labels.max()) + 1):
         # BERTopic may renumber topics; find ours through the document labels it kept.
         number = int(np.asarray(model.topics_)[first_topic[theme]])
-        keywords.append([w for w, _ in (model.get_topic(number) or []) if w][:top_n])
-    return keywords
+        found.append([w for w, _ in (model.get_topic(number) or []) if w and w not in drop][:top_n])
+    return found
 
 
 _warmed: set[str] = set()

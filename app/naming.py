@@ -16,10 +16,9 @@ once while the compute stage goes on clustering the next firms.
 from __future__ import annotations
 
 import re
-
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -99,8 +98,18 @@ class Namer(Protocol):
 
 
 def keyword_name(keywords: list[str], words: int = 3) -> str:
-    """A short name from the leading keywords, e.g. ``"revenue / growth / quarter"``."""
-    chosen = [k for k in keywords if k][:words]
+    """A short name from the leading keywords, e.g. ``"revenue / growth / quarter"``.
+
+    A keyword whose words an earlier one already has is skipped: after "supply chain",
+    "supply" and "chain" say nothing new."""
+    chosen: list[str] = []
+    said: set[str] = set()
+    for keyword in keywords:
+        if keyword and not set(keyword.split()) <= said:
+            chosen.append(keyword)
+            said |= set(keyword.split())
+        if len(chosen) == words:
+            break
     return " / ".join(chosen) if chosen else "unnamed topic"
 
 

@@ -102,6 +102,13 @@ class RunSettings:
     # Broader themes are formed above the fine ones until a level has at most this many.
     theme_top_level_size: int = 20
     top_n_keywords: int = 10
+    # How keywords are made (app/keywords.py, docs/quality.md): terms of up to this many
+    # words ("supply chain"); BERTopic's reduce_frequent_words, which weighs down words
+    # frequent in every cluster; and the words of the firms' names and ids left out (at
+    # theme level also the words only one firm uses).
+    keyword_ngrams: int = 1
+    reduce_frequent_words: bool = False
+    leave_out_firm_words: bool = True
 
     def as_dict(self) -> dict:
         """Plain dict, JSON-ready, for the ``runs`` table and comparisons."""
@@ -111,10 +118,11 @@ class RunSettings:
         """Settings that differ from ``recorded`` (a ``runs.settings`` value).
 
         Returns ``{name: (recorded, now)}``; empty when they match. A setting the run
-        predates (missing from ``recorded``) counts as its default: a setting is added
-        with a default that keeps what runs did before it, so such a run still resumes.
+        predates (missing from ``recorded``) counts as its default, or, where the default
+        changed what runs do, as what they did before it (``BEFORE_RECORDED``): such a run
+        resumes as it started, or is told what differs.
         """
-        now, defaults = self.as_dict(), type(self)().as_dict()
+        now, defaults = self.as_dict(), {**type(self)().as_dict(), **BEFORE_RECORDED}
         recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
         keys = set(now) | set(recorded)
         return {
@@ -123,6 +131,9 @@ class RunSettings:
             if recorded.get(k) != now.get(k)
         }
 
+
+# What runs recorded before a setting existed did, where its default does otherwise.
+BEFORE_RECORDED = {"leave_out_firm_words": False}
 
 # The environment variable of each result-changing setting, how it is read (a whole
 # number, with its minimum; a number; one of a few words) and, from the field's default

@@ -33,6 +33,10 @@ def test_keyword_name_skips_empty_keywords():
     assert keyword_name(["a", "", "b"]) == "a / b"
 
 
+def test_keyword_name_skips_words_a_phrase_before_said():
+    assert keyword_name(["supply chain", "supply", "chain", "freight", "ports"]) == "supply chain / freight / ports"
+
+
 async def test_long_example_sentences_are_shortened():
     label = await OfflineNamer().name_topic(topic(["x"], sentences=("word " * 200,)))
     assert label.summary.endswith('..."')
