@@ -88,6 +88,11 @@ class RunSettings:
     min_topic_share: float = 0.033
     hdbscan_min_samples: int | None = 3
     cluster_selection: str = "leaf"
+    # A firm of fewer than 60 sentences is clustered like the others (UMAP, then HDBSCAN),
+    # and two of its clusters whose centres are at least this similar (cosine) are one
+    # subject (app.clustering.SmallClusters; docs/quality.md, "Small firms"). None: the
+    # earlier way, HDBSCAN on the raw embeddings, which finds nothing in most such firms.
+    small_firm_merge_similarity: float | None = 0.75
     # A sentence HDBSCAN left out joins the topic whose centre is nearest when its cosine
     # similarity to that centre is at least this (marked 'nearest'); above 1, none does.
     outlier_threshold: float = 0.4
@@ -133,7 +138,7 @@ class RunSettings:
 
 
 # What runs recorded before a setting existed did, where its default does otherwise.
-BEFORE_RECORDED = {"leave_out_firm_words": False}
+BEFORE_RECORDED = {"leave_out_firm_words": False, "small_firm_merge_similarity": None}
 
 # The environment variable of each result-changing setting, how it is read (a whole
 # number, with its minimum; a number; one of a few words) and, from the field's default
@@ -152,6 +157,7 @@ _RUN_ENV = {
     "hdbscan_min_samples": ("FIRMTOPICS_MIN_SAMPLES", int),
     "cluster_selection": ("FIRMTOPICS_CLUSTER_SELECTION", ("leaf", "eom")),
     "outlier_threshold": ("FIRMTOPICS_OUTLIER_THRESHOLD", float),
+    "small_firm_merge_similarity": ("FIRMTOPICS_SMALL_FIRM_MERGE_SIMILARITY", float),
     "theme_outlier_threshold": ("FIRMTOPICS_THEME_OUTLIER_THRESHOLD", float),
     "theme_count": ("FIRMTOPICS_THEMES", int),
     "theme_top_level_size": ("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", int, 2),
