@@ -2,7 +2,7 @@
 the program's own functions, on real firms and on the labelled BBC set.
 
     python bench/keywords.py --corpus ectsum --firms 40   # the first 40 ECTSum firms
-    python bench/keywords.py --corpus edgar10k            # the 30 firms of 10-K sections
+    python bench/keywords.py --corpus edgar10k --cap 300  # the 30 firms of 10-K sections, 300 sentences each
     python bench/keywords.py --corpus bbc --groups 20     # BBC News dealt into 20 "firms"
 
 Each corpus is embedded once and cached in /tmp (``bench/clustering.py``'s cache). Each
@@ -17,9 +17,11 @@ that have it). The database is not involved: the figures are the same the job ma
 
 Ways (each a ``RunSettings``):
 
-  before            single words, plain c-TF-IDF, firm words kept, names may repeat
+  before            single words, plain c-TF-IDF, firm words kept, names may repeat,
+                    firms under 60 sentences clustered by HDBSCAN on raw embeddings
   firm words out    the words of firm names and ids left out (topics and themes), and
-                    at theme level the words only one firm uses; names made distinct
+                    at theme level the words only one firm uses; names made distinct;
+                    small firms clustered on UMAP, alike clusters merged (SmallClusters)
   + reduce frequent and BERTopic's ClassTfidfTransformer(reduce_frequent_words=True)
   + phrases         and terms of up to two words (ngram_range=(1, 2))
   + both            reduce_frequent_words and phrases
@@ -74,13 +76,15 @@ EDGAR = SHARED_DATA / "firm_sentences_edgar10k.jsonl.gz"
 BBC = SHARED_DATA / "topic_labels_bbc.jsonl.gz"
 FIRST_FIRMS = 12  # the firms whose mean unassigned share is reported
 
-BEFORE = RunSettings(leave_out_firm_words=False, keyword_ngrams=1, reduce_frequent_words=False)
+BEFORE = RunSettings(leave_out_firm_words=False, keyword_ngrams=1, reduce_frequent_words=False,
+                     small_firm_merge_similarity=None)
+NOW = dataclasses.replace(BEFORE, leave_out_firm_words=True, small_firm_merge_similarity=0.75)
 WAYS = {
     "before": BEFORE,
-    "firm words out": dataclasses.replace(BEFORE, leave_out_firm_words=True),
-    "+ reduce frequent": dataclasses.replace(BEFORE, leave_out_firm_words=True, reduce_frequent_words=True),
-    "+ phrases": dataclasses.replace(BEFORE, leave_out_firm_words=True, keyword_ngrams=2),
-    "+ both": dataclasses.replace(BEFORE, leave_out_firm_words=True, reduce_frequent_words=True, keyword_ngrams=2),
+    "firm words out": NOW,
+    "+ reduce frequent": dataclasses.replace(NOW, reduce_frequent_words=True),
+    "+ phrases": dataclasses.replace(NOW, keyword_ngrams=2),
+    "+ both": dataclasses.replace(NOW, reduce_frequent_words=True, keyword_ngrams=2),
 }
 
 
@@ -91,9 +95,10 @@ class Firm:
     texts: list[str]
 
 
-def load_firms(corpus: str, n_firms: int | None, groups: int) -> list[Firm]:
-    """The corpus's firms in file order (BBC: the articles shuffled with seed 0 and dealt
-    into ``groups`` firms, as ``bench/quality.py`` deals them)."""
+def load_firms(corpus: str, n_firms: int | None, groups: int, cap: int | None = None) -> list[Firm]:
+    """The corpus's firms in file order, each cut at its first ``cap`` sentences when
+    given (BBC: the articles shuffled with seed 0 and dealt into ``groups`` firms, as
+    ``bench/quality.py`` deals them)."""
     if corpus == "bbc":
         rows = [json.loads(line) for line in gzip.open(BBC, "rt", encoding="utf-8")]
         random.Random(0).shuffle(rows)
@@ -109,7 +114,8 @@ def load_firms(corpus: str, n_firms: int | None, groups: int) -> list[Firm]:
                 if n_firms is not None and len(firms) == n_firms:
                     break
                 firms.append(Firm(row["firm_id"], row.get("firm_name"), []))
-            firms[-1].texts.append(row["sentence"])
+            if cap is None or len(firms[-1].texts) < cap:
+                firms[-1].texts.append(row["sentence"])
     return firms
 
 
@@ -190,13 +196,13 @@ def measure(firms, vectors_of, sentences, settings: RunSettings, distinct: bool)
 
 
 def main(args) -> None:
-    firms = load_firms(args.corpus, args.firms if args.corpus == "ectsum" else None, args.groups)
+    firms = load_firms(args.corpus, args.firms if args.corpus == "ectsum" else None, args.groups, args.cap)
     sentences = [t for f in firms for t in f.texts]
-    source = {"ectsum": f"ectsum-first{args.firms}", "edgar10k": "edgar10k", "bbc": "bbc-texts"}[args.corpus]
+    source = {"ectsum": f"ectsum-first{args.firms}", "edgar10k": f"edgar10k-cap{args.cap}", "bbc": "bbc-texts"}[args.corpus]
     embeddings = cached_embeddings(sentences, RunSettings().embedding_model, source=source)
     bounds = np.cumsum([0] + [len(f.texts) for f in firms])
     vectors_of = [embeddings[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    print(f"corpus: {args.corpus}, {len(firms)} firms, {len(sentences)} sentences; {machine()}", flush=True)
+    print(f"corpus: {args.corpus}{f' (at most {args.cap} sentences a firm)' if args.cap else ''}, {len(firms)} firms, {len(sentences)} sentences; {machine()}", flush=True)
     if args.embed_only:
         return
     ways = {name: WAYS[name] for name in args.ways.split(",")} if args.ways else WAYS
@@ -219,6 +225,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", choices=("ectsum", "edgar10k", "bbc"), default="ectsum")
     parser.add_argument("--firms", type=int, default=40, help="ECTSum: the first N firms")
+    parser.add_argument("--cap", type=int, default=None,
+                        help="at most this many sentences a firm (its first ones), to embed less")
     parser.add_argument("--groups", type=int, default=20, help="BBC: how many groups (firms) to deal into")
     parser.add_argument("--ways", default="", help="comma-separated ways (default: all)")
     parser.add_argument("--embed-only", action="store_true", help="only embed (and cache) the corpus")
