@@ -111,7 +111,7 @@ class RunSettings:
     # words ("supply chain"); BERTopic's reduce_frequent_words, which weighs down words
     # frequent in every cluster; and the words of the firms' names and ids left out (at
     # theme level also the words only one firm uses).
-    keyword_ngrams: int = 1
+    keyword_ngrams: int = 2
     reduce_frequent_words: bool = False
     leave_out_firm_words: bool = True
 
@@ -138,7 +138,7 @@ class RunSettings:
 
 
 # What runs recorded before a setting existed did, where its default does otherwise.
-BEFORE_RECORDED = {"leave_out_firm_words": False, "small_firm_merge_similarity": None}
+BEFORE_RECORDED = {"keyword_ngrams": 1, "leave_out_firm_words": False, "small_firm_merge_similarity": None}
 
 # The environment variable of each result-changing setting, how it is read (a whole
 # number, with its minimum; a number; one of a few words) and, from the field's default

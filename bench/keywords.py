@@ -23,7 +23,8 @@ Ways (each a ``RunSettings``):
                     at theme level the words only one firm uses; names made distinct;
                     small firms clustered on UMAP, alike clusters merged (SmallClusters)
   + reduce frequent and BERTopic's ClassTfidfTransformer(reduce_frequent_words=True)
-  + phrases         and terms of up to two words (ngram_range=(1, 2))
+  firm words out + phrases (now)
+                    and terms of up to two words (ngram_range=(1, 2)): the defaults
   + both            reduce_frequent_words and phrases
 
 Figures per way: at each theme level, the themes, the share of theme names holding a
@@ -83,7 +84,7 @@ WAYS = {
     "before": BEFORE,
     "firm words out": NOW,
     "+ reduce frequent": dataclasses.replace(NOW, reduce_frequent_words=True),
-    "+ phrases": dataclasses.replace(NOW, keyword_ngrams=2),
+    "firm words out + phrases (now)": dataclasses.replace(NOW, keyword_ngrams=2),
     "+ both": dataclasses.replace(NOW, reduce_frequent_words=True, keyword_ngrams=2),
 }
 

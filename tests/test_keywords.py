@@ -65,7 +65,7 @@ def test_theme_keywords_leave_out_firm_names_and_words_of_one_firm():
     labels = np.array([0, 0, 0, 1, 1])
     plain = theme_keywords(docs, vectors, labels, top_n=4)
     assert "ameren" in plain[0] and "cardiomems" in plain[1]
-    model, drop = theme_keyword_model(theme_rows(firms), docs, RunSettings())
+    model, drop = theme_keyword_model(theme_rows(firms), docs, dataclasses.replace(RunSettings(), keyword_ngrams=1))
     words = theme_keywords(docs, vectors, labels, 4, model, drop)
     assert {"rates", "storm", "customers"} <= set(words[0]) and {"dividend", "buyback"} <= set(words[1])
     said_by_one = {"ameren", "xcel", "missouri", "cardiomems"}

@@ -76,9 +76,9 @@ def test_a_run_recorded_before_keywords_and_small_firms_changed_is_told_what_dif
     recorded = RunSettings().as_dict()
     for name in ("keyword_ngrams", "reduce_frequent_words", "leave_out_firm_words", "small_firm_merge_similarity"):
         del recorded[name]
-    assert RunSettings().differences(recorded) == {"leave_out_firm_words": (False, True),
+    assert RunSettings().differences(recorded) == {"keyword_ngrams": (1, 2), "leave_out_firm_words": (False, True),
                                                    "small_firm_merge_similarity": (None, 0.75)}
-    earlier = RunSettings(leave_out_firm_words=False, small_firm_merge_similarity=None)
+    earlier = RunSettings(keyword_ngrams=1, leave_out_firm_words=False, small_firm_merge_similarity=None)
     assert earlier.differences(recorded) == {}
 
 
