@@ -36,13 +36,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.backend import ClusteringBackend
+from app.keywords import KeywordModel, firm_words
 from app.logs import get_logger
 from app.settings import RunSettings
 
 log = get_logger("clustering")
 
 REPRESENTATIVES = 8  # sentences per topic shown to the namer and stored as evidence
-UMAP_MIN_DOCS = 60  # below this many documents, cluster without UMAP (see cluster_documents)
+UMAP_MIN_DOCS = 60  # below this many documents, a firm is small (see cluster_documents, SmallClusters)
 # umap-learn finds exact neighbours below this many points, approximate ones (NN-descent)
 # above; below it we hand it the same exact neighbours, computed faster (see exact_neighbours).
 UMAP_EXACT_BELOW = 4096
@@ -78,24 +79,30 @@ class Clustering:
 def cluster_documents(docs: list[str], embeddings: np.ndarray, *, backend: ClusteringBackend, n_neighbors: int,
                       n_components: int, min_dist: float, min_cluster_size: int, seed: int, top_n_keywords: int = 10,
                       min_samples: int | None = None, cluster_selection: str = "leaf",
-                      n_epochs: int | None = None) -> Clustering:
+                      n_epochs: int | None = None, keywords: KeywordModel | None = None,
+                      small_merge_similarity: float | None = None) -> Clustering:
     """Cluster ``docs`` (with their L2-normalised ``embeddings``) with BERTopic.
 
     UMAP's neighbourhood is capped below the number of documents, so small inputs work;
-    fewer than ``min_cluster_size * 2`` documents raise ``TooFewToCluster``.
+    fewer than ``min_cluster_size * 2`` documents raise ``TooFewToCluster``. Below
+    ``UMAP_MIN_DOCS`` documents, ``small_merge_similarity`` says how (``SmallClusters``);
+    None clusters them as before it existed, by HDBSCAN on the embeddings themselves. ``keywords``
+    says how keywords are made (``app.keywords``; English stop words, single words when None).
     Returns a ``Clustering``; when HDBSCAN finds no cluster every label is -1 and
     ``clusters`` is empty (a legitimate result, not an error).
     """
     from bertopic import BERTopic
-    from sklearn.feature_extraction.text import CountVectorizer
 
+    keywords = keywords or KeywordModel()
     n = len(docs)
     if n < max(min_cluster_size * 2, 4):
         raise TooFewToCluster(f"{n} documents, fewer than {max(min_cluster_size * 2, 4)} needed to cluster")
-    if n < UMAP_MIN_DOCS:
-        # UMAP's neighbourhood graph is unreliable on a few dozen points (it scatters
-        # small groups); HDBSCAN then runs on the unit-length embeddings themselves,
-        # where Euclidean distance orders pairs exactly as cosine distance does.
+    hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples,
+                                         cluster_selection=cluster_selection)
+    if n < UMAP_MIN_DOCS and small_merge_similarity is None:
+        # HDBSCAN on the unit-length embeddings themselves, where Euclidean distance
+        # orders pairs exactly as cosine distance does (the earlier way: in 384
+        # dimensions it finds no cluster in most real firms of a few dozen sentences).
         from bertopic.dimensionality import BaseDimensionalityReduction
 
         umap_model = BaseDimensionalityReduction()
@@ -107,11 +114,11 @@ def cluster_documents(docs: list[str], embeddings: np.ndarray, *, backend: Clust
             # from Python for every pair: most of the clustering time of a firm of a few
             # thousand sentences. The same neighbours come from one matrix product.
             umap_model.set_params(precomputed_knn=exact_neighbours(embeddings, umap_model.n_neighbors))
-    hdbscan_model = backend.make_hdbscan(min_cluster_size=min_cluster_size, min_samples=min_samples,
-                                         cluster_selection=cluster_selection)
+        if n < UMAP_MIN_DOCS:
+            hdbscan_model = SmallClusters(hdbscan_model, embeddings, small_merge_similarity)
     model = BERTopic(umap_model=umap_model, hdbscan_model=hdbscan_model,
-                     vectorizer_model=CountVectorizer(stop_words="english"), top_n_words=top_n_keywords,
-                     calculate_probabilities=False, verbose=False)
+                     vectorizer_model=keywords.vectorizer(), ctfidf_model=keywords.ctfidf(),
+                     top_n_words=top_n_keywords, calculate_probabilities=False, verbose=False)
     with warnings.catch_warnings():
         # Given neighbours, umap-learn warns that it cannot transform new data: not needed.
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
@@ -126,6 +133,46 @@ def cluster_documents(docs: list[str], embeddings: np.ndarray, *, backend: Clust
                     representatives=most_central(embeddings, members, REPRESENTATIVES))
         )
     return Clustering(labels=labels, clusters=clusters)
+
+
+class SmallClusters:
+    """HDBSCAN for a firm of a few dozen sentences: its clusters of one subject merged.
+
+    HDBSCAN on the raw 384-dimensional embeddings of a few dozen sentences finds no
+    cluster in most real firms (distances there are all alike); on UMAP's few dimensions
+    it finds the firm's subjects, but also carves a firm whose sentences are alike into
+    pieces. So after HDBSCAN, the two clusters whose centres (in the embedding space)
+    are most similar are merged while that similarity is at least ``merge_similarity``;
+    when one cluster is left the firm has no distinct subjects and gets no topic, as
+    HDBSCAN itself never makes a single cluster. BERTopic calls ``fit`` on UMAP's output
+    and reads ``labels_``, as it does for HDBSCAN (docs/quality.md, "Small firms")."""
+
+    def __init__(self, hdbscan_model, embeddings: np.ndarray, merge_similarity: float):
+        self.hdbscan_model, self.embeddings, self.merge_similarity = hdbscan_model, embeddings, merge_similarity
+
+    def fit(self, reduced: np.ndarray, y=None) -> "SmallClusters":
+        self.hdbscan_model.fit(reduced)
+        self.labels_ = merge_alike(self.embeddings, np.asarray(self.hdbscan_model.labels_, dtype=np.int64),
+                                   self.merge_similarity)
+        return self
+
+
+def merge_alike(embeddings: np.ndarray, labels: np.ndarray, similarity: float) -> np.ndarray:
+    """``labels`` (-1 for an outlier) with the most similar clusters merged while their
+    centres' cosine similarity is at least ``similarity``, renumbered 0 .. k-1; all -1
+    when one cluster is left (see ``SmallClusters``)."""
+    labels = labels.copy()
+    while (count := int(labels.max()) + 1) >= 2:
+        centre = centres(embeddings, labels, count)
+        alike = centre @ centre.T
+        np.fill_diagonal(alike, -np.inf)
+        a, b = np.unravel_index(int(np.argmax(alike)), alike.shape)
+        if alike[a, b] < similarity:
+            return labels
+        a, b = min(a, b), max(a, b)
+        labels[labels == b] = a
+        labels[labels > b] -= 1
+    return np.full_like(labels, -1)
 
 
 def exact_neighbours(embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
@@ -211,15 +258,18 @@ def firm_sample(n_sentences: int, settings: RunSettings, firm_id: str) -> np.nda
 
 
 def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings, backend: ClusteringBackend,
-                 *, sample: np.ndarray | None = None) -> Clustering:
+                 *, sample: np.ndarray | None = None, names: tuple[str | None, ...] = ()) -> Clustering:
     """Cluster one firm's sentences into topics with the run's settings.
+
+    ``names``: the firm's id and name, whose words its topics' keywords leave out
+    (``app.keywords``).
 
     With ``sample`` (positions, from ``firm_sample``) only those sentences are clustered,
     and the smallest topic follows the sample's size; the result still covers every
     sentence: the others are outliers (-1), for ``attach_outliers`` to place, and members
     and representatives are positions in ``docs``."""
     if sample is not None:
-        part = cluster_firm([docs[i] for i in sample], embeddings[sample], settings, backend)
+        part = cluster_firm([docs[i] for i in sample], embeddings[sample], settings, backend, names=names)
         labels = np.full(len(docs), -1, dtype=np.int64)
         labels[sample] = part.labels
         return Clustering(labels=labels, clusters=[
@@ -229,6 +279,8 @@ def cluster_firm(docs: list[str], embeddings: np.ndarray, settings: RunSettings,
                              n_components=settings.umap_n_components, min_dist=settings.umap_min_dist,
                              n_epochs=settings.umap_n_epochs, seed=settings.seed,
                              top_n_keywords=settings.top_n_keywords,
+                             keywords=KeywordModel.of(settings, firm_words(names)),
+                             small_merge_similarity=settings.small_firm_merge_similarity,
                              min_cluster_size=firm_min_cluster_size(len(docs), settings),
                              min_samples=settings.hdbscan_min_samples, cluster_selection=settings.cluster_selection)
 
@@ -425,27 +477,31 @@ def level_above(count: int, top_size: int) -> int | None:
     return root if root > top_size else min(top_size, max(2, round(count / 3)))
 
 
-def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int) -> list[list[str]]:
+def theme_keywords(docs: list[str], vectors: np.ndarray, labels: np.ndarray, top_n: int,
+                   keywords: KeywordModel | None = None, drop: frozenset[str] = frozenset()) -> list[list[str]]:
     """Each theme's keywords, by BERTopic's c-TF-IDF over its topics' texts (one document
     a topic): the words frequent in a theme's topics and rare in the other themes'.
+    ``keywords`` says how words are counted and weighed (``app.keywords``), ``drop`` are
+    terms (words or phrases) no theme takes as a keyword.
     Returns one keyword list per theme number 0 .. max(labels)."""
     from bertopic import BERTopic
     from bertopic.cluster import BaseCluster
     from bertopic.dimensionality import BaseDimensionalityReduction
-    from sklearn.feature_extraction.text import CountVectorizer
 
+    keywords = keywords or KeywordModel()
     # BERTopic's "manual" mode: the clusters are given (y), it only builds representations.
+    # It ranks more words than kept, so that some are left after those dropped.
     model = BERTopic(umap_model=BaseDimensionalityReduction(), hdbscan_model=BaseCluster(),
-                     vectorizer_model=CountVectorizer(stop_words="english"), top_n_words=top_n,
-                     calculate_probabilities=False, verbose=False)
+                     vectorizer_model=keywords.vectorizer(), ctfidf_model=keywords.ctfidf(),
+                     top_n_words=min(3 * top_n, 100), calculate_probabilities=False, verbose=False)
     model.fit(docs, embeddings=vectors, y=np.asarray(labels))
-    keywords = []
+    found = []
     _, first_topic = np.unique(labels, return_index=True)  # each theme's first topic, one pass
     for theme in range(int(labels.max()) + 1):
         # BERTopic may renumber topics; find ours through the document labels it kept.
         number = int(np.asarray(model.topics_)[first_topic[theme]])
-        keywords.append([w for w, _ in (model.get_topic(number) or []) if w][:top_n])
-    return keywords
+        found.append([w for w, _ in (model.get_topic(number) or []) if w and w not in drop][:top_n])
+    return found
 
 
 _warmed: set[str] = set()

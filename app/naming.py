@@ -15,9 +15,11 @@ once while the compute stage goes on clustering the next firms.
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 
@@ -115,9 +117,52 @@ def usage_since_recorded(namer: Namer) -> dict:
 
 
 def keyword_name(keywords: list[str], words: int = 3) -> str:
-    """A short name from the leading keywords, e.g. ``"revenue / growth / quarter"``."""
-    chosen = [k for k in keywords if k][:words]
+    """A short name from the leading keywords, e.g. ``"revenue / growth / quarter"``.
+
+    A keyword whose words an earlier one already has is skipped: after "supply chain",
+    "supply" and "chain" say nothing new."""
+    chosen: list[str] = []
+    said: set[str] = set()
+    for keyword in keywords:
+        if keyword and not set(keyword.split()) <= said:
+            chosen.append(keyword)
+            said |= set(keyword.split())
+        if len(chosen) == words:
+            break
     return " / ".join(chosen) if chosen else "unnamed topic"
+
+
+def distinct_names(labels: list[Label], keywords: list[list[str]]) -> list[Label]:
+    """The labels of one level's themes, no two with the same name.
+
+    Takes each theme's label and its keywords (best first); returns the labels, those
+    whose name another shares renamed. Keywords can collide ("musk / elon / twitter"
+    twice), and so can an LLM's names; a reader could not tell such themes apart. Each
+    theme of a colliding group takes its first keyword that no other theme of the group
+    has among its keywords: "musk / elon / twitter / deal" and "... / tesla" (an LLM name
+    takes it in brackets: "Cloud growth (aws)"). A theme with no such keyword is numbered
+    within its group, so the names always come out distinct."""
+    labels = list(labels)
+    for _ in range(len(labels)):  # a new name may meet another one: a few rounds at most
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, label in enumerate(labels):
+            groups[label.name].append(i)
+        colliding = [members for members in groups.values() if len(members) > 1]
+        if not colliding:
+            return labels
+        for members in colliding:
+            for place, i in enumerate(members):
+                others = {w for j in members if j != i for w in keywords[j]}
+                in_name = set(re.findall(r"\w+", labels[i].name.lower()))
+                mark = next((w for w in keywords[i] if w and w not in others and not set(w.split()) <= in_name), None)
+                if mark is None:
+                    joined = f"{labels[i].name} ({place + 1})"
+                elif labels[i].source == "keywords":
+                    joined = f"{labels[i].name} / {mark}"
+                else:
+                    joined = f"{labels[i].name} ({mark})"
+                labels[i] = replace(labels[i], name=joined)
+    return labels
 
 
 @dataclass

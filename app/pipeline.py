@@ -307,7 +307,8 @@ def _embed_and_cluster_firm(
         log.info("firm_sampled", firm=firm.firm_id, sentences=len(texts), sample=len(sample))
     started = time.perf_counter()
     try:
-        clustering = cluster_firm(texts, result.embeddings, stage.settings, stage.backend, sample=sample)
+        clustering = cluster_firm(texts, result.embeddings, stage.settings, stage.backend, sample=sample,
+                                  names=(firm.firm_id, firm.firm_name))
     except TooFewToCluster as exc:
         result.status = "skipped"
         result.reason = str(exc)

@@ -35,10 +35,11 @@ def tokenizer() -> Callable[[str], list[str]]:
     """The tokenisation the topic keywords come from (BERTopic's c-TF-IDF vectorizer).
 
     Takes nothing; returns a callable ``str -> list[str]`` (lower-cased, English stop
-    words removed). Coherence must count words the same way the keywords were made, or a
-    keyword could look absent from sentences that contain it.
+    words removed; single words and two-word phrases, as keywords may be either).
+    Coherence must count words the same way the keywords were made, or a keyword could
+    look absent from sentences that contain it.
     """
-    return CountVectorizer(stop_words="english").build_analyzer()
+    return CountVectorizer(stop_words="english", ngram_range=(1, 2)).build_analyzer()
 
 
 def npmi_coherence(topic_keywords: list[list[str]], docs: list[str], top_n: int = 10) -> list[float]:
@@ -51,9 +52,9 @@ def npmi_coherence(topic_keywords: list[list[str]], docs: list[str], top_n: int 
     together, 0 when independent, -1 when they never meet.
 
     Probabilities are document frequencies with binary presence. Each keyword is taken as
-    one token, compared against the tokens ``tokenizer()`` yields for a document; a
-    keyword it never yields (a multi-word phrase, say) is absent from every document, so
-    its pairs count -1.
+    one term, compared against the terms ``tokenizer()`` yields for a document; a
+    keyword it never yields (a phrase of three words, say) is absent from every document,
+    so its pairs count -1.
     """
     tops = [list(words[:top_n]) for words in topic_keywords]
     n_docs = len(docs)

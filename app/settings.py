@@ -96,6 +96,11 @@ class RunSettings:
     min_topic_share: float = 0.033
     hdbscan_min_samples: int | None = 3
     cluster_selection: str = "leaf"
+    # A firm of fewer than 60 sentences is clustered like the others (UMAP, then HDBSCAN),
+    # and two of its clusters whose centres are at least this similar (cosine) are one
+    # subject (app.clustering.SmallClusters; docs/quality.md, "Small firms"). None: the
+    # earlier way, HDBSCAN on the raw embeddings, which finds nothing in most such firms.
+    small_firm_merge_similarity: float | None = 0.75
     # A sentence HDBSCAN left out joins the topic whose centre is nearest when its cosine
     # similarity to that centre is at least this (marked 'nearest'); above 1, none does.
     outlier_threshold: float = 0.4
@@ -110,6 +115,13 @@ class RunSettings:
     # Broader themes are formed above the fine ones until a level has at most this many.
     theme_top_level_size: int = 20
     top_n_keywords: int = 10
+    # How keywords are made (app/keywords.py, docs/quality.md): terms of up to this many
+    # words ("supply chain"); BERTopic's reduce_frequent_words, which weighs down words
+    # frequent in every cluster; and the words of the firms' names and ids left out (at
+    # theme level also the words only one firm uses).
+    keyword_ngrams: int = 2
+    reduce_frequent_words: bool = False
+    leave_out_firm_words: bool = True
 
     def as_dict(self) -> dict:
         """Plain dict, JSON-ready, for the ``runs`` table and comparisons."""
@@ -119,10 +131,11 @@ class RunSettings:
         """Settings that differ from ``recorded`` (a ``runs.settings`` value).
 
         Returns ``{name: (recorded, now)}``; empty when they match. A setting the run
-        predates (missing from ``recorded``) counts as its default: a setting is added
-        with a default that keeps what runs did before it, so such a run still resumes.
+        predates (missing from ``recorded``) counts as its default, or, where the default
+        changed what runs do, as what they did before it (``BEFORE_RECORDED``): such a run
+        resumes as it started, or is told what differs.
         """
-        now, defaults = self.as_dict(), type(self)().as_dict()
+        now, defaults = self.as_dict(), {**type(self)().as_dict(), **BEFORE_RECORDED}
         recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
         keys = set(now) | set(recorded)
         return {
@@ -131,6 +144,9 @@ class RunSettings:
             if recorded.get(k) != now.get(k)
         }
 
+
+# What runs recorded before a setting existed did, where its default does otherwise.
+BEFORE_RECORDED = {"keyword_ngrams": 1, "leave_out_firm_words": False, "small_firm_merge_similarity": None}
 
 # The environment variable of each result-changing setting, how it is read (a whole
 # number, with its minimum; a number; one of a few words) and, from the field's default
@@ -150,6 +166,7 @@ _RUN_ENV = {
     "hdbscan_min_samples": ("FIRMTOPICS_MIN_SAMPLES", int),
     "cluster_selection": ("FIRMTOPICS_CLUSTER_SELECTION", ("leaf", "eom")),
     "outlier_threshold": ("FIRMTOPICS_OUTLIER_THRESHOLD", float),
+    "small_firm_merge_similarity": ("FIRMTOPICS_SMALL_FIRM_MERGE_SIMILARITY", float),
     "theme_outlier_threshold": ("FIRMTOPICS_THEME_OUTLIER_THRESHOLD", float),
     "theme_count": ("FIRMTOPICS_THEMES", int),
     "theme_top_level_size": ("FIRMTOPICS_THEME_TOP_LEVEL_SIZE", int, 2),

@@ -53,8 +53,9 @@ from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.errors import first_error
 from app.exchanges import UNSTORABLE, forget_replies
+from app.keywords import KeywordModel, firm_words, single_firm_words
 from app.logs import get_logger
-from app.naming import Label, MemberTopic, Namer, ThemeToName
+from app.naming import Label, MemberTopic, Namer, ThemeToName, distinct_names
 from app.settings import RunSettings
 
 log = get_logger("themes")
@@ -84,7 +85,8 @@ def topic_text(name: str, summary: str) -> str:
 # The topics a theme is formed from, with what their vectors are made of; ``{where}``
 # narrows it (``app.update`` takes only an update's new topics).
 THEMED_TOPICS = """
-SELECT t.topic_id, t.firm_id, t.name, t.summary, t.keywords, t.name_source,
+SELECT t.topic_id, t.firm_id, (SELECT f.firm_name FROM firms f WHERE f.firm_id = t.firm_id) AS firm_name,
+       t.name, t.summary, t.keywords, t.name_source,
        (SELECT string_agg(s.text, ' ' ORDER BY s.sentence_id) FROM sentences s
          WHERE s.sentence_id = ANY (t.evidence_sentence_ids)) AS evidence,
        (SELECT avg(st.embedding) FROM sentence_topics st
@@ -117,6 +119,19 @@ async def topic_vectors(rows, embedder: Embedder, limiter=None) -> tuple[np.ndar
         for i, vector in zip(to_encode, encoded):
             vectors[i] = vector
     return np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, embedder.dimension), np.float32), texts
+
+
+def theme_keyword_model(rows, texts: list[str], settings: RunSettings) -> tuple[KeywordModel, frozenset[str]]:
+    """How the run's theme keywords are made, and the terms no theme takes: the words of
+    every firm's name and id are left out, and so are the terms only one firm's topics
+    use (``app.keywords``), when the run leaves firm words out.
+
+    Takes rows of ``THEMED_TOPICS`` and their c-TF-IDF texts; returns the keyword model
+    and the terms to drop, for ``theme_keywords``."""
+    model = KeywordModel.of(settings, firm_words(n for r in rows for n in (r["firm_id"], r["firm_name"])))
+    if not settings.leave_out_firm_words:
+        return model, frozenset()
+    return model, frozenset(single_firm_words(texts, [r["firm_id"] for r in rows], model.analyzer()))
 
 
 async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings, embedder: Embedder, namer: Namer,
@@ -158,8 +173,9 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
     n_themes = theme_count(len(rows), settings)
     labels = await anyio.to_thread.run_sync(partial(theme_labels, embeddings, n_themes, seed=settings.seed),
                                             limiter=limiter)
+    words_of = await anyio.to_thread.run_sync(partial(theme_keyword_model, rows, texts, settings), limiter=limiter)
     keywords = await anyio.to_thread.run_sync(
-        partial(theme_keywords, texts, embeddings, labels, settings.top_n_keywords), limiter=limiter
+        partial(theme_keywords, texts, embeddings, labels, settings.top_n_keywords, *words_of), limiter=limiter
     )
     assignment = [(int(label), "cluster") for label in labels]
 
@@ -173,7 +189,8 @@ async def run_theme_stage(pool: asyncpg.Pool, run_id: int, settings: RunSettings
         below = levels[-1]
         topic_theme = parents[topic_theme]
         words = await anyio.to_thread.run_sync(
-            partial(theme_keywords, texts, embeddings, topic_theme, settings.top_n_keywords), limiter=limiter
+            partial(theme_keywords, texts, embeddings, topic_theme, settings.top_n_keywords, *words_of),
+            limiter=limiter
         )
         level = await _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, words,
                                   children=[[b for b in below if parents[b.to_name.theme_no] == number]
@@ -251,6 +268,8 @@ async def _name_level(namer, embedder, limiter, rows, embeddings, topic_theme, k
             embedder.encode, [topic_text(names[i].name, names[i].summary) for i in by_llm], limiter=limiter
         )
         vectors[by_llm] = encoded
+    # No two themes of a level share a name, or a reader could not tell them apart.
+    names = distinct_names(names, [t.keywords for t in to_name])
     return [FormedTheme(t, label, vector) for t, label, vector in zip(to_name, names, vectors)]
 
 

@@ -48,6 +48,7 @@ from app.clustering import (
 from app.database import with_connection_retry
 from app.embedding import Embedder
 from app.errors import UsageError
+from app.keywords import KeywordModel, firm_words
 from app.logs import get_logger
 from app.naming import Namer, TopicToName
 from app.pipeline import ClusteredFirm, FirmStage, name_firm, run_firm_stage
@@ -242,7 +243,8 @@ class _Update:
                 old_texts + [texts[i] for i in rest], vectors,
                 backend=self.backend, n_neighbors=s.umap_n_neighbors, n_components=s.umap_n_components,
                 min_dist=s.umap_min_dist, n_epochs=s.umap_n_epochs, seed=s.seed, top_n_keywords=s.top_n_keywords,
-                min_cluster_size=min_size, min_samples=s.hdbscan_min_samples, cluster_selection=s.cluster_selection)
+                min_cluster_size=min_size, min_samples=s.hdbscan_min_samples, cluster_selection=s.cluster_selection,
+                keywords=KeywordModel.of(s, firm_words((result.firm_id, result.firm_name))))
         except TooFewToCluster:
             return []
         fresh_labels, kept = np.full(len(rest), -1, dtype=np.int64), []

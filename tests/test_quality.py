@@ -21,7 +21,9 @@ from app.read.text import format_quality
 # --- tokenizer -------------------------------------------------------------------------
 
 def test_tokenizer_lowercases_and_drops_stop_words():
-    assert tokenizer()("The Revenue grew and the MARGINS fell") == ["revenue", "grew", "margins", "fell"]
+    terms = tokenizer()("The Revenue grew and the MARGINS fell")
+    assert terms[:4] == ["revenue", "grew", "margins", "fell"]
+    assert terms[4:] == ["revenue grew", "grew margins", "margins fell"]  # two-word phrases, as keywords
 
 
 # --- NPMI ------------------------------------------------------------------------------
@@ -62,12 +64,15 @@ def test_npmi_hand_computed_value():
 
 def test_npmi_absent_keywords_count_minus_one_and_short_topics_are_nan():
     docs = ["revenue growth", "revenue growth"]
-    scores = npmi_coherence([["revenue", "growth", "unseen"], ["revenue"], [], ["revenue growth", "revenue"]], docs)
+    scores = npmi_coherence([["revenue", "growth", "unseen"], ["revenue"], [], ["revenue growth", "revenue"],
+                             ["revenue growth rate", "revenue"]], docs)
     # revenue-growth 1, revenue-unseen -1, growth-unseen -1
     assert scores[0] == pytest.approx(-1 / 3)
     assert math.isnan(scores[1]) and math.isnan(scores[2])
-    # a multi-word keyword is one token the tokenizer never yields: absent
-    assert scores[3] == -1.0
+    # a two-word keyword is counted as a phrase, as keywords are made
+    assert scores[3] == 1.0
+    # a phrase of three words is one term the tokenizer never yields: absent
+    assert scores[4] == -1.0
 
 
 def test_npmi_uses_only_the_first_top_n_keywords():

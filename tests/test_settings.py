@@ -84,6 +84,18 @@ def test_the_embedding_backend_is_a_recorded_setting_torch_unless_set():
     assert run.differences(recorded) == {"embed_backend": ("torch", "onnx-int8")}
 
 
+def test_a_run_recorded_before_keywords_and_small_firms_changed_is_told_what_differs():
+    # Runs recorded before these settings kept firm words in keywords and clustered small
+    # firms on the raw embeddings: resuming one with today's defaults would mix two ways.
+    recorded = RunSettings().as_dict()
+    for name in ("keyword_ngrams", "reduce_frequent_words", "leave_out_firm_words", "small_firm_merge_similarity"):
+        del recorded[name]
+    assert RunSettings().differences(recorded) == {"keyword_ngrams": (1, 2), "leave_out_firm_words": (False, True),
+                                                   "small_firm_merge_similarity": (None, 0.75)}
+    earlier = RunSettings(keyword_ngrams=1, leave_out_firm_words=False, small_firm_merge_similarity=None)
+    assert earlier.differences(recorded) == {}
+
+
 def test_run_settings_differences_name_each_change():
     recorded = RunSettings().as_dict()
     changed = RunSettings(seed=1, umap_n_neighbors=30)

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from app.backend import CPU
-from app.clustering import attach_outliers, broader_levels, cluster_firm, theme_count, theme_keywords, theme_labels
+from app.clustering import (
+    UMAP_MIN_DOCS,
+    attach_outliers,
+    broader_levels,
+    cluster_firm,
+    merge_alike,
+    theme_count,
+    theme_keywords,
+    theme_labels,
+)
 from app.quality import label_scores
 from app.sample import sentence_about
 from app.settings import RunSettings
@@ -198,3 +207,56 @@ def test_levels_go_up_until_the_top_is_small_enough():
     levels = broader_levels(vectors, theme_labels(vectors, 200), top_size=8)
     sizes = [int(level.max()) + 1 for level in levels]
     assert sizes == [14, 5]  # sqrt(200) = 14 > 8: a level between; then 14 / 3 = 5 at the top
+
+
+# --- small firms ----------------------------------------------------------------------
+
+
+def alike_firm(n: int = 40, seed: int = 1) -> list[str]:
+    """A firm whose sentences all say one thing: revenue grew, in other words."""
+    rng, texts = random.Random(seed), []
+    while len(texts) < n:
+        text = (f"{rng.choice(['Revenue', 'Sales', 'Net sales', 'Total revenue'])} "
+                f"{rng.choice(['grew', 'increased', 'rose', 'was up'])} {rng.randint(2, 19)}% "
+                f"{rng.choice(['in the quarter', 'this quarter', 'year over year', 'compared with last year'])}.")
+        if text not in texts:
+            texts.append(text)
+    return texts
+
+
+# Firms of 40 to 50 sentences on which HDBSCAN on the raw embeddings (the earlier way)
+# found no topic or topics mixing subjects.
+SMALL_FIRMS = [({"supply chain": 10, "emissions": 10, "labour": 10, "pricing": 10}, 6),
+               ({"cloud and ai": 10, "capital return": 10, "labour": 10, "emissions": 10, "pricing": 10}, 7)]
+
+
+@pytest.mark.results
+@pytest.mark.parametrize("sizes, seed", SMALL_FIRMS)
+def test_a_small_firm_gets_a_topic_for_each_of_its_subjects(embedder, sizes, seed):
+    texts, subjects = generated_firm(sizes, seed=seed)
+    assert len(texts) < UMAP_MIN_DOCS
+    embeddings = embedder.encode(texts)
+    clustering = cluster_firm(texts, embeddings, RunSettings(), CPU)
+    covered = set()
+    for cluster in clustering.clusters:
+        subject, n = collections.Counter(subjects[i] for i in cluster.members).most_common(1)[0]
+        assert n / len(cluster.members) >= 0.9
+        covered.add(subject)
+    assert covered == set(sizes)
+
+
+@pytest.mark.results
+def test_a_small_firm_whose_sentences_are_alike_gets_no_topic(embedder):
+    texts = alike_firm()
+    clustering = cluster_firm(texts, embedder.encode(texts), RunSettings(), CPU)
+    assert clustering.clusters == [] and (clustering.labels == -1).all()
+
+
+def test_merging_alike_clusters_stops_at_distinct_ones():
+    # Clusters 0 and 1 point the same way, 2 elsewhere: 0 and 1 merge, 2 stays.
+    embeddings = unit(np.array([[1, 0.1, 0], [1, 0, 0.1], [1, 0.05, 0], [0, 0, 1], [0, 0.1, 1], [0.3, 1, 0]]))
+    labels = np.array([0, 1, 1, 2, 2, -1])
+    assert merge_alike(embeddings, labels, 0.75).tolist() == [0, 0, 0, 1, 1, -1]
+    # One cluster left is no distinct subject: nothing.
+    assert merge_alike(embeddings, labels, 0.0).tolist() == [-1] * 6
+    assert merge_alike(embeddings, labels, 0.999).tolist() == labels.tolist()
