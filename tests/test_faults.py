@@ -53,7 +53,7 @@ DROP_AT = [
     "INSERT INTO run_firms",  # writer: the first statement of a firm's transaction
     "COPY sentence_topics",  # writer: halfway, the firm's run_firms and topics rows inserted
     "UPDATE runs SET status",  # between stages
-    "SELECT t.topic_id, t.firm_id, t.name, t.summary",  # theme stage: loading topics
+    "SELECT t.topic_id, t.firm_id, (SELECT f.firm_name",  # theme stage: loading topics
     "DELETE FROM themes",  # theme stage: the first statement of its transaction
     "WITH centre AS MATERIALIZED",  # theme stage: a batch of sentences attached to themes
     "CREATE INDEX",  # the index build
