@@ -249,11 +249,11 @@ def test_the_run_settings_reach_umap_and_hdbscan():
 
     def make_umap(**kwargs):
         received["umap"] = kwargs
-        return CPU.make_umap(**kwargs)
+        raise Built  # both are made by now (HDBSCAN first): nothing to fit
 
     def make_hdbscan(**kwargs):
         received["hdbscan"] = kwargs
-        raise Built
+        return CPU.make_hdbscan(**kwargs)
 
     backend = dataclasses.replace(CPU, make_umap=make_umap, make_hdbscan=make_hdbscan)
     rng = np.random.default_rng(0)
