@@ -7,6 +7,11 @@
               backend the program would choose (cuML's UMAP and HDBSCAN when cuML is
               importable on a GPU machine, else the CPU packages), next to the CPU
               backend on the same embeddings
+  firms       the firm stage of the first ``--firms`` ECTSum firms on this machine's path
+              (GPU embedding in fp16, the chosen backend) against the CPU path (fp32 on
+              the CPU, the CPU backend): per-firm agreement of their topics (adjusted Rand
+              index) next to the CPU path's agreement with itself under another seed, the
+              noise floor
 
 Without a GPU it says so and prints the CPU figures alone. The ratios (GPU / CPU) are
 measured side by side in one process (the repeats alternate, medians are taken).
@@ -29,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import clustering as app_clustering  # noqa: E402
 from app.backend import CPU, choose_backend  # noqa: E402
-from app.embedding import resolve_model_path  # noqa: E402
+from app.embedding import load_embedder, resolve_model_path  # noqa: E402
 from app.settings import DEFAULT_EMBEDDING_MODEL, RunSettings  # noqa: E402
-from clustering import cached_embeddings, cluster, joined_firms  # noqa: E402
+from clustering import cached_embeddings, cluster, first_firms, joined_firms  # noqa: E402
 from common import ECTSUM, machine, table  # noqa: E402
 
 
@@ -117,6 +122,43 @@ def clustering_rows(sizes: list[int], program_backend, repeats: int) -> list[lis
     return rows
 
 
+def firm_rows(n_firms: int, seeds: tuple[int, int], program_backend) -> list[list]:
+    """The firm stage both ways on the first ``n_firms`` ECTSum firms: one row per firm
+    with its sentences, topics each way, ARI of the machine's path against the CPU path
+    (same seed) and of the CPU path against itself under the second seed; a last row with
+    the means and each path's embedding seconds."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from app.clustering import cluster_firm
+
+    firms = [(firm, texts) for firm, texts in first_firms(n_firms) if len(texts) >= 60]
+    embedders = {"cpu": load_embedder(DEFAULT_EMBEDDING_MODEL, device="cpu"),
+                 "this": load_embedder(DEFAULT_EMBEDDING_MODEL)}
+    backends = {"cpu": CPU, "this": program_backend}
+    embed_s = {"cpu": 0.0, "this": 0.0}
+    rows, paths, floors = [], [], []
+    for firm, texts in firms:
+        vectors = {}
+        for way, embedder in embedders.items():
+            started = time.perf_counter()
+            vectors[way] = embedder.encode(texts)
+            embed_s[way] += time.perf_counter() - started
+        labels = {(way, seed): cluster_firm(texts, vectors[way], RunSettings(seed=seed), backends[way]).labels
+                  for way in ("cpu", "this") for seed in seeds[:1]}
+        labels["cpu", seeds[1]] = cluster_firm(texts, vectors["cpu"], RunSettings(seed=seeds[1]), CPU).labels
+        path = adjusted_rand_score(labels["cpu", seeds[0]], labels["this", seeds[0]])
+        floor = adjusted_rand_score(labels["cpu", seeds[0]], labels["cpu", seeds[1]])
+        cosine = float(np.min(np.sum(vectors["cpu"] * vectors["this"], axis=1)))
+        paths.append(path)
+        floors.append(floor)
+        rows.append([firm, len(texts), labels["cpu", seeds[0]].max() + 1, labels["this", seeds[0]].max() + 1,
+                     f"{path:.3f}", f"{floor:.3f}", f"{cosine:.4f}"])
+        print(f"firm {firm}: ARI this/CPU {path:.3f}, CPU seed/seed {floor:.3f}", flush=True)
+    rows.append([f"mean of {len(firms)}", sum(len(t) for _, t in firms), "-", "-", f"{np.mean(paths):.3f}",
+                 f"{np.mean(floors):.3f}", f"embedding s: CPU {embed_s['cpu']:.1f}, this {embed_s['this']:.1f}"])
+    return rows
+
+
 def main(args) -> None:
     started = time.perf_counter()
     gpu = gpu_name()
@@ -134,9 +176,18 @@ def main(args) -> None:
 
     program_backend = choose_backend()
     print(f"\nclustering backend the program would choose here: {program_backend.name}", flush=True)
-    rows = clustering_rows([int(s) for s in args.sizes.split(",")], program_backend, args.repeats)
-    print()
-    print(table(["sentences", "backend", "seconds a firm (median)", "ratio CPU / this", "topics", "outliers"], rows))
+    if args.sizes:
+        rows = clustering_rows([int(s) for s in args.sizes.split(",")], program_backend, args.repeats)
+        print()
+        print(table(["sentences", "backend", "seconds a firm (median)", "ratio CPU / this", "topics", "outliers"],
+                    rows))
+    if args.firms:
+        seeds = (RunSettings().seed, RunSettings().seed + 1)
+        rows = firm_rows(args.firms, seeds, program_backend)
+        print()
+        print(table(["firm", "sentences", "topics, CPU path", f"topics, this path ({program_backend.name})",
+                     f"ARI this / CPU (seed {seeds[0]})", f"ARI CPU seed {seeds[0]} / {seeds[1]} (noise floor)",
+                     "min cosine of vectors"], rows))
     print(f"\nwhole check: {time.perf_counter() - started:.0f} s")
 
 
@@ -150,5 +201,6 @@ if __name__ == "__main__":
     parser.add_argument("--cpu-sentences", type=int, default=1000, help="sentences per CPU throughput measurement")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", default="500,2000,10000", help="firm sizes to cluster")
+    parser.add_argument("--sizes", default="500,2000,10000", help="firm sizes to cluster; empty for none")
+    parser.add_argument("--firms", type=int, default=12, help="first N ECTSum firms for the firm stage both ways; 0 for none")
     main(parser.parse_args())
