@@ -9,7 +9,15 @@ import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.metrics import adjusted_rand_score
 
-from app.clustering import WARD_EXACT_MAX, members_by_label, theme_labels, weighted_ward
+from app.clustering import (
+    WARD_EXACT_MAX,
+    members_by_label,
+    micro_cluster_count,
+    theme_count,
+    theme_labels,
+    weighted_ward,
+)
+from app.settings import RunSettings
 
 
 def families(groups: int, per_group: int, *, spread: float = 0.15, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +63,15 @@ def test_weighted_ward_is_ward_of_the_points_repeated_by_their_weights():
     ours = weighted_ward(points, weights, 5)
     assert adjusted_rand_score(exact[np.searchsorted(repeated, np.arange(len(points)))], ours) == 1.0
     assert adjusted_rand_score(truth, ours) == 1.0
+
+
+def test_micro_clusters_stay_constant_from_200k_to_a_million_topics():
+    # k-means' time is topics x micro-clusters: a count that grew with the themes made
+    # the stage grow as topics^1.5 (docs/benchmarks.md, section 10).
+    counts = [micro_cluster_count(n, theme_count(n, RunSettings())) for n in (200_000, 500_000, 1_000_000)]
+    assert counts == [4_000, 4_000, 4_000]
+    assert micro_cluster_count(4_000_000, theme_count(4_000_000, RunSettings())) == 8_000  # 4 a theme beyond
+    assert micro_cluster_count(1_000, 30) == 250  # at most a quarter of the topics
 
 
 def test_members_by_label_lists_each_clusters_members_in_order():
