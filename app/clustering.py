@@ -526,13 +526,19 @@ def warm_up(backend: ClusteringBackend, settings: RunSettings, *, largest_firm: 
 
     The first UMAP fit in a process compiles its numba kernels (seconds; more again for
     the first fit above 4,096 points, where UMAP switches to approximate neighbours).
-    Doing it here keeps that cost out of the first firm's timings. Returns seconds spent.
+    Doing it here keeps that cost out of the first firm's timings; with the CPU backend
+    the kernels are kept on disk (``app.compiled``), so a later process loads them.
+    Returns seconds spent.
     """
     sizes = [600] + ([4200] if largest_firm > 4096 else [])
     todo = [s for s in sizes if f"{backend.name}:{s}" not in _warmed]
     if not todo:
         return 0.0
     started = time.perf_counter()
+    if backend.name == "cpu":
+        from app.compiled import keep_compiled_kernels
+
+        keep_compiled_kernels()
     log.info("warm_up_started", backend=backend.name, sizes=todo)
     rng = np.random.default_rng(settings.seed)
     for size in todo:

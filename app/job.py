@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -276,17 +277,32 @@ class _Job:
             # Firms are coming: themes stored before are no longer to be resumed.
             await themes_out_of_date(conn, self.run_id)
         largest = min(max(f.n_sentences for f in todo), self.settings.max_firm_sentences)  # what is clustered
-        if not self.stop.is_set():  # a worker stopped already takes no firm: nothing to warm up for
-            warm_s = await anyio.to_thread.run_sync(lambda: warm_up(self.backend, self.settings, largest_firm=largest))
-            timings["warm_up_s"] = round(warm_s, 2)
+        warmed = threading.Event()
+
+        async def warm() -> None:
+            try:
+                warm_s = await anyio.to_thread.run_sync(
+                    lambda: warm_up(self.backend, self.settings, largest_firm=largest))
+                timings["warm_up_s"] = round(warm_s, 2)
+            finally:
+                warmed.set()
+
         stage_started = time.perf_counter()
         sentences = sum(f.n_sentences for f in todo)
         log.info("stage_started", stage="firms", firms=len(todo), sentences=sentences)
         progress = Progress(total_firms=len(todo), total_sentences=sentences)
-        async with FirmClaims(self.pool, self.run_id, window_s=self.retry_window_s) as claims:
-            stage = FirmStage(self.pool, self.run_id, self.settings, self.embedder, self.backend, self.namer,
-                              stop=self.stop, claims=claims, retry_window_s=self.retry_window_s)
-            completed = await run_firm_stage(stage, todo, progress)
+        async with anyio.create_task_group() as tg:
+            # The warm-up (a first run's compilation) goes on beside the first firms'
+            # embedding, and their clustering waits for it (``FirmStage.warmed``). A worker
+            # stopped already takes no firm: nothing to warm up for.
+            if self.stop.is_set():
+                warmed.set()
+            else:
+                tg.start_soon(warm)
+            async with FirmClaims(self.pool, self.run_id, window_s=self.retry_window_s) as claims:
+                stage = FirmStage(self.pool, self.run_id, self.settings, self.embedder, self.backend, self.namer,
+                                  stop=self.stop, claims=claims, retry_window_s=self.retry_window_s, warmed=warmed)
+                completed = await run_firm_stage(stage, todo, progress)
         timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
         timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
         timings["sentences"] = progress.sentences_done

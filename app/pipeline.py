@@ -28,6 +28,7 @@ and the run goes on.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -78,6 +79,9 @@ class FirmStage:
     claims: FirmClaims | None = None
     taken_elsewhere: int = 0  # firms passed over because another worker holds them
     retry_window_s: float | None = None  # how long a lost connection is retried (DB_RETRY_WINDOW_S)
+    # Set when clustering's warm-up is done (``app.clustering.warm_up``, run beside the
+    # first firms' embedding); clustering waits for it. None: nothing to wait for.
+    warmed: threading.Event | None = None
 
 
 @dataclass
@@ -302,6 +306,8 @@ def _embed_and_cluster_firm(
         result.status = "skipped"
         result.reason = f"only {len(texts)} sentences; at least {stage.settings.min_firm_sentences} needed to cluster"
         return []
+    if stage.warmed is not None:
+        stage.warmed.wait()
     sample = firm_sample(len(texts), stage.settings, firm.firm_id)
     if sample is not None:
         log.info("firm_sampled", firm=firm.firm_id, sentences=len(texts), sample=len(sample))
