@@ -134,8 +134,10 @@ class HeldServer:
                 "resolve_url(Settings.from_env()); print('held', flush=True); sys.stdin.read()")
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=self.env, cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout.readline().strip() == "held"
-        return self
+        for line in self.proc.stdout:  # after the library's own log lines
+            if line.strip() == "held":
+                return self
+        raise RuntimeError("the process holding the server ended before it held it")
 
     def __exit__(self, *exc):
         self.proc.stdin.close()

@@ -132,6 +132,16 @@ def test_without_onnxruntime_the_query_is_embedded_by_torch(embedder, exports_di
     assert cosines(query.encode(TEXTS), embedder.encode(TEXTS)).min() >= 0.99999
 
 
+@pytest.mark.results
+def test_a_models_folder_that_cannot_be_written_leaves_the_query_to_torch(embedder, tmp_path):
+    (tmp_path / "data").write_text("a file where the data folder should be")
+    with capture_logs() as logs:
+        query = load_query_embedder(torch_run(), tmp_path / "data" / "models")
+    used = [e for e in logs if e["event"] == "query_embedder_uses_torch"]
+    assert used and "cannot build the export" in used[0]["reason"] and query.provenance == {"backend": "torch"}
+    assert cosines(query.encode(TEXTS), embedder.encode(TEXTS)).min() >= 0.99999
+
+
 def test_a_model_without_local_weights_is_loaded_by_torch(exports_dir):
     with capture_logs() as logs, pytest.raises(ModelUnavailable, match="cannot load embedding model"):
         # Offline, with no copy in the cache: the torch path fails as it always has.

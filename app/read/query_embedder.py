@@ -72,18 +72,30 @@ def _from_export(run, models_dir: Path | None) -> Embedder:
     wanted = backend if backend in EXPORTED_BACKENDS else "onnx"
     path = _recorded_export(run, model_dir, models_dir) if backend in EXPORTED_BACKENDS else None
     if path is None and models_dir is not None:
-        source = source_digest(model_dir, memo=models_dir / DIGESTS)
+        try:
+            source = source_digest(model_dir, memo=models_dir / DIGESTS)
+        except FileNotFoundError as missing:  # a folder without weight files
+            raise NoExportPath(str(missing)) from None
         located = export_location(model_dir, wanted, models_dir, source=source)
         path = located if located.exists() and located.with_name(located.name + ".json").exists() else None
     if path is None:
-        if models_dir is None:
-            raise NoExportPath("no folder to keep an export in")
-        log.info("query_export_building", model=name, backend=wanted, to=str(models_dir))
-        return load_embedder(name, backend=wanted, cache_dir=models_dir)
+        return _built(name, wanted, models_dir)
     exported = open_exported(path, steps)
     log.info("query_embedder_loaded", model=name, backend=wanted, file=str(path))
     return Embedder(model=exported, name=name, device="cpu", dimension=exported.dimension,
                     provenance={"backend": wanted, "file": str(path)})
+
+
+def _built(name: str, backend: str, models_dir: Path | None) -> Embedder:
+    """The model run by ``backend`` from an export built now into ``models_dir`` (this
+    loads torch to export). Raises ``NoExportPath`` without a folder it can write."""
+    if models_dir is None:
+        raise NoExportPath("no folder to keep an export in")
+    log.info("query_export_building", model=name, backend=backend, to=str(models_dir))
+    try:
+        return load_embedder(name, backend=backend, cache_dir=models_dir)
+    except OSError as exc:  # a data folder this user cannot write, a full disk
+        raise NoExportPath(f"cannot build the export in {models_dir}: {exc}") from None
 
 
 def _recorded_export(run, model_dir: Path, models_dir: Path | None) -> Path | None:
