@@ -263,11 +263,12 @@ async def cmd_demo(settings: Settings, args) -> int:
 
 async def cmd_read(settings: Settings, args) -> int:
     """``search``, ``show``, ``trends``, ``export``, ``panel``, ``report``: the commands that
-    read a run's results live in modules of their own, each with a ``command`` function."""
-    from app.read import export, panel, report, search, show, trends
+    read a run's results live in modules of their own, each with a ``command`` function.
+    Only the command's own module is imported: some import pandas and scikit-learn, a
+    second or more that ``search`` has no use for."""
+    import importlib
 
-    module = {"search": search, "show": show, "trends": trends, "export": export, "panel": panel,
-              "report": report}[args.command]
+    module = importlib.import_module(f"app.read.{args.command}")
     return await module.command(settings, args)
 
 

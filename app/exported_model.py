@@ -9,23 +9,29 @@ not kept: a little faster than ONNX Runtime in fp32, far from int8, 180 MB more 
 The export is made once, from the weights the model already has on this machine (nothing
 is downloaded), and kept in a folder named after those weights' digest, so other weights
 never reuse it. Its provenance (source digest, file digest, versions, quantization) is
-written beside it and recorded in the run. Tokenizing, pooling and normalising stay the
-sentence-transformers model's own modules, so only the forward pass differs.
+written beside it and recorded in the run. Tokenizing, pooling and normalising are done
+as sentence-transformers does them, without torch (``app.sentence_pipeline``), so only the
+forward pass differs; and a process that only embeds (a search's query) can run an export
+without importing torch at all (``open_exported``). A model whose steps around the
+transformer that module does not cover keeps the sentence-transformers model's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from app.logs import get_logger
+from app.sentence_pipeline import SentenceSteps, Unsupported, load_steps, normalized
 
 log = get_logger("exported_model")
 
@@ -47,12 +53,43 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_digest(model_dir: Path) -> str:
-    """A digest of the model's weight files (safetensors or PyTorch) in ``model_dir``."""
+def _stamp(path: Path) -> list:
+    """What changes whenever a file's content does: its inode, size and change times."""
+    stat = path.stat()
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def remembered_digest(path: Path, memo: Path | None) -> str:
+    """``file_digest(path)``, kept in the JSON file ``memo`` with the file's ``_stamp``
+    and taken from there while the stamp is the same: the weights and an export are tens
+    of megabytes, a tenth of a second to read, which a search would spend each time.
+    Without ``memo`` the file is read."""
+    if memo is None:
+        return file_digest(path)
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    key, stamp = str(path.resolve()), _stamp(path)
+    if known.get(key, {}).get("stamp") == stamp:
+        return known[key]["sha256"]
+    digest = file_digest(path)
+    known[key] = {"stamp": stamp, "sha256": digest}
+    with contextlib.suppress(OSError):  # a memo that cannot be written is only slower
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=memo.parent, delete=False, suffix=".tmp") as f:
+            json.dump(known, f)
+        os.replace(f.name, memo)
+    return digest
+
+
+def source_digest(model_dir: Path, memo: Path | None = None) -> str:
+    """A digest of the model's weight files (safetensors or PyTorch) in ``model_dir``
+    (each file's digest remembered in ``memo``, if given: ``remembered_digest``)."""
     weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
     if not weights:
         raise FileNotFoundError(f"no weight files in {model_dir}")
-    return hashlib.sha256("".join(file_digest(p) for p in weights).encode()).hexdigest()
+    return hashlib.sha256("".join(remembered_digest(p, memo) for p in weights).encode()).hexdigest()
 
 
 def _input_names(model) -> list[str]:
@@ -99,6 +136,14 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def export_location(model_dir: Path, backend: str, cache_dir: Path, *, source: str | None = None) -> Path:
+    """Where the export for ``backend`` of the weights in ``model_dir`` is kept under
+    ``cache_dir`` (whether or not it is there yet): a folder named after the weights'
+    digest (``source``, computed when not given), so other weights never find it."""
+    source = source or source_digest(model_dir)
+    return cache_dir / f"{model_dir.name}-{source[:16]}" / EXPORTED_BACKENDS[backend]
+
+
 def exported_file(model, model_dir: Path, backend: str, cache_dir: Path) -> tuple[Path, dict]:
     """The exported model file for ``backend``, built now if absent; returns it and its
     provenance (a JSON-ready dict, also kept beside it as ``<file>.json``).
@@ -107,12 +152,12 @@ def exported_file(model, model_dir: Path, backend: str, cache_dir: Path) -> tupl
     folder exports are kept in. Files are written under a temporary name and renamed, so
     two workers building at once each leave a whole file."""
     source = source_digest(model_dir)
-    folder = cache_dir / f"{model_dir.name}-{source[:16]}"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / EXPORTED_BACKENDS[backend]
+    target = export_location(model_dir, backend, cache_dir, source=source)
+    target.parent.mkdir(parents=True, exist_ok=True)
     about = target.with_name(target.name + ".json")
     if target.exists() and about.exists():
         return target, json.loads(about.read_text())
+    folder = target.parent
     fp32 = folder / EXPORTED_BACKENDS["onnx"]
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         if not fp32.exists():
@@ -132,48 +177,79 @@ def exported_file(model, model_dir: Path, backend: str, cache_dir: Path) -> tupl
 
 @dataclass
 class ExportedModel:
-    """A sentence-transformers model whose transformer runs as an exported file; its
+    """A sentence embedding model whose transformer runs as an exported file; its
     ``encode`` takes what ``SentenceTransformer.encode`` takes, as ``Embedder`` calls it."""
 
-    model: object  # the SentenceTransformer: tokenizer, pooling, normalisation
-    run: object  # feeds (dict of int64 arrays) -> token vectors (batch, sequence, dimension)
-    inputs: list[str] = field(default_factory=list)
+    tokenize: Callable[[list[str]], dict[str, np.ndarray]]  # texts -> int64 arrays by input name
+    run: Callable[[dict], np.ndarray]  # feeds (dict of int64 arrays) -> token vectors (batch, sequence, dimension)
+    pool: Callable[[np.ndarray, np.ndarray], np.ndarray]  # token vectors, attention mask -> sentence vectors
+    inputs: list[str]  # the inputs the exported file takes
+    dimension: int
 
     def encode(self, texts: list[str], *, batch_size: int = 64, normalize_embeddings: bool = True,
                **_ignored) -> np.ndarray:
         """Embed ``texts`` in batches of ``batch_size``, in the order given (the caller
         sorts by length); returns float32 vectors, L2-normalised when asked."""
-        import torch
-
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        out = np.empty((len(texts), int(get_dim())), dtype=np.float32)
-        after = list(self.model)[1:]  # pooling, normalisation, any dense layer: the model's own
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            batch = self.model.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                         max_length=self.model.max_seq_length, return_tensors="np")
-            feeds = {n: batch[n].astype(np.int64) for n in self.inputs}
-            features = {"token_embeddings": torch.from_numpy(np.asarray(self.run(feeds), dtype=np.float32)),
-                        "attention_mask": torch.from_numpy(feeds["attention_mask"])}
-            with torch.no_grad():
-                for module in after:
-                    features = module(features)
-            vectors = features["sentence_embedding"].numpy()
-            if normalize_embeddings:
-                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            out[start:start + len(vectors)] = vectors
+            batch = self.tokenize(texts[start:start + batch_size])
+            token_vectors = np.asarray(self.run({n: batch[n] for n in self.inputs}), dtype=np.float32)
+            vectors = self.pool(token_vectors, batch["attention_mask"])
+            out[start:start + len(vectors)] = normalized(vectors) if normalize_embeddings else vectors
         return out
+
+
+def _session(path: Path):
+    """An ONNX Runtime session on the CPU for the exported file ``path``, and a function
+    running it (feeds -> its first output)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session, lambda feeds: session.run(None, feeds)[0]
+
+
+def open_exported(path: Path, steps: SentenceSteps) -> ExportedModel:
+    """The exported file ``path`` run by ONNX Runtime between the model's tokenizing and
+    pooling ``steps`` (``app.sentence_pipeline.load_steps``); imports no torch."""
+    session, run = _session(path)
+    return ExportedModel(tokenize=steps.tokenize, run=run, pool=steps.pool,
+                         inputs=[i.name for i in session.get_inputs()], dimension=steps.pool.dimension)
+
+
+def _with_torch_steps(model, path: Path) -> ExportedModel:
+    """The exported file ``path`` with the sentence-transformers ``model``'s own tokenizer
+    and modules after the transformer (pooling, dense layers, normalisation): for a model
+    ``open_exported`` does not cover."""
+    import torch
+
+    session, run = _session(path)
+    after = list(model)[1:]
+
+    def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
+        batch = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length,
+                                return_tensors="np")
+        return {n: np.asarray(batch[n], dtype=np.int64) for n in batch}
+
+    def pool(token_vectors: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        features = {"token_embeddings": torch.from_numpy(token_vectors), "attention_mask": torch.from_numpy(mask)}
+        with torch.no_grad():
+            for module in after:
+                features = module(features)
+        return features["sentence_embedding"].numpy()
+
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return ExportedModel(tokenize=tokenize, run=run, pool=pool, inputs=[i.name for i in session.get_inputs()],
+                         dimension=int(get_dim()))
 
 
 def load_exported(model, model_dir: Path, backend: str, cache_dir: Path) -> tuple[ExportedModel, dict]:
     """``model`` (a SentenceTransformer loaded on the CPU) run by ``backend`` (a key of
     ``EXPORTED_BACKENDS``) from its export under ``cache_dir``; returns the model and the
     export's provenance."""
-    import onnxruntime
-
     path, provenance = exported_file(model, model_dir, backend, cache_dir)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def run(feeds):
-        return session.run(None, feeds)[0]
-
-    return ExportedModel(model=model, run=run, inputs=_input_names(model)), {"backend": backend, **provenance}
+    try:
+        exported = open_exported(path, load_steps(model_dir))
+    except Unsupported as reason:
+        log.info("embedding_model_own_steps", reason=str(reason))
+        exported = _with_torch_steps(model, path)
+    return exported, {"backend": backend, **provenance}

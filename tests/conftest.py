@@ -25,6 +25,7 @@ from support import (
     embedded_url_for_tests,
     finished_run,
     offline_env,
+    share_exports,
     with_database,
 )
 
@@ -186,6 +187,9 @@ async def conn(sample_run):
 
 
 @pytest.fixture
-def cli_env(sample_run, monkeypatch, tmp_path):
-    """The environment for ``main([...])`` against the sample run's database."""
-    return offline_env(monkeypatch, sample_run, tmp_path)
+def cli_env(sample_run, monkeypatch, tmp_path, exports_dir):
+    """The environment for ``main([...])`` against the sample run's database; its data
+    folder keeps its exported models in the session's ``exports_dir``."""
+    url = offline_env(monkeypatch, sample_run, tmp_path)
+    share_exports(tmp_path / "data", exports_dir)
+    return url

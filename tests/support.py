@@ -114,6 +114,14 @@ def offline_env(monkeypatch, database_url: str, tmp_path: Path) -> str:
     return database_url
 
 
+def share_exports(data_dir: Path, exports_dir: Path) -> None:
+    """Make the session's exported models (``exports_dir``) the ``models`` folder of the
+    data folder ``data_dir``: a search builds the model's export once, as it does in one
+    data folder, not once a test."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "models").symlink_to(exports_dir, target_is_directory=True)
+
+
 def fetch(url: str, sql: str, *args) -> list:
     """Rows of one query, on a connection of its own (for synchronous tests)."""
 

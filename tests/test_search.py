@@ -14,7 +14,7 @@ import pytest
 
 from app.cli import main
 from app.read.search import nearest, search
-from support import drop_database, finished_run, one_line_error, subject_of
+from support import drop_database, finished_run, one_line_error, share_exports, subject_of
 
 
 async def run_id(conn) -> int:
@@ -325,12 +325,14 @@ async def test_theme_level_with_another_level_is_refused_by_the_functions(levell
 
 
 @pytest.mark.results
-def test_search_and_show_on_real_earnings_calls(server_url, ectsum_subset, tmp_path, monkeypatch, capsys):
+def test_search_and_show_on_real_earnings_calls(server_url, ectsum_subset, tmp_path, monkeypatch, capsys,
+                                                exports_dir):
     name, url = finished_run(server_url, ectsum_subset, tmp_path)
     try:
         monkeypatch.setenv("DATABASE_URL", url)
         monkeypatch.setenv("LOG_FORMAT", "json")
-        monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("FIRMTOPICS_DATA_DIR", str(tmp_path / "search-data"))
+        share_exports(tmp_path / "search-data", exports_dir)
         capsys.readouterr()
 
         async def a_sentence():

@@ -214,8 +214,10 @@ class Run:
         first; ``distance`` is the cosine distance."""
         from app.read.search import search
 
+        models_dir = Settings.from_env().data_dir / "models"  # where the query's model export is kept
         return pd.DataFrame(_on_a_connection(self.url, lambda conn: search(
-            conn, text, run_name=self.name, level=level, firm_id=firm, limit=limit, theme_level=theme_level)))
+            conn, text, run_name=self.name, level=level, firm_id=firm, limit=limit, theme_level=theme_level,
+            models_dir=models_dir)))
 
 
 def open_run(name: str = "default", *, database_url: str | None = None) -> Run:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -201,13 +202,16 @@ async def search(
     limit: int = 10,
     embedder=None,
     theme_level: int | None = None,
+    models_dir: Path | None = None,
 ) -> list[dict]:
     """Search run ``run_name`` for ``text``: checks the arguments and the run, embeds the
     text with the run's model and returns ``nearest``'s hits.
 
     ``embedder`` may be given to reuse a loaded model (it must be the run's model);
-    otherwise the run's model is loaded. ``theme_level`` keeps the themes of one level
-    (see ``nearest``). Raises ``UsageError`` for an unknown or unfinished run, an unknown
+    otherwise the run's model is loaded, from its ONNX export where it can be
+    (``app.read.query_embedder``: kept in ``models_dir``, the data folder's ``models``,
+    built there by the first search of a run embedded by torch). ``theme_level`` keeps
+    the themes of one level (see ``nearest``). Raises ``UsageError`` for an unknown or unfinished run, an unknown
     firm, a bad level, theme level or limit, or an empty text.
     """
     if not text.strip():
@@ -222,9 +226,9 @@ async def search(
     if firm_id is not None and not await conn.fetchval("SELECT 1 FROM firms WHERE firm_id = $1", firm_id):
         raise UsageError(f"no firm {firm_id!r} in the database")
     if embedder is None:
-        from app.embedding import load_embedder
+        from app.read.query_embedder import load_query_embedder
 
-        embedder = await anyio.to_thread.run_sync(lambda: load_embedder(run["model"]))
+        embedder = await anyio.to_thread.run_sync(lambda: load_query_embedder(run, models_dir))
     vector = (await anyio.to_thread.run_sync(embedder.encode, [text]))[0]
     if vector.shape[0] != run["embedding_dim"]:
         raise UsageError(f"the model gives {vector.shape[0]}-dimensional vectors, the run holds "
@@ -306,7 +310,7 @@ async def command(settings, args) -> int:
 
     async with open_database(settings) as pool, pool.acquire() as conn:
         hits = await search(conn, args.text, run_name=args.run, level=args.level, firm_id=args.firm,
-                            limit=args.limit, theme_level=args.theme_level)
+                            limit=args.limit, theme_level=args.theme_level, models_dir=settings.data_dir / "models")
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     print(printable(format_json_lines(hits) if args.json else
                     format_hits(hits, level=args.level, text=args.text, run_name=args.run, width=width,
