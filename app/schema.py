@@ -169,10 +169,11 @@ async def build_vector_indexes(conn: asyncpg.Connection, run_id: int, maintenanc
     are loaded.
 
     ``maintenance_work_mem`` is raised to at least that for this session only: the HNSW
-    build is much faster when the graph fits in memory (about 2 KB a sentence; 1 GB holds
-    about 500,000). A larger value given by the server, its database or its role (``ALTER
-    DATABASE ... SET maintenance_work_mem = '64GB'``) is kept: the program does not know
-    how much memory the server has free, its administrator does (docs/deploy.md).
+    build is much faster when the graph fits in memory (about 1.2 KB a sentence, whose
+    embedding is a halfvec; 1 GB holds about 850,000). A larger value given by the server,
+    its database or its role (``ALTER DATABASE ... SET maintenance_work_mem = '40GB'``) is
+    kept: the program does not know how much memory the server has free, its
+    administrator does (docs/deploy.md).
     """
     if not re.fullmatch(r"\d+\s*(kB|MB|GB)", maintenance_work_mem):
         raise ValueError(f"maintenance_work_mem must look like '1GB', got {maintenance_work_mem!r}")

@@ -61,9 +61,9 @@ OUTLIER_SHARE = 0.3
 COLUMNS = ["run_id", "sentence_id", "firm_id", "topic_id", "embedding"]
 BARE_TABLE = f"""
 CREATE TABLE bare_copy (
-    run_id integer, sentence_id bigint, firm_id text, topic_id bigint, embedding vector({DIM})
+    run_id integer, sentence_id bigint, firm_id text, topic_id bigint, embedding halfvec({DIM})
 )"""
-# Created after the embedding column is typed vector(DIM), so LIKE copies that type.
+# Created after the embedding column is typed halfvec(DIM), so LIKE copies that type.
 NO_FK_TABLE = "CREATE TABLE keys_no_fk (LIKE sentence_topics INCLUDING ALL)"
 # A copy of sentence_topics with only these foreign keys, one table each.
 FOREIGN_KEYS = {
