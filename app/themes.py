@@ -83,13 +83,15 @@ def topic_text(name: str, summary: str) -> str:
 
 
 # The topics a theme is formed from, with what their vectors are made of; ``{where}``
-# narrows it (``app.update`` takes only an update's new topics).
+# narrows it (``app.update`` takes only an update's new topics). The sentences' embeddings
+# are 16-bit floats (halfvec); their mean is taken as 32-bit ones (vector), as a topic's
+# embedding is stored, rather than rounded to 16 bits again.
 THEMED_TOPICS = """
 SELECT t.topic_id, t.firm_id, (SELECT f.firm_name FROM firms f WHERE f.firm_id = t.firm_id) AS firm_name,
        t.name, t.summary, t.keywords, t.name_source,
        (SELECT string_agg(s.text, ' ' ORDER BY s.sentence_id) FROM sentences s
          WHERE s.sentence_id = ANY (t.evidence_sentence_ids)) AS evidence,
-       (SELECT avg(st.embedding) FROM sentence_topics st
+       (SELECT avg(st.embedding::vector) FROM sentence_topics st
          WHERE st.topic_id = t.topic_id AND st.topic_assignment = 'cluster') AS centre
 FROM topics t WHERE t.run_id = $1 {where} ORDER BY t.firm_id, t.topic_no
 """
@@ -298,9 +300,11 @@ async def _attach(pool, run_id: int, threshold: float, window_s: float | None) -
 
 
 # The centre of each fine theme is the mean of its topics' sentences (pgvector's avg; the
-# cosine distance ignores its length), computed once for all batches.
+# cosine distance ignores its length), computed once for all batches. The sentences'
+# 16-bit embeddings (halfvec) are read as 32-bit ones (vector), for the mean and for the
+# distances of a batch, so neither the centres nor the distances are rounded to 16 bits.
 _CENTRES = """
-SELECT t.theme_id, avg(st.embedding) AS v
+SELECT t.theme_id, avg(st.embedding::vector) AS v
 FROM sentence_topics st JOIN topics t ON t.topic_id = st.topic_id
 WHERE st.run_id = $1 AND t.theme_id IS NOT NULL
 GROUP BY t.theme_id ORDER BY t.theme_id
@@ -311,7 +315,7 @@ GROUP BY t.theme_id ORDER BY t.theme_id
 _ATTACH_BATCH = """
 WITH centre AS MATERIALIZED (SELECT * FROM unnest($3::bigint[], $4::vector[]) AS c (theme_id, v)),
 batch AS MATERIALIZED (
-    SELECT sentence_id, embedding FROM sentence_topics
+    SELECT sentence_id, embedding::vector AS embedding FROM sentence_topics
     WHERE run_id = $1 AND topic_id IS NULL AND sentence_id > $2 AND ($7::integer IS NULL OR update_no = $7)
     ORDER BY sentence_id LIMIT $5),
 nearest AS (

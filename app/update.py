@@ -295,8 +295,9 @@ async def _firm_new_rows(conn: asyncpg.Connection, run_id: int, firm_id: str):
         "SELECT s.sentence_id, s.text FROM sentences s WHERE s.firm_id = $2 AND NOT EXISTS"
         " (SELECT 1 FROM sentence_topics st WHERE st.run_id = $1 AND st.sentence_id = s.sentence_id)"
         " ORDER BY s.sentence_id", run_id, firm_id)
+    # The mean of 16-bit embeddings (halfvec) taken as 32-bit ones, as the theme stage does.
     centres = await conn.fetch(
-        "SELECT t.topic_no, t.topic_id, avg(st.embedding) AS centre FROM topics t"
+        "SELECT t.topic_no, t.topic_id, avg(st.embedding::vector) AS centre FROM topics t"
         " JOIN sentence_topics st ON st.run_id = $1 AND st.topic_id = t.topic_id AND st.topic_assignment = 'cluster'"
         " WHERE t.run_id = $1 AND t.firm_id = $2 GROUP BY t.topic_no, t.topic_id", run_id, firm_id)
     topics = {}

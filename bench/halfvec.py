@@ -11,6 +11,11 @@ bytes; each build's seconds; and each index's recall@10 against an exact search 
 from the run, with pgvector's default ``hnsw.ef_search`` (40). The scratch schema
 ``bench_halfvec`` is dropped at the end.
 
+It was measured on a run stored before schema version 16, whose sentence embeddings were
+``vector``: the decision it led to. Since then they are stored as ``halfvec``, and the
+``vector`` copy holds those 16-bit values widened, so on a newer run the exact search it
+is held against is already the 16-bit one.
+
     FIRMTOPICS_DATA_DIR=... python bench/halfvec.py --run NAME [--queries 200]
     DATABASE_URL=... python bench/halfvec.py --run NAME
 """

@@ -58,12 +58,13 @@ from common import ECTSUM, embedded_database, machine, table  # noqa: E402
 DIM = 384
 TOPICS_PER_FIRM = 12
 OUTLIER_SHARE = 0.3
-COLUMNS = ["run_id", "sentence_id", "firm_id", "topic_id", "embedding"]
+COLUMNS = ["run_id", "sentence_id", "firm_id", "topic_id", "embedding", "topic_assignment"]
 BARE_TABLE = f"""
 CREATE TABLE bare_copy (
-    run_id integer, sentence_id bigint, firm_id text, topic_id bigint, embedding vector({DIM})
+    run_id integer, sentence_id bigint, firm_id text, topic_id bigint, embedding halfvec({DIM}),
+    topic_assignment text
 )"""
-# Created after the embedding column is typed vector(DIM), so LIKE copies that type.
+# Created after the embedding column is typed halfvec(DIM), so LIKE copies that type.
 NO_FK_TABLE = "CREATE TABLE keys_no_fk (LIKE sentence_topics INCLUDING ALL)"
 # A copy of sentence_topics with only these foreign keys, one table each.
 FOREIGN_KEYS = {
@@ -119,8 +120,8 @@ def firm_result(firm_id: str, sentence_ids: np.ndarray, rng: np.random.Generator
 
 
 def rows_of(result: FirmResult, run_id: int, topic_ids: dict[int, int]) -> list[tuple]:
-    """The sentence rows exactly as the writer builds them."""
-    return [(run_id, int(sid), result.firm_id, topic_ids.get(int(label)), vector)
+    """The sentence rows exactly as the writer builds them (no sentence attached by nearness)."""
+    return [(run_id, int(sid), result.firm_id, topic_ids.get(int(label)), vector, None if label < 0 else "cluster")
             for sid, label, vector in zip(result.sentence_ids, result.labels, result.embeddings)]
 
 
@@ -185,13 +186,13 @@ async def main(args) -> None:
 
                     async def executemany():
                         async with conn.transaction():
-                            await conn.executemany("INSERT INTO bare_copy VALUES ($1, $2, $3, $4, $5)",
+                            await conn.executemany("INSERT INTO bare_copy VALUES ($1, $2, $3, $4, $5, $6)",
                                                    rows_of(result, 1, fake_ids))
 
                     async def per_row_insert():
                         async with conn.transaction():
                             for row in rows_of(result, 1, fake_ids):
-                                await conn.execute("INSERT INTO bare_copy VALUES ($1, $2, $3, $4, $5)", *row)
+                                await conn.execute("INSERT INTO bare_copy VALUES ($1, $2, $3, $4, $5, $6)", *row)
 
                     # The same-table COPY needs the firm's topics to point at (not timed).
                     ids = await insert_topics(conn, table_run, result)

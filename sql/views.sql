@@ -9,8 +9,8 @@
 -- hold no data of their own: they are always in step with the tables.
 --
 -- No view reads an embedding column. The first run retypes those columns to
--- vector(dim) (see app/schema.py), and PostgreSQL refuses to retype a column a view
--- depends on.
+-- halfvec(dim) or vector(dim) (see app/schema.py), and PostgreSQL refuses to retype a
+-- column a view depends on.
 
 -- Every sentence of a run with its place in the hierarchy: firm, topic, theme. Outliers
 -- (sentences in no topic) are kept, with NULL topic. topic_assignment says how a sentence

@@ -47,6 +47,12 @@ def check_finished_run(url, n_firms):
     # A sentence in a topic says how it got there; a sentence in none says nothing.
     assert fetch(url, "SELECT count(*) AS n FROM sentence_topics"
                       " WHERE (topic_id IS NULL) <> (topic_assignment IS NULL)")[0]["n"] == 0
+    # Sentence embeddings in 16 bits (halfvec), topics' and themes' in 32 (vector).
+    types = fetch(url, "SELECT attrelid::regclass::text AS t, format_type(atttypid, atttypmod) AS type"
+                       " FROM pg_attribute WHERE attname = 'embedding'"
+                       " AND attrelid = ANY('{sentence_topics,topics,themes}'::regclass[])")
+    assert {r["t"]: r["type"] for r in types} == {
+        "sentence_topics": "halfvec(384)", "topics": "vector(384)", "themes": "vector(384)"}
     indexes = {r["indexname"] for r in fetch(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw%'")}
     run_id = fetch(url, "SELECT run_id FROM runs")[0]["run_id"]
     assert indexes == {f"{table}_embedding_hnsw_run_{run_id}" for table in ("sentence_topics", "topics", "themes")}

@@ -1,12 +1,14 @@
 """The schema on a real PostgreSQL: idempotent migrations, the dimension check, indexes."""
 
 import asyncio
+import re
 
 import asyncpg
 import numpy as np
 import pytest
 
-from app.database import create_pool
+from app.database import as_array, create_pool, init_connection
+from app.read.search import _query, nearest
 from app.schema import (
     DimensionMismatch,
     apply_migrations,
@@ -56,6 +58,10 @@ async def test_schema_has_no_vector_index_until_built(pool):
         definitions = [r["indexdef"] for r in await conn.fetch(
             "SELECT indexdef FROM pg_indexes WHERE indexname = ANY($1::text[])", await vector_indexes_present(conn, 2))]
         assert all("hnsw" in d and d.endswith("WHERE (run_id = 2)") for d in definitions), definitions
+        # The sentences' index on their 16-bit floats, the topics' and themes' on 32-bit ones.
+        assert sorted(re.search(r"ON public\.(\w+) USING hnsw \(embedding (\w+)\)", d).groups()
+                      for d in definitions) == [
+            ("sentence_topics", "halfvec_cosine_ops"), ("themes", "vector_cosine_ops"), ("topics", "vector_cosine_ops")]
         # Dropping one run's indexes leaves the other's.
         await drop_vector_indexes(conn, 1)
         assert await vector_indexes_present(conn, 1) == []
@@ -90,6 +96,25 @@ async def test_first_run_fixes_the_dimension_and_another_is_refused(pool):
         )
         stored = await conn.fetchval("SELECT embedding FROM themes")
         assert np.allclose(stored.to_numpy(), [1, 0, 0, 0])
+
+
+async def column_types(conn) -> dict[str, str]:
+    """The type of each table's embedding column, as SQL writes it."""
+    rows = await conn.fetch(
+        "SELECT attrelid::regclass::text AS t, format_type(atttypid, atttypmod) AS type FROM pg_attribute"
+        " WHERE attrelid = ANY('{sentence_topics,topics,themes}'::regclass[]) AND attname = 'embedding'")
+    return {r["t"]: r["type"] for r in rows}
+
+
+async def test_sentence_embeddings_are_16_bit_floats_and_the_others_32(pool):
+    """The sentences' embeddings, the largest table, are halfvec (half the bytes, the same
+    search: docs/benchmarks.md); topics' and themes' stay vector, for exact means and
+    distances."""
+    async with pool.acquire() as conn:
+        assert await column_types(conn) == {"sentence_topics": "halfvec", "topics": "vector", "themes": "vector"}
+        await fix_embedding_dimension(conn, 4)
+        assert await column_types(conn) == {
+            "sentence_topics": "halfvec(4)", "topics": "vector(4)", "themes": "vector(4)"}
 
 
 async def test_same_sentence_twice_in_a_document_is_stored_once(pool):
@@ -137,6 +162,20 @@ async def migrate_to(conn, last: int) -> None:
         if version <= last:
             await conn.execute(sql)
             await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+
+
+async def type_embeddings_as_before_16(conn, dim: int) -> None:
+    """Fix the dimension as releases before version 16 did: every embedding column vector(dim)."""
+    for table in ("sentence_topics", "topics", "themes"):
+        await conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN embedding TYPE vector({dim})')
+    await conn.execute("INSERT INTO database_meta (key, value) VALUES ('embedding_dim', $1)", str(dim))
+
+
+async def build_indexes_as_before_16(conn, run_id: int) -> None:
+    """A run's HNSW indexes as sql/indexes.sql had them before version 16: all on vector."""
+    for table in ("sentence_topics", "topics", "themes"):
+        await conn.execute(f"CREATE INDEX {table}_embedding_hnsw_run_{run_id} ON {table}"
+                           f" USING hnsw (embedding vector_cosine_ops) WHERE run_id = {run_id}")
 
 
 async def insert_one_result(conn, firm_of_result: str) -> None:
@@ -246,12 +285,12 @@ async def test_the_global_indexes_of_early_releases_are_dropped_and_a_runs_own_k
     try:
         async with pool.acquire() as conn:
             await migrate_to(conn, 8)
-            await fix_embedding_dimension(conn, 2)
+            await type_embeddings_as_before_16(conn, 2)
             for table in ("sentence_topics", "topics", "themes"):  # as sql/indexes.sql had it then
                 await conn.execute(f"CREATE INDEX {table}_embedding_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)")
             await insert_one_result(conn, "F")
             run_id = await conn.fetchval("SELECT run_id FROM runs")
-            await build_vector_indexes(conn, run_id, maintenance_work_mem="64MB")
+            await build_indexes_as_before_16(conn, run_id)
 
             assert await apply_migrations(conn) == [v for v, _, _ in migrations() if v >= 9]
 
@@ -301,5 +340,61 @@ async def test_a_version_13_database_gets_its_theme_counts_per_period(database_u
             rows = [tuple(r) for r in await conn.fetch(
                 "SELECT theme_name, period, n_firms, n_sentences, share_of_period FROM theme_periods")]
             assert rows == [("demand", "2024Q1", 1, 2, 1)]
+    finally:
+        await pool.close()
+
+
+async def a_version_15_run(conn, vectors: np.ndarray) -> tuple[int, list[int]]:
+    """A database as a version-15 release left it after a finished run: every embedding
+    column vector(dim), the run's sentences stored with ``vectors`` and its HNSW indexes
+    built as sql/indexes.sql had them (every one on 32-bit floats). Returns the run's id
+    and its sentences' ids."""
+    dim = vectors.shape[1]
+    await migrate_to(conn, 15)
+    await type_embeddings_as_before_16(conn, dim)
+    await conn.execute("INSERT INTO firms (firm_id) VALUES ('F')")
+    run_id = await bare_run(conn, embedding_dim=dim)
+    ids = []
+    for i, vector in enumerate(vectors):
+        ids.append(await conn.fetchval(
+            "INSERT INTO sentences (firm_id, doc_id, text) VALUES ('F', 'd', $1) RETURNING sentence_id", f"s{i}"))
+        await conn.execute("INSERT INTO sentence_topics (run_id, sentence_id, firm_id, embedding)"
+                           " VALUES ($1, $2, 'F', $3::real[])", run_id, ids[-1], vector.tolist())
+    await build_indexes_as_before_16(conn, run_id)
+    await conn.execute("UPDATE runs SET status = 'complete' WHERE run_id = $1", run_id)
+    return run_id, ids
+
+
+async def test_a_version_15_database_keeps_its_sentence_embeddings_as_16_bit_floats(database_url):
+    """Version 16: a stored run's sentence embeddings become halfvec, each value its
+    nearest 16-bit float, and the run's sentence index is built again on them, so the
+    run is searched through its index as before."""
+    vectors = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    pool = await create_pool(database_url, vector=False)
+    try:
+        async with pool.acquire() as conn:
+            run_id, ids = await a_version_15_run(conn, vectors)
+
+            assert await apply_migrations(conn) == [v for v, _, _ in migrations() if v >= 16]
+
+            assert await column_types(conn) == {
+                "sentence_topics": "halfvec(8)", "topics": "vector(8)", "themes": "vector(8)"}
+            await init_connection(conn)  # the codecs, now that halfvec is in use
+            stored = {r["sentence_id"]: as_array(r["embedding"])
+                      for r in await conn.fetch("SELECT sentence_id, embedding FROM sentence_topics")}
+            kept = np.stack([stored[i] for i in ids])
+            assert kept.dtype == np.float32
+            np.testing.assert_allclose(kept, vectors, rtol=2 ** -11, atol=2 ** -24)  # fp16's rounding
+            assert not np.array_equal(kept, vectors)  # and rounded: 16 bits, not 32
+            assert await vector_indexes_present(conn, run_id) == sorted(
+                f"{t}_embedding_hnsw_run_{run_id}" for t in ("sentence_topics", "themes", "topics"))
+            hits = await nearest(conn, vectors[7], run_id=run_id, level="sentence", limit=3)
+            assert hits[0]["sentence_id"] == ids[7] and hits[0]["distance"] == pytest.approx(0, abs=1e-3)
+            async with conn.transaction():
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                plan = await conn.fetch("EXPLAIN " + _query("sentence", run_id=run_id, firm=False, exact=False),
+                                        vectors[7], run_id, 3)
+            assert f"sentence_topics_embedding_hnsw_run_{run_id}" in "\n".join(r[0] for r in plan)
     finally:
         await pool.close()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
+from app.database import as_array
 from app.read.search import nearest, search
 from support import drop_database, finished_run, one_line_error, share_exports, subject_of
 
@@ -97,13 +98,16 @@ async def test_topic_and_theme_hits_carry_their_place_in_the_hierarchy(conn, emb
 
 @pytest.mark.results
 async def test_hits_are_the_exact_nearest_rows(conn, embedder):
-    """On data this small the index must agree with a brute-force scan."""
+    """On data this small the index must agree with a brute-force scan. Sentences are
+    stored as 16-bit floats, and the query is compared with them as one: their cosine
+    distance is that of the query rounded to 16 bits."""
     vector = embedder.encode(["labour shortages and wage increases"])[0]
     rid = await run_id(conn)
     for level, table, key in (("topic", "topics", "topic_id"), ("sentence", "sentence_topics", "sentence_id")):
         rows = await conn.fetch(f"SELECT {key}, embedding FROM {table} WHERE run_id = $1", rid)
-        matrix = np.stack([r["embedding"].to_numpy() for r in rows])
-        distances = 1 - matrix @ vector
+        matrix = np.stack([as_array(r["embedding"]) for r in rows]).astype(np.float64)
+        query = (vector.astype(np.float16) if level == "sentence" else vector).astype(np.float64)
+        distances = 1 - (matrix @ query) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query))
         hits = await nearest(conn, vector, run_id=rid, level=level, limit=8)
         assert_the_exact_nearest(hits, key, [r[key] for r in rows], distances, limit=8)
 

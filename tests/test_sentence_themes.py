@@ -11,6 +11,7 @@ import collections
 import numpy as np
 import pytest
 
+from app.database import as_array
 from app.sample import SMALL_FIRM
 from app.settings import RunSettings
 from app.themes import attach_remaining, attach_sentences_to_themes, restart_attaching
@@ -21,13 +22,14 @@ THRESHOLD = RunSettings().theme_outlier_threshold
 
 async def sentences(conn) -> list[dict]:
     """Every sentence of the run: id, firm, text, topic, the topic's theme, the attached
-    theme, the embedding."""
+    theme, the embedding (its stored 16-bit values as float32, as the run computes with
+    them)."""
     rows = await conn.fetch(
         "SELECT st.sentence_id, st.firm_id, s.text, st.topic_id, t.theme_id AS topic_theme,"
         " st.theme_id AS attached, st.embedding"
         " FROM sentence_topics st JOIN sentences s USING (sentence_id)"
         " LEFT JOIN topics t ON t.topic_id = st.topic_id ORDER BY st.sentence_id")
-    return [dict(r) for r in rows]
+    return [{**dict(r), "embedding": as_array(r["embedding"])} for r in rows]
 
 
 def theme_centres(rows) -> dict[int, np.ndarray]:
@@ -35,7 +37,7 @@ def theme_centres(rows) -> dict[int, np.ndarray]:
     members = collections.defaultdict(list)
     for r in rows:
         if r["topic_theme"] is not None:
-            members[r["topic_theme"]].append(r["embedding"].to_numpy())
+            members[r["topic_theme"]].append(r["embedding"])
     centres = {theme: np.mean(vectors, axis=0) for theme, vectors in members.items()}
     return {theme: c / np.linalg.norm(c) for theme, c in centres.items()}
 
@@ -66,11 +68,11 @@ async def test_each_attached_sentence_went_to_its_nearest_theme_and_passed_the_t
     in_no_topic = [r for r in rows if r["topic_id"] is None]
     assert in_no_topic
     for r in in_no_topic:
-        theme, similarity = nearest(r["embedding"].to_numpy(), centres)
+        theme, similarity = nearest(r["embedding"], centres)
         if r["attached"] is not None:
             # The attached theme is the nearest centre: exactly, or at a tie within rounding
             # (the run computes in the database, this test with numpy).
-            unit = r["embedding"].to_numpy() / np.linalg.norm(r["embedding"].to_numpy())
+            unit = r["embedding"] / np.linalg.norm(r["embedding"])
             assert float(unit @ centres[r["attached"]]) >= similarity - 1e-4, (r["attached"], theme)
             assert similarity >= THRESHOLD - 1e-4
         else:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from app.database import as_array
 from app.naming import Label
 from app.runs import open_run
 from app.schema import fix_embedding_dimension
@@ -55,7 +56,10 @@ async def test_a_firm_is_written_whole(pool):
     assert await counts(pool) == {"run_firms": 1, "topics": 2, "sentence_topics": 6}
     assert [r["topic_no"] for r in rows] == [0, 0, 0, 1, 1, None]  # the outlier has no topic
     assert rows[0]["keywords"] == ['frei"ght', "cost,s"]  # quoting survives the array literal
-    assert np.allclose(rows[0]["embedding"].to_numpy(), firm_result(ids).embeddings[0])
+    # Stored as 16-bit floats (halfvec): each value the nearest one, read back as float32.
+    stored = as_array(rows[0]["embedding"])
+    assert stored.dtype == np.float32
+    assert np.array_equal(stored, firm_result(ids).embeddings[0].astype(np.float16).astype(np.float32))
 
 
 async def test_a_failure_halfway_leaves_nothing_of_the_firm(pool):
