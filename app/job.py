@@ -41,6 +41,7 @@ from app.claims import FirmClaims, ThemeLock
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
 from app.embedding import Embedder, load_run_embedder
+from app.errors import first_error
 from app.llm import make_namer
 from app.logs import get_logger
 from app.naming import Namer, usage_since_recorded
@@ -291,18 +292,22 @@ class _Job:
         sentences = sum(f.n_sentences for f in todo)
         log.info("stage_started", stage="firms", firms=len(todo), sentences=sentences)
         progress = Progress(total_firms=len(todo), total_sentences=sentences)
-        async with anyio.create_task_group() as tg:
-            # The warm-up (a first run's compilation) goes on beside the first firms'
-            # embedding, and their clustering waits for it (``FirmStage.warmed``). A worker
-            # stopped already takes no firm: nothing to warm up for.
-            if self.stop.is_set():
-                warmed.set()
-            else:
-                tg.start_soon(warm)
-            async with FirmClaims(self.pool, self.run_id, window_s=self.retry_window_s) as claims:
-                stage = FirmStage(self.pool, self.run_id, self.settings, self.embedder, self.backend, self.namer,
-                                  stop=self.stop, claims=claims, retry_window_s=self.retry_window_s, warmed=warmed)
-                completed = await run_firm_stage(stage, todo, progress)
+        try:
+            async with anyio.create_task_group() as tg:
+                # The warm-up (a first run's compilation) goes on beside the first firms'
+                # embedding, and their clustering waits for it (``FirmStage.warmed``). A
+                # worker stopped already takes no firm: nothing to warm up for.
+                if self.stop.is_set():
+                    warmed.set()
+                else:
+                    tg.start_soon(warm)
+                async with FirmClaims(self.pool, self.run_id, window_s=self.retry_window_s) as claims:
+                    stage = FirmStage(self.pool, self.run_id, self.settings, self.embedder, self.backend,
+                                      self.namer, stop=self.stop, claims=claims, retry_window_s=self.retry_window_s,
+                                      warmed=warmed)
+                    completed = await run_firm_stage(stage, todo, progress)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None  # the stage's own error, not a group of it
         timings["firms_s"] = round(time.perf_counter() - stage_started, 2)
         timings["firm_stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
         timings["sentences"] = progress.sentences_done
