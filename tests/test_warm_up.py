@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from app.backend import CPU
@@ -34,7 +35,7 @@ def test_a_firm_is_embedded_at_once_and_clustered_after_the_warm_up(embedder):
     warmed = Warmed()
     stage = FirmStage(pool=None, run_id=0, settings=RunSettings(), embedder=embedder, backend=CPU, namer=None,
                       warmed=warmed)
-    result = FirmResult("F", None, status="done")
+    result = FirmResult("F", None, status="done", sentence_ids=np.arange(len(texts)))
     worker = threading.Thread(target=_embed_and_cluster_firm,
                               args=(stage, FirmToDo("F", None, len(texts)), texts, result))
     worker.start()
