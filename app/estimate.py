@@ -157,7 +157,8 @@ def sample_topics(texts_by_firm: dict[str, list[str]], settings: RunSettings, mo
     chosen = middle_firms({firm: len(t) for firm, t in texts_by_firm.items()
                            if len(t) >= settings.min_firm_sentences})
     embedder = load_embedder(settings.embedding_model, batch_size=model_settings.embedding_batch_size,
-                             backend=settings.embed_backend, cache_dir=model_settings.data_dir / "models")
+                             backend=settings.embed_backend, cache_dir=model_settings.data_dir / "models",
+                             precision=model_settings.embedding_precision)
     backend = choose_backend()
     sentences, topics, keys = 0, [], []
     for firm in chosen:

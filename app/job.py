@@ -4,8 +4,8 @@ what the commands that start it need around it (``run`` and ``demo``).
 The order of a start (``run_with_signals``, which builds the namer, the model and the
 clustering backend, then calls ``run_job``):
 
-1. the namer is checked (a bad API key fails here, before any GPU work), the model is
-   loaded once and the clustering backend chosen;
+1. the namer is checked while the model loads (a bad API key fails here, before any
+   firm is embedded), and the clustering backend is chosen;
 2. the run is opened: created, or resumed if its settings match (else refused), and
    the namer is bound to it (``Namer.for_run``: its exchange log and run-wide slots);
 3. firms not yet recorded for the run are processed (one query finds them);
@@ -102,8 +102,8 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
     """
     stop = anyio.Event()
     outcome: JobOutcome | None = None
-    async with make_namer(settings) as namer:  # checks the LLM key before any heavy work
-        embedder = await anyio.to_thread.run_sync(load_run_embedder, settings)
+    async with make_namer(settings, check=False) as namer:
+        embedder = await load_while_checking(namer, settings)
         backend = choose_backend()
         log.info("backend_chosen", clustering=backend.name, device=embedder.device)
         # OpenBLAS on one thread: its pool, called from our worker threads, was seen to spin
@@ -140,6 +140,31 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
         outcome = UpdateOutcome(run_id, run_name, "interrupted") if update else JobOutcome(run_id, run_name,
                                                                                            "interrupted")
     return outcome
+
+
+async def load_while_checking(namer: Namer, settings: Settings) -> Embedder:
+    """Load the run's model (``load_run_embedder``) while the LLM namer's start-up check
+    (``LLMNamer.check``) is on the wire; returns the model, or raises the check's error.
+
+    The check is a round trip to the server (a second or more; longer on a busy one) and
+    the load is seconds of CPU: done one after the other, the LLM run began that much
+    later than an offline one (docs/benchmarks.md, "Overlap of clustering and LLM
+    naming"). A bad key still fails before any firm is embedded."""
+    check = getattr(namer, "check", None)
+    if check is None:  # offline names: nothing to check
+        return await anyio.to_thread.run_sync(load_run_embedder, settings)
+    loaded: list[Embedder] = []
+
+    async def load() -> None:
+        loaded.append(await anyio.to_thread.run_sync(load_run_embedder, settings))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(load)
+            await check()
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    return loaded[0]
 
 
 def describe_outcome(outcome: JobOutcome) -> str:
@@ -185,7 +210,7 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
     started = time.perf_counter()
     async with pool.acquire() as conn:
         await fix_embedding_dimension(conn, embedder.dimension)
-        described = {**backend.describe(), "device": embedder.device, "fp16": embedder.device == "cuda"}
+        described = {**backend.describe(), "device": embedder.device, "precision": embedder.precision}
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
                              backend={**described, "embedding": embedder.provenance},
                              setup=worker_setup(described, namer.usage()))

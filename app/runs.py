@@ -38,13 +38,19 @@ class WorkerDiffers(SettingsChanged):
     """A worker joining (or resuming) a run whose setup differs from the run's workers'."""
 
 
+def precision_of(backend: dict) -> str:
+    """The embedding precision a ``runs.backend`` dict records (before bfloat16 on CPUs, a
+    flag said whether it was fp16)."""
+    return backend.get("precision") or ("fp16" if backend.get("fp16") else "fp32")
+
+
 def worker_setup(backend: dict, usage: dict) -> dict:
     """What of a worker's setup changes results, as ``runs.setup`` holds it: ``clustering``
-    (``cuml`` or ``cpu``), ``embedding_precision`` (``fp16`` or ``fp32``) and ``naming``
+    (``cuml`` or ``cpu``), ``embedding_precision`` (``fp16``, ``bf16`` or ``fp32``) and ``naming``
     (``llm MODEL``, or ``keywords`` without an LLM). Takes the worker's ``runs.backend``
     dict and its namer's ``usage()``."""
     naming = f"llm {usage.get('model')}" if usage.get("namer") == "llm" else "keywords"
-    return {"clustering": backend.get("clustering"), "embedding_precision": "fp16" if backend.get("fp16") else "fp32",
+    return {"clustering": backend.get("clustering"), "embedding_precision": precision_of(backend),
             "naming": naming}
 
 

@@ -34,6 +34,9 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 # exported to ONNX and run by ONNX Runtime, in fp32 or int8 quantized
 # (app/exported_model.py; docs/benchmarks.md, "Embedding backends on a CPU").
 EMBED_BACKENDS = ("torch", "onnx", "onnx-int8")
+# The precision torch runs the model in: ``auto`` is fp16 on a GPU, bfloat16 on a CPU with
+# bfloat16 instructions (AVX512_BF16 or AMX), fp32 elsewhere (app.embedding.choose_precision).
+EMBEDDING_PRECISIONS = ("auto", "fp32")
 
 
 class SettingsError(UsageError, ValueError):
@@ -181,6 +184,7 @@ _PROCESS_ENV = {
     "llm_price_prompt_per_m": ("LLM_PRICE_PROMPT_PER_M", float),
     "llm_price_completion_per_m": ("LLM_PRICE_COMPLETION_PER_M", float),
     "embedding_batch_size": ("EMBEDDING_BATCH_SIZE", int),
+    "embedding_precision": ("EMBEDDING_PRECISION", EMBEDDING_PRECISIONS),
     "db_retry_window_s": ("DB_RETRY_WINDOW_S", float),
 }
 
@@ -211,6 +215,12 @@ class Settings:
     llm_price_completion_per_m: float | None = None
     log_format: str = "console"
     embedding_batch_size: int = 64
+    # ``auto``: fp16 on a GPU, bfloat16 on a CPU that has bfloat16 instructions (1.7x fp32's
+    # sentences/s on 2 CPUs, vectors at cosine 1.0000 to fp32's, topics that move no more
+    # than under another seed: docs/benchmarks.md, "Embedding backends on a CPU"), else
+    # fp32. ``fp32`` everywhere: the same vectors on every machine. The precision is part of
+    # a worker's setup (``runs.setup``): a run is continued in the precision it began with.
+    embedding_precision: str = "auto"
     # How long a lost database connection is retried before the run ends (resumably): long
     # enough to outlast a managed database's failover (RDS: one to two minutes), so a
     # failover does not end a run of many hours.

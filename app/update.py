@@ -102,7 +102,7 @@ async def run_update(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str
     stop = stop or anyio.Event()
     async with pool.acquire() as conn:
         await check_updatable(conn, run_name)
-        described = {**backend.describe(), "device": embedder.device, "fp16": embedder.device == "cuda"}
+        described = {**backend.describe(), "device": embedder.device, "precision": embedder.precision}
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
                              backend={**described, "embedding": embedder.provenance},
                              setup=worker_setup(described, namer.usage()))

@@ -21,8 +21,9 @@ bare encode; above 1 = faster).
     python bench/embedding.py [--sentences 700] [--repeats 5] [--batch-size 64]
 
 With ``--backends``, the embedding backends (the ``FIRMTOPICS_EMBED_BACKEND`` setting) are
-compared instead, on the CPU: torch fp32 and the exported ones (``app.exported_model``;
-and ``openvino``, the ONNX export run by OpenVINO, when that package is installed),
+compared instead, on the CPU: torch fp32, ``torch-bf16`` (torch in bfloat16, the CPU
+default where the CPU has bfloat16 instructions), the exported ones (``app.exported_model``)
+and ``openvino`` (the ONNX export run by OpenVINO, when that package is installed),
 each loaded as the program loads it (its export built first, into a temporary folder:
 the seconds that takes are printed too) and called as the program calls it
 (``Embedder.encode``), firm by firm on the first ``--sentences`` ECTSum sentences (5,000
@@ -36,8 +37,12 @@ seeds, the noise floor: a backend moves the topics no more than a new seed does 
 index is not below the floor. The quality figures of each way (``app.quality``) come
 with it.
 
-    python bench/embedding.py --backends torch,onnx,onnx-int8,openvino [--sentences 5000]
+    python bench/embedding.py --backends torch,onnx,onnx-int8,torch-bf16 [--sentences 5000]
                               [--ari-firms 12] [--seeds 2]
+
+The last table pairs the firms: each firm's ARI to torch fp32 minus its own noise floor,
+with a 95% interval over the firms, so a backend is below the floor only when the whole
+interval is.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ def padding_share(tokenizer, firms: list[list[str]], batch_size: int, *, by_leng
 def main(args) -> None:
     firms, description = ectsum_firms(args.sentences)
     n = sum(len(f) for f in firms)
-    embedder = load_embedder(args.model, batch_size=args.batch_size)
+    embedder = load_embedder(args.model, batch_size=args.batch_size, precision="fp32")
     model, batch = embedder.model, args.batch_size
     print(f"corpus: {description} ({n} sentences); model {args.model} on {embedder.device}, batch size {batch}; "
           f"{machine()}", flush=True)
@@ -181,6 +186,15 @@ def openvino_embedder(args, cache: Path):
     return embedder
 
 
+def bf16_embedder(args):
+    """Torch on the CPU in bfloat16 (``EMBEDDING_PRECISION=auto`` on a CPU with bfloat16
+    instructions: the program's CPU default there)."""
+    embedder = load_embedder(args.model, batch_size=args.batch_size, device="cpu")
+    if embedder.precision != "bf16":
+        raise SystemExit("torch-bf16: this CPU (or ATEN_CPU_CAPABILITY) gives torch no bfloat16 instructions")
+    return embedder
+
+
 def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict, dict]:
     """Each backend loaded (its export built in a temporary folder) and timed on every
     firm, the order rotating; returns {backend: seconds} and {backend: vectors}."""
@@ -188,8 +202,11 @@ def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict,
     embedders = {}
     for name in names:
         started = time.perf_counter()
-        embedders[name] = openvino_embedder(args, cache) if name == "openvino" else load_embedder(
-            args.model, batch_size=args.batch_size, device="cpu", backend=name, cache_dir=cache)
+        if name in MEASURED_WAYS:
+            embedders[name] = MEASURED_WAYS[name](args, cache)
+        else:
+            embedders[name] = load_embedder(args.model, batch_size=args.batch_size, device="cpu", backend=name,
+                                            cache_dir=cache, precision="fp32")
         print(f"{name}: loaded (export built) in {time.perf_counter() - started:.1f} s", flush=True)
         embedders[name].encode(firms[0][: args.batch_size * 2])  # first-call overhead outside the timings
     seconds = {name: 0.0 for name in names}
@@ -203,6 +220,9 @@ def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict,
               + ", ".join(f"{k} {seconds[k]:.0f} s" for k in names), flush=True)
     shutil.rmtree(cache, ignore_errors=True)
     return seconds, {name: np.concatenate(v) for name, v in parts.items()}
+
+
+MEASURED_WAYS = {"openvino": openvino_embedder, "torch-bf16": lambda args, cache: bf16_embedder(args)}
 
 
 def topics_moved(firms: list[list[str]], vectors: dict, seeds: list[int]) -> tuple[dict, dict]:
@@ -264,7 +284,30 @@ def backends_main(args) -> None:
     print()
     print(table(["backend", "seed", "ARI to torch fp32 (mean over firms)", "topics a firm", "catch-all firms",
                  "largest topic", "unassigned"], rows))
+    print()
+    print(table(["backend", "ARI to torch fp32 minus the noise floor, firm by firm: mean", "95% interval"],
+                [[name, f"{gap:+.3f}", f"{gap - margin:+.3f} to {gap + margin:+.3f}"]
+                 for name, (gap, margin) in floor_gaps(labels, names[1:], seeds).items()]))
     print("\nTargets: bare encode >= 2.5x torch fp32; ARI to torch fp32 >= the noise floor.")
+
+
+def floor_gaps(labels: dict, names: list[str], seeds: list[int]) -> dict[str, tuple[float, float]]:
+    """For each backend, firm by firm: its topics' ARI to torch's (same seed, mean over
+    seeds) minus the firm's noise floor (torch under two seeds, mean over the pairs);
+    returns {backend: (mean gap over firms, half-width of its 95% interval)}. The firms
+    are paired, so the firms' own spread (some cluster stably, some not) drops out."""
+    from sklearn.metrics import adjusted_rand_score
+
+    pairs = [(a, b) for a in seeds for b in seeds if a < b]
+    n_firms = len(labels["torch", seeds[0]])
+    floors = [statistics.mean(adjusted_rand_score(labels["torch", a][f], labels["torch", b][f]) for a, b in pairs)
+              for f in range(n_firms)]
+    gaps = {}
+    for name in names:
+        per_firm = [statistics.mean(adjusted_rand_score(labels[name, s][f], labels["torch", s][f]) for s in seeds)
+                    - floors[f] for f in range(n_firms)]
+        gaps[name] = (statistics.mean(per_firm), 1.96 * statistics.stdev(per_firm) / len(per_firm) ** 0.5)
+    return gaps
 
 
 if __name__ == "__main__":

@@ -96,10 +96,12 @@ def require_shared_data(path: Path = ECTSUM) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder():
-    """The real default model, loaded once for the whole test session."""
+    """The real default model in fp32, loaded once for the whole test session: the
+    reference other ways of embedding are compared with. (Runs the tests start through the
+    program's own settings get its default precision: bfloat16 on a CPU that has it.)"""
     from app.embedding import load_embedder
 
-    return load_embedder("all-MiniLM-L6-v2")
+    return load_embedder("all-MiniLM-L6-v2", precision="fp32")
 
 
 @pytest.fixture(scope="session")

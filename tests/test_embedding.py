@@ -115,3 +115,60 @@ def test_the_settings_backends_are_torch_and_the_exported_ones():
 def test_an_exported_backend_needs_a_folder_for_its_export():
     with pytest.raises(ModelUnavailable, match="the onnx backend needs"):
         load_embedder("all-MiniLM-L6-v2", backend="onnx", cache_dir=None)
+
+
+def test_precision_is_fp16_on_a_gpu_bf16_on_a_cpu_that_has_it_else_fp32(monkeypatch):
+    import app.embedding
+    from app.embedding import choose_precision
+
+    for has_bf16, on_cpu in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(app.embedding, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
+        assert choose_precision("cuda") == "fp16"
+        assert choose_precision("cpu") == on_cpu
+        assert choose_precision("cpu", requested="fp32") == choose_precision("cuda", requested="fp32") == "fp32"
+        assert choose_precision("cpu", backend="onnx-int8") == "fp32"  # an export has its own arithmetic
+
+
+def test_bf16_needs_the_cpu_flag_and_torch_allowed_avx512(monkeypatch, tmp_path):
+    import torch
+
+    from app.embedding import cpu_has_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cases = {  # (torch's capability, the CPU's flags) -> bfloat16 natively?
+        ("AVX512", "fpu avx2 avx512f avx512_bf16"): True,
+        ("AVX512", "fpu avx2 avx512f amx_bf16 amx_tile"): True,
+        ("AVX512", "fpu avx2 avx512f avx512_vnni"): False,  # AVX-512 without bfloat16
+        ("AVX2", "fpu avx2 avx512f avx512_bf16"): False,  # ATEN_CPU_CAPABILITY=avx2
+        ("DEFAULT", "fpu avx2 avx512f avx512_bf16"): False,
+    }
+    for (capability, flags), expected in cases.items():
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_has_bf16(str(cpuinfo)) is expected, (capability, flags)
+    assert cpu_has_bf16(str(tmp_path / "absent")) is False  # no /proc/cpuinfo: not Linux
+
+
+@pytest.mark.results
+def test_bf16_vectors_agree_with_fp32_and_are_made_in_any_thread():
+    import threading
+
+    from app.embedding import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU (or ATEN_CPU_CAPABILITY) gives torch no bfloat16 instructions: fp32 is used")
+    texts = ["Freight costs eased as port congestion cleared.", "The board raised the quarterly dividend.",
+             "Cloud revenue grew strongly across enterprise customers this year."]
+    fp32 = load_embedder("all-MiniLM-L6-v2", device="cpu", precision="fp32")
+    bf16 = load_embedder("all-MiniLM-L6-v2", device="cpu")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    reference = fp32.encode(texts)
+    found = {}
+    worker = threading.Thread(target=lambda: found.update(vectors=bf16.encode(texts)))  # as the pipeline calls it
+    worker.start()
+    worker.join()
+    for vectors in (bf16.encode(texts), found["vectors"]):
+        assert vectors.dtype == np.float32
+        cosines = np.sum(reference * vectors, axis=1)
+        assert cosines.min() > 0.999  # measured: 0.99996 at the least on 17,000 sentences
+        assert not np.array_equal(vectors, reference)  # bfloat16 did run

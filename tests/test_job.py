@@ -198,15 +198,15 @@ async def test_a_worker_with_another_setup_is_refused_naming_the_difference(pool
     from app.settings import Settings
 
     await insert_corpus(pool, sample_rows(firms=1))
-    assert (await job(pool, embedder)).status == "complete"  # offline naming, CPU, fp32
+    assert (await job(pool, embedder)).status == "complete"  # offline naming, CPU, its precision
     async with pool.acquire() as conn:
         before = dict(await conn.fetchrow("SELECT status, setup::text, finished_at FROM runs"))
     with_key = LLMNamer(Settings(xai_api_key="xai-k", xai_model="grok-a"))
     others = {  # what the worker differs in -> how the refusal names it
         "naming: run has 'keywords', this worker 'llm grok-a'": dict(namer=with_key),
         "clustering: run has 'cpu', this worker 'cuml'": dict(backend=CUML),
-        "embedding_precision: run has 'fp32', this worker 'fp16'": dict(
-            embedder=dataclasses.replace(embedder, device="cuda")),  # refused before it embeds anything
+        f"embedding_precision: run has '{embedder.precision}', this worker 'fp16'": dict(
+            embedder=dataclasses.replace(embedder, device="cuda", precision="fp16")),  # refused before it embeds
     }
     for difference, worker in others.items():
         with pytest.raises(WorkerDiffers, match=re.escape(difference)):

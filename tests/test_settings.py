@@ -70,6 +70,13 @@ def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default():
     assert RunSettings(max_firm_sentences=300).differences(recorded) == {"max_firm_sentences": (200_000, 300)}
 
 
+def test_the_embedding_precision_is_auto_unless_fp32_is_asked():
+    assert Settings.from_env({}).embedding_precision == "auto"
+    assert Settings.from_env({"EMBEDDING_PRECISION": "fp32"}).embedding_precision == "fp32"
+    with pytest.raises(SettingsError, match="EMBEDDING_PRECISION must be one of auto, fp32, got 'int4'"):
+        Settings.from_env({"EMBEDDING_PRECISION": "int4"})
+
+
 def test_the_embedding_backend_is_a_recorded_setting_torch_unless_set():
     assert Settings.from_env({}).run.embed_backend == "torch"
     run = Settings.from_env({"FIRMTOPICS_EMBED_BACKEND": "onnx-int8"}).run
