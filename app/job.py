@@ -58,7 +58,7 @@ from app.runs import (
     run_status,
     set_status,
     store_run_quality,
-    worker_setup,
+    worker_record,
     workers_in_flight,
 )
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
@@ -210,10 +210,9 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
     started = time.perf_counter()
     async with pool.acquire() as conn:
         await fix_embedding_dimension(conn, embedder.dimension)
-        described = {**backend.describe(), "device": embedder.device, "precision": embedder.precision}
+        recorded, setup = worker_record(backend, embedder, namer)
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
-                             backend={**described, "embedding": embedder.provenance},
-                             setup=worker_setup(described, namer.usage()))
+                             backend=recorded, setup=setup)
         todo = await firms_to_do(conn, run.run_id, retry_failed=retry_failed)
         finished = run.status == "complete" and not todo
         counts = await firm_counts(conn, run.run_id) if finished else {}

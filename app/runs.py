@@ -44,6 +44,15 @@ def precision_of(backend: dict) -> str:
     return backend.get("precision") or ("fp16" if backend.get("fp16") else "fp32")
 
 
+def worker_record(backend, embedder, namer) -> tuple[dict, dict]:
+    """What ``open_run`` records of this worker: its ``runs.backend`` dict (the clustering
+    backend's ``describe()``, the device, the embedding precision and provenance) and its
+    ``runs.setup`` (``worker_setup``). Takes the clustering backend, the ``Embedder`` and
+    the namer; one place for ``run`` and ``update`` both."""
+    described = {**backend.describe(), "device": embedder.device, "precision": embedder.precision}
+    return {**described, "embedding": embedder.provenance}, worker_setup(described, namer.usage())
+
+
 def worker_setup(backend: dict, usage: dict) -> dict:
     """What of a worker's setup changes results, as ``runs.setup`` holds it: ``clustering``
     (``cuml`` or ``cpu``), ``embedding_precision`` (``fp16``, ``bf16`` or ``fp32``) and ``naming``

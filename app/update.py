@@ -53,7 +53,7 @@ from app.logs import get_logger
 from app.naming import Namer, TopicToName
 from app.pipeline import ClusteredFirm, FirmStage, name_firm, run_firm_stage
 from app.progress import Progress
-from app.runs import find_run, firms_to_do, left_sentences, open_run, worker_setup
+from app.runs import find_run, firms_to_do, left_sentences, open_run, worker_record
 from app.settings import RunSettings
 from app.themes import THEMED_TOPICS, attach_update, topic_vectors
 from app.writer import FirmResult, copy_sentence_topics, insert_topics
@@ -102,10 +102,9 @@ async def run_update(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str
     stop = stop or anyio.Event()
     async with pool.acquire() as conn:
         await check_updatable(conn, run_name)
-        described = {**backend.describe(), "device": embedder.device, "precision": embedder.precision}
+        recorded, setup = worker_record(backend, embedder, namer)
         run = await open_run(conn, run_name, settings, embedding_dim=embedder.dimension,
-                             backend={**described, "embedding": embedder.provenance},
-                             setup=worker_setup(described, namer.usage()))
+                             backend=recorded, setup=setup)
     outcome = UpdateOutcome(run.run_id, run_name, "updated")
     async with ThemeLock(pool, run.run_id, window_s=retry_window_s) as lock:
         if not await lock.take():
