@@ -36,8 +36,14 @@ ARG TORCH_VERSION=2.13.0
 # and write it here: PYTHON_DIGEST for the cpu image, RAPIDS_DIGEST for the gpu image (or
 # pass --build-arg PYTHON_DIGEST=@sha256:...). It is the digest of
 # the multi-platform index, so the same pin serves amd64 and arm64. Re-learn it when the
-# tag's release is raised.
-ARG PYTHON_DIGEST=
+# tag's release is raised, and now and then for the base's security fixes.
+#
+# PYTHON_DIGEST is pinned: the python:3.11-slim-bookworm build of 25 August 2026
+# (Python 3.11.16), as Docker's official-images record gives it (the repository
+# docker-library/repo-info, repos/python/remote/3.11-slim-bookworm.md). RAPIDS_DIGEST is
+# empty: RAPIDS publishes no such record, so its digest is to be learnt with the command
+# above and set here.
+ARG PYTHON_DIGEST=@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 ARG RAPIDS_DIGEST=
 
 
