@@ -73,12 +73,30 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
+def resolve_backend(requested: str, recorded: str | None = None, device: str | None = None,
+                    bf16: bool | None = None) -> str:
+    """The embedding backend for the ``FIRMTOPICS_EMBED_BACKEND`` setting ``requested``:
+    itself unless ``auto``. ``auto`` keeps the backend the run recorded (``recorded``,
+    None for a new run), so a resume or an update goes on as the run began. A new run
+    gets the fastest backend measured on this kind of machine at fp32's topics
+    (docs/benchmarks.md, "Embedding backends on a CPU"): torch on a GPU (fp16) and on a
+    CPU with bfloat16 instructions (torch in bfloat16), ``openvino`` on any other CPU
+    (fp32). ``device``: ``choose_device()``, ``bf16``: ``cpu_has_bf16()``, when not given."""
+    if requested != "auto":
+        return requested
+    if recorded:
+        return recorded
+    if (device or choose_device()) == "cuda":
+        return "torch"
+    return "torch" if (cpu_has_bf16() if bf16 is None else bf16) else "openvino"
+
+
 def choose_precision(device: str, backend: str = "torch", requested: str = "auto") -> str:
     """The precision torch runs the model in: ``fp16`` on a GPU, ``bf16`` on a CPU with
     bfloat16 instructions (``cpu_has_bf16``), ``fp32`` otherwise, for an exported backend
     (its own arithmetic) and when ``requested`` (the ``EMBEDDING_PRECISION`` setting) is
     ``fp32``."""
-    if backend != "torch" or requested == "fp32":
+    if backend not in ("torch", "openvino") or requested == "fp32":
         return "fp32"
     if device == "cuda":
         return "fp16"
@@ -128,7 +146,7 @@ class Embedder:
         and softmax in fp32; the weights stay fp32); nothing otherwise (fp16 weights are
         half already). Autocast holds in the calling thread only, so it is entered here,
         around each call, in whatever thread encodes."""
-        if self.precision != "bf16":
+        if self.precision != "bf16" or self.provenance["backend"] != "torch":
             return contextlib.nullcontext()
         import torch
 
@@ -168,7 +186,7 @@ def load_embedder(name: str, *, batch_size: int = 64, device: str | None = None,
         if not Path(path).is_dir() or cache_dir is None:
             raise ModelUnavailable(f"the {backend} backend needs the model's weights on this machine "
                                    f"(a local folder) and a folder to keep its export; {name!r} is not local")
-        model, provenance = load_exported(model, Path(path), backend, cache_dir)
+        model, provenance = load_exported(model, Path(path), backend, cache_dir, precision)
         # int8 activations are quantized with one scale per batch: the batch size moves
         # the vectors a little, so it is part of what made them.
         provenance["batch_size"] = batch_size
@@ -179,8 +197,9 @@ def load_embedder(name: str, *, batch_size: int = 64, device: str | None = None,
 
 
 def load_run_embedder(settings: Settings) -> Embedder:
-    """The model of the run's settings, run by its ``embed_backend``; an export is kept
-    in the data folder's ``models`` folder (built there on first use)."""
+    """The model of the run's settings, run by its ``embed_backend`` (``auto`` resolved for
+    a new run: ``resolve_backend``); an export is kept in the data folder's ``models``
+    folder (built there on first use)."""
     return load_embedder(settings.run.embedding_model, batch_size=settings.embedding_batch_size,
-                         backend=settings.run.embed_backend, cache_dir=settings.data_dir / "models",
+                         backend=resolve_backend(settings.run.embed_backend), cache_dir=settings.data_dir / "models",
                          precision=settings.embedding_precision)

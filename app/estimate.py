@@ -152,12 +152,12 @@ def sample_topics(texts_by_firm: dict[str, list[str]], settings: RunSettings, mo
     request, and the sample's request keys (to look up in the cache)."""
     from app.backend import choose_backend
     from app.clustering import cluster_firm
-    from app.embedding import load_embedder
+    from app.embedding import load_embedder, resolve_backend
 
     chosen = middle_firms({firm: len(t) for firm, t in texts_by_firm.items()
                            if len(t) >= settings.min_firm_sentences})
     embedder = load_embedder(settings.embedding_model, batch_size=model_settings.embedding_batch_size,
-                             backend=settings.embed_backend, cache_dir=model_settings.data_dir / "models",
+                             backend=resolve_backend(settings.embed_backend), cache_dir=model_settings.data_dir / "models",
                              precision=model_settings.embedding_precision)
     backend = choose_backend()
     sentences, topics, keys = 0, [], []

@@ -35,8 +35,10 @@ from app.sentence_pipeline import SentenceSteps, Unsupported, load_steps, normal
 
 log = get_logger("exported_model")
 
-# The backends that run an exported model, and the file each runs.
-EXPORTED_BACKENDS = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
+# The backends that run an exported model, and the file each runs: ONNX Runtime runs
+# ``onnx`` and ``onnx-int8``, OpenVINO runs the same fp32 file as ``onnx`` (``openvino``),
+# in bfloat16 on a CPU with bfloat16 instructions.
+EXPORTED_BACKENDS = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx", "openvino": "model.onnx"}
 # Dynamic quantization (no calibration data): int8 weights, one scale per output channel
 # (one scale per matrix lost too much: mean cosine 0.96 to torch's vectors, against 0.99),
 # matrix products only (quantizing the embedding tables' lookups gains little).
@@ -199,30 +201,38 @@ class ExportedModel:
         return out
 
 
-def _session(path: Path):
-    """An ONNX Runtime session on the CPU for the exported file ``path``, and a function
-    running it (feeds -> its first output)."""
+def _session(path: Path, runtime: str = "onnxruntime", precision: str = "fp32"):
+    """The exported file ``path`` opened on the CPU by ``runtime`` (``onnxruntime`` or
+    ``openvino``; OpenVINO computes in ``precision``, ``fp32`` or ``bf16``); returns the
+    names of its inputs and a function running it (feeds -> its first output)."""
+    if runtime == "openvino":
+        import openvino
+
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        return [i.get_any_name() for i in compiled.inputs], lambda feeds: compiled(feeds)[0]
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session, lambda feeds: session.run(None, feeds)[0]
+    return [i.name for i in session.get_inputs()], lambda feeds: session.run(None, feeds)[0]
 
 
-def open_exported(path: Path, steps: SentenceSteps) -> ExportedModel:
-    """The exported file ``path`` run by ONNX Runtime between the model's tokenizing and
-    pooling ``steps`` (``app.sentence_pipeline.load_steps``); imports no torch."""
-    session, run = _session(path)
-    return ExportedModel(tokenize=steps.tokenize, run=run, pool=steps.pool,
-                         inputs=[i.name for i in session.get_inputs()], dimension=steps.pool.dimension)
+def open_exported(path: Path, steps: SentenceSteps, runtime: str = "onnxruntime",
+                  precision: str = "fp32") -> ExportedModel:
+    """The exported file ``path`` run by ``runtime`` (``_session``) between the model's
+    tokenizing and pooling ``steps`` (``app.sentence_pipeline.load_steps``); imports no torch."""
+    inputs, run = _session(path, runtime, precision)
+    return ExportedModel(tokenize=steps.tokenize, run=run, pool=steps.pool, inputs=inputs,
+                         dimension=steps.pool.dimension)
 
 
-def _with_torch_steps(model, path: Path) -> ExportedModel:
+def _with_torch_steps(model, path: Path, runtime: str, precision: str) -> ExportedModel:
     """The exported file ``path`` with the sentence-transformers ``model``'s own tokenizer
     and modules after the transformer (pooling, dense layers, normalisation): for a model
     ``open_exported`` does not cover."""
     import torch
 
-    session, run = _session(path)
+    inputs, run = _session(path, runtime, precision)
     after = list(model)[1:]
 
     def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
@@ -238,18 +248,19 @@ def _with_torch_steps(model, path: Path) -> ExportedModel:
         return features["sentence_embedding"].numpy()
 
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return ExportedModel(tokenize=tokenize, run=run, pool=pool, inputs=[i.name for i in session.get_inputs()],
-                         dimension=int(get_dim()))
+    return ExportedModel(tokenize=tokenize, run=run, pool=pool, inputs=inputs, dimension=int(get_dim()))
 
 
-def load_exported(model, model_dir: Path, backend: str, cache_dir: Path) -> tuple[ExportedModel, dict]:
+def load_exported(model, model_dir: Path, backend: str, cache_dir: Path,
+                  precision: str = "fp32") -> tuple[ExportedModel, dict]:
     """``model`` (a SentenceTransformer loaded on the CPU) run by ``backend`` (a key of
-    ``EXPORTED_BACKENDS``) from its export under ``cache_dir``; returns the model and the
-    export's provenance."""
+    ``EXPORTED_BACKENDS``) from its export under ``cache_dir``, OpenVINO's in
+    ``precision``; returns the model and the export's provenance."""
     path, provenance = exported_file(model, model_dir, backend, cache_dir)
+    runtime = "openvino" if backend == "openvino" else "onnxruntime"
     try:
-        exported = open_exported(path, load_steps(model_dir))
+        exported = open_exported(path, load_steps(model_dir), runtime, precision)
     except Unsupported as reason:
         log.info("embedding_model_own_steps", reason=str(reason))
-        exported = _with_torch_steps(model, path)
-    return exported, {"backend": backend, **provenance}
+        exported = _with_torch_steps(model, path, runtime, precision)
+    return exported, {"backend": backend, **provenance, "runtime": {runtime: metadata.version(runtime)}}

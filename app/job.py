@@ -29,7 +29,7 @@ import json
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import anyio
@@ -40,7 +40,7 @@ from app.backend import ClusteringBackend, choose_backend
 from app.claims import FirmClaims, ThemeLock
 from app.clustering import warm_up
 from app.database import abandon_if_client_gone, with_connection_retry
-from app.embedding import Embedder, load_run_embedder
+from app.embedding import Embedder, load_run_embedder, resolve_backend
 from app.errors import first_error
 from app.llm import make_namer
 from app.logs import get_logger
@@ -102,6 +102,7 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
     """
     stop = anyio.Event()
     outcome: JobOutcome | None = None
+    settings = await with_run_backend(pool, settings, run_name)
     async with make_namer(settings, check=False) as namer:
         embedder = await load_while_checking(namer, settings)
         backend = choose_backend()
@@ -140,6 +141,19 @@ async def run_with_signals(pool: asyncpg.Pool, settings: Settings, *, run_name: 
         outcome = UpdateOutcome(run_id, run_name, "interrupted") if update else JobOutcome(run_id, run_name,
                                                                                            "interrupted")
     return outcome
+
+
+async def with_run_backend(pool: asyncpg.Pool, settings: Settings, run_name: str) -> Settings:
+    """``settings`` with an ``auto`` embedding backend resolved (``resolve_backend``) for the
+    run ``run_name``: the backend it recorded, when it exists, so a resume or an update
+    loads the model as the run ran it; the machine's choice for a new run."""
+    if settings.run.embed_backend != "auto":
+        return settings
+    async with pool.acquire() as conn:
+        row = await find_run(conn, run_name)
+    # Runs recorded before the setting existed ran torch.
+    recorded = (row["settings"] or {}).get("embed_backend", "torch") if row else None
+    return replace(settings, run=settings.run.ran_by(resolve_backend("auto", recorded)))
 
 
 async def load_while_checking(namer: Namer, settings: Settings) -> Embedder:
@@ -208,6 +222,7 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
     ``retry_window_s`` (the ``DB_RETRY_WINDOW_S`` setting; its default when not given).
     """
     started = time.perf_counter()
+    settings = settings.ran_by(embedder.provenance["backend"])
     async with pool.acquire() as conn:
         await fix_embedding_dimension(conn, embedder.dimension)
         recorded, setup = worker_record(backend, embedder, namer)

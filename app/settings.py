@@ -31,9 +31,10 @@ DEFAULT_XAI_BASE_URL = "https://api.x.ai/v1"
 DEFAULT_XAI_MODEL = "grok-4-fast-non-reasoning"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 # What runs the embedding model: torch (fp16 on a GPU), or on the CPU the same weights
-# exported to ONNX and run by ONNX Runtime, in fp32 or int8 quantized
-# (app/exported_model.py; docs/benchmarks.md, "Embedding backends on a CPU").
-EMBED_BACKENDS = ("torch", "onnx", "onnx-int8")
+# exported to ONNX and run by ONNX Runtime (fp32 or int8 quantized) or by OpenVINO
+# (app/exported_model.py; docs/benchmarks.md, "Embedding backends on a CPU"). The
+# setting may also be ``auto``: the machine's choice (app.embedding.resolve_backend).
+EMBED_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 # The precision torch runs the model in: ``auto`` is fp16 on a GPU, bfloat16 on a CPU with
 # bfloat16 instructions (AVX512_BF16 or AMX), fp32 elsewhere (app.embedding.choose_precision).
 EMBEDDING_PRECISIONS = ("auto", "fp32")
@@ -67,9 +68,12 @@ class RunSettings:
 
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     # Another backend gives slightly other vectors (cosine to torch's about 0.99 for
-    # onnx-int8), so other topics: a recorded setting. torch is what runs recorded before
-    # the setting existed used.
-    embed_backend: str = "torch"
+    # onnx-int8), so other topics: a recorded setting. ``auto``, the default, is the
+    # backend a run already recorded, else the fastest measured on this kind of machine
+    # (app.embedding.resolve_backend: torch on a GPU or a bfloat16 CPU, openvino on other
+    # CPUs); a run records the backend that ran (``ran_by``), never ``auto``. torch is
+    # what runs recorded before the setting existed used.
+    embed_backend: str = "auto"
     seed: int = 42
     # Firms with fewer sentences than this are recorded as skipped: too few to cluster.
     min_firm_sentences: int = 30
@@ -130,6 +134,11 @@ class RunSettings:
         """Plain dict, JSON-ready, for the ``runs`` table and comparisons."""
         return dataclasses.asdict(self)
 
+    def ran_by(self, backend: str) -> "RunSettings":
+        """These settings as a run records them: ``embed_backend`` ``auto`` replaced by
+        ``backend``, the one that embeds."""
+        return self if self.embed_backend != "auto" else dataclasses.replace(self, embed_backend=backend)
+
     def differences(self, recorded: Mapping) -> dict[str, tuple]:
         """Settings that differ from ``recorded`` (a ``runs.settings`` value).
 
@@ -149,13 +158,13 @@ class RunSettings:
 
 
 # What runs recorded before a setting existed did, where its default does otherwise.
-BEFORE_RECORDED = {"keyword_ngrams": 1, "leave_out_firm_words": False, "small_firm_merge_similarity": None}
+BEFORE_RECORDED = {"embed_backend": "torch", "keyword_ngrams": 1, "leave_out_firm_words": False, "small_firm_merge_similarity": None}
 
 # The environment variable of each result-changing setting, how it is read (a whole
 # number, with its minimum; a number; one of a few words) and, from the field's default
 # in RunSettings, what it is when unset.
 _RUN_ENV = {
-    "embed_backend": ("FIRMTOPICS_EMBED_BACKEND", EMBED_BACKENDS),
+    "embed_backend": ("FIRMTOPICS_EMBED_BACKEND", ("auto", *EMBED_BACKENDS)),
     "seed": ("FIRMTOPICS_SEED", int, 0),
     "min_firm_sentences": ("FIRMTOPICS_MIN_FIRM_SENTENCES", int),
     # A sample of fewer sentences than this would stand for a giant firm too poorly.

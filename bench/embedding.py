@@ -22,8 +22,8 @@ bare encode; above 1 = faster).
 
 With ``--backends``, the embedding backends (the ``FIRMTOPICS_EMBED_BACKEND`` setting) are
 compared instead, on the CPU: torch fp32, ``torch-bf16`` (torch in bfloat16, the CPU
-default where the CPU has bfloat16 instructions), the exported ones (``app.exported_model``)
-and ``openvino`` (the ONNX export run by OpenVINO, when that package is installed),
+default where the CPU has bfloat16 instructions), the exported ones (``app.exported_model``:
+``openvino`` in bfloat16 where the CPU has it) and ``openvino-fp32`` (OpenVINO in fp32),
 each loaded as the program loads it (its export built first, into a temporary folder:
 the seconds that takes are printed too) and called as the program calls it
 (``Embedder.encode``), firm by firm on the first ``--sentences`` ECTSum sentences (5,000
@@ -175,17 +175,6 @@ def main(args) -> None:
           "Goal: Embedder >= 0.9 x bare encode.")
 
 
-def openvino_embedder(args, cache: Path):
-    """The ONNX export run by OpenVINO instead of ONNX Runtime (a way measured, not one of
-    the program's backends): ``pip install openvino`` first."""
-    import openvino
-
-    embedder = load_embedder(args.model, batch_size=args.batch_size, backend="onnx", cache_dir=cache)
-    compiled = openvino.Core().compile_model(embedder.provenance["file"], "CPU")
-    embedder.model.run = lambda feeds: compiled(feeds)[0]
-    return embedder
-
-
 def bf16_embedder(args):
     """Torch on the CPU in bfloat16 (``EMBEDDING_PRECISION=auto`` on a CPU with bfloat16
     instructions: the program's CPU default there)."""
@@ -206,7 +195,7 @@ def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict,
             embedders[name] = MEASURED_WAYS[name](args, cache)
         else:
             embedders[name] = load_embedder(args.model, batch_size=args.batch_size, device="cpu", backend=name,
-                                            cache_dir=cache, precision="fp32")
+                                            cache_dir=cache, precision="fp32" if name == "torch" else "auto")
         print(f"{name}: loaded (export built) in {time.perf_counter() - started:.1f} s", flush=True)
         embedders[name].encode(firms[0][: args.batch_size * 2])  # first-call overhead outside the timings
     seconds = {name: 0.0 for name in names}
@@ -222,7 +211,11 @@ def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict,
     return seconds, {name: np.concatenate(v) for name, v in parts.items()}
 
 
-MEASURED_WAYS = {"openvino": openvino_embedder, "torch-bf16": lambda args, cache: bf16_embedder(args)}
+MEASURED_WAYS = {
+    "torch-bf16": lambda args, cache: bf16_embedder(args),
+    "openvino-fp32": lambda args, cache: load_embedder(args.model, batch_size=args.batch_size, backend="openvino",
+                                                       cache_dir=cache, precision="fp32"),
+}
 
 
 def topics_moved(firms: list[list[str]], vectors: dict, seeds: list[int]) -> tuple[dict, dict]:

@@ -1,6 +1,9 @@
 """The embedding model: the default loads offline, vectors are unit-length float32 in
 input order, the device is chosen at start, and a model that cannot load is one clear error."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +76,7 @@ TEXTS = ["A much longer sentence about freight costs and port congestion in Asia
 
 
 @pytest.mark.results
-@pytest.mark.parametrize("backend, least_cosine", [("onnx", 0.9999), ("onnx-int8", 0.96)])
+@pytest.mark.parametrize("backend, least_cosine", [("onnx", 0.9999), ("onnx-int8", 0.96), ("openvino", 0.999)])
 def test_an_exported_backend_embeds_close_to_torch_on_the_cpu(embedder, exports_dir, backend, least_cosine):
     exported = load_embedder("all-MiniLM-L6-v2", backend=backend, cache_dir=exports_dir)
     assert exported.device == "cpu" and exported.dimension == 384
@@ -88,6 +91,22 @@ def test_an_exported_backend_embeds_close_to_torch_on_the_cpu(embedder, exports_
     assert np.sum(vectors * alone, axis=1).min() > least_cosine
     assert np.sum(vectors * embedder.encode(TEXTS), axis=1).min() > least_cosine
     assert exported.provenance["backend"] == backend and len(exported.provenance["source_sha256"]) == 64
+    runtime = "openvino" if backend == "openvino" else "onnxruntime"
+    assert list(exported.provenance["runtime"]) == [runtime]
+
+
+@pytest.mark.results
+def test_openvino_runs_the_onnx_export_in_the_precision_chosen(embedder, exports_dir):
+    from app.embedding import cpu_has_bf16
+
+    fp32 = load_embedder("all-MiniLM-L6-v2", backend="openvino", cache_dir=exports_dir, precision="fp32")
+    auto = load_embedder("all-MiniLM-L6-v2", backend="openvino", cache_dir=exports_dir)
+    onnx = load_embedder("all-MiniLM-L6-v2", backend="onnx", cache_dir=exports_dir)
+    assert fp32.precision == "fp32" and auto.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    assert fp32.provenance["file"] == onnx.provenance["file"]  # the same file: one export, two runtimes
+    # OpenVINO in fp32 gives torch fp32's vectors; the same call twice, the same numbers.
+    assert np.allclose(fp32.encode(TEXTS), embedder.encode(TEXTS), atol=1e-4)
+    assert np.array_equal(auto.encode(TEXTS), auto.encode(TEXTS))
 
 
 @pytest.mark.results
@@ -126,7 +145,9 @@ def test_precision_is_fp16_on_a_gpu_bf16_on_a_cpu_that_has_it_else_fp32(monkeypa
         assert choose_precision("cuda") == "fp16"
         assert choose_precision("cpu") == on_cpu
         assert choose_precision("cpu", requested="fp32") == choose_precision("cuda", requested="fp32") == "fp32"
-        assert choose_precision("cpu", backend="onnx-int8") == "fp32"  # an export has its own arithmetic
+        assert choose_precision("cpu", backend="onnx-int8") == "fp32"  # ONNX Runtime's arithmetic is its own
+        assert choose_precision("cpu", backend="openvino") == on_cpu  # OpenVINO's follows the CPU, as torch's
+        assert choose_precision("cpu", backend="openvino", requested="fp32") == "fp32"
 
 
 def test_bf16_needs_the_cpu_flag_and_torch_allowed_avx512(monkeypatch, tmp_path):
@@ -172,3 +193,19 @@ def test_bf16_vectors_agree_with_fp32_and_are_made_in_any_thread():
         cosines = np.sum(reference * vectors, axis=1)
         assert cosines.min() > 0.999  # measured: 0.99996 at the least on 17,000 sentences
         assert not np.array_equal(vectors, reference)  # bfloat16 did run
+
+
+def test_openvino_s_tbb_does_not_become_numba_s_threading_layer():
+    # OpenVINO loads a TBB library; numba prefers TBB when one is loaded. Importing the
+    # program keeps numba on the layer it has without OpenVINO.
+    script = ("import app, numba, numpy, openvino; openvino.Core()\n"
+              "@numba.njit(parallel=True)\n"
+              "def total(x):\n"
+              "    s = 0.0\n"
+              "    for i in numba.prange(x.shape[0]):\n"
+              "        s += x[i]\n"
+              "    return s\n"
+              "total(numpy.ones(100)); print(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER_PRIORITY"}
+    layer = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert layer.stdout.strip() in ("omp", "workqueue")

@@ -98,6 +98,24 @@ async def test_the_embedding_backend_and_its_export_are_recorded_and_a_resume_wi
         await job(pool, embedder)
 
 
+@pytest.mark.results
+async def test_auto_records_the_backend_that_ran_and_a_resume_loads_the_run_s_own(pool, embedder):
+    from app.embedding import resolve_backend
+    from app.job import with_run_backend
+    from app.settings import Settings
+
+    await insert_corpus(pool, sample_rows(firms=1))
+    assert RunSettings().embed_backend == "auto"
+    assert (await job(pool, embedder, settings=RunSettings())).status == "complete"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT settings->>'embed_backend' FROM runs WHERE name = 'r'") == "torch"
+    # Resumed or updated, the run loads the backend it ran, whatever this machine would pick.
+    assert (await with_run_backend(pool, Settings(), "r")).run.embed_backend == "torch"
+    assert (await with_run_backend(pool, Settings(), "new")).run.embed_backend == resolve_backend("auto")
+    explicit = Settings(run=RunSettings(embed_backend="onnx"))
+    assert await with_run_backend(pool, explicit, "r") is explicit  # set: refused later if it differs
+
+
 async def test_a_model_of_another_dimension_is_refused(pool, embedder):
     await insert_corpus(pool, sample_rows(firms=1))
     async with pool.acquire() as conn:

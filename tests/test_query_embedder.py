@@ -122,6 +122,17 @@ def test_an_exported_run_s_query_runs_its_recorded_file(exports_dir, tmp_path):
 
 
 @pytest.mark.results
+def test_an_openvino_run_s_query_runs_its_file_by_onnx_runtime(exports_dir, tmp_path):
+    openvino = load_embedder("all-MiniLM-L6-v2", backend="openvino", cache_dir=exports_dir)
+    run = {"name": "r", "model": "all-MiniLM-L6-v2", "settings": {"embed_backend": "openvino"},
+           "backend": {"embedding": openvino.provenance}}
+    query = load_query_embedder(run, tmp_path / "models")
+    assert query.provenance == {"backend": "onnx", "file": openvino.provenance["file"]}
+    texts = ["supply chain costs", "the quarterly dividend"]
+    assert np.sum(query.encode(texts) * openvino.encode(texts), axis=1).min() > 0.999
+
+
+@pytest.mark.results
 def test_without_onnxruntime_the_query_is_embedded_by_torch(embedder, exports_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with capture_logs() as logs:

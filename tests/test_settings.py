@@ -77,18 +77,33 @@ def test_the_embedding_precision_is_auto_unless_fp32_is_asked():
         Settings.from_env({"EMBEDDING_PRECISION": "int4"})
 
 
-def test_the_embedding_backend_is_a_recorded_setting_torch_unless_set():
-    assert Settings.from_env({}).run.embed_backend == "torch"
+def test_the_embedding_backend_is_a_recorded_setting_auto_unless_set():
+    assert Settings.from_env({}).run.embed_backend == "auto"
     run = Settings.from_env({"FIRMTOPICS_EMBED_BACKEND": "onnx-int8"}).run
     assert run.embed_backend == "onnx-int8" and run.as_dict()["embed_backend"] == "onnx-int8"
-    assert run.differences(RunSettings().as_dict()) == {"embed_backend": ("torch", "onnx-int8")}
-    with pytest.raises(SettingsError, match="FIRMTOPICS_EMBED_BACKEND must be one of torch, onnx, onnx-int8"):
+    with pytest.raises(SettingsError, match="FIRMTOPICS_EMBED_BACKEND must be one of auto, torch, onnx, onnx-int8, "
+                                            "openvino, got 'tensorrt'"):
         Settings.from_env({"FIRMTOPICS_EMBED_BACKEND": "tensorrt"})
+    # A run records the backend that ran, never auto; one set explicitly stays as it is.
+    assert RunSettings().ran_by("openvino").embed_backend == "openvino"
+    assert run.ran_by("openvino") is run
+    assert run.differences(RunSettings().ran_by("torch").as_dict()) == {"embed_backend": ("torch", "onnx-int8")}
     # A run recorded before the setting existed ran torch, and resumes with it.
     recorded = RunSettings().as_dict()
     del recorded["embed_backend"]
-    assert RunSettings().differences(recorded) == {}
+    assert RunSettings().ran_by("torch").differences(recorded) == {}
     assert run.differences(recorded) == {"embed_backend": ("torch", "onnx-int8")}
+
+
+def test_auto_keeps_a_run_s_backend_else_the_fastest_measured_on_this_kind_of_machine():
+    from app.embedding import resolve_backend
+
+    assert resolve_backend("auto", device="cuda", bf16=False) == "torch"  # fp16
+    assert resolve_backend("auto", device="cpu", bf16=True) == "torch"  # torch in bfloat16
+    assert resolve_backend("auto", device="cpu", bf16=False) == "openvino"  # fp32
+    assert resolve_backend("auto", recorded="torch", device="cpu", bf16=False) == "torch"  # a resume goes on as it began
+    assert resolve_backend("auto", recorded="openvino", device="cuda") == "openvino"
+    assert resolve_backend("onnx-int8", recorded="torch", device="cuda") == "onnx-int8"  # set: as set
 
 
 def test_a_run_recorded_before_keywords_and_small_firms_changed_is_told_what_differs():

@@ -6,8 +6,8 @@ exported to ONNX (``app.exported_model``) run by ONNX Runtime, with tokenizing a
 pooling done by ``tokenizers`` and numpy (``app.sentence_pipeline``), take a fraction of a
 second to load, and give the same vectors. Which export:
 
-* a run embedded by an exported backend (``embed_backend`` ``onnx`` or ``onnx-int8``):
-  the very file it recorded, found by its digest (at the recorded path, or where this
+* a run embedded by an exported backend (``embed_backend`` ``onnx``, ``onnx-int8`` or
+  ``openvino``, whose file is ``onnx``'s, run here by ONNX Runtime): the very file it recorded, found by its digest (at the recorded path, or where this
   data folder keeps that export); when neither matches, that backend's export of the
   local weights, built now if absent (logged: its vectors may differ a little);
 * a run embedded by ``torch``: the fp32 ``onnx`` export of the same local weights (the
@@ -71,7 +71,9 @@ def _from_export(run, models_dir: Path | None) -> Embedder:
         raise NoExportPath(f"{missing.name or missing} is not installed") from None
     except Unsupported as reason:
         raise NoExportPath(str(reason)) from None
-    wanted = backend if backend in EXPORTED_BACKENDS else "onnx"
+    # ONNX Runtime runs the fp32 file for every run but an int8 one: one runtime to load,
+    # and the vector the file gives in fp32 (OpenVINO's bfloat16 is within cosine 0.9999).
+    wanted = "onnx-int8" if backend == "onnx-int8" else "onnx"
     path = _recorded_export(run, model_dir, models_dir) if backend in EXPORTED_BACKENDS else None
     if path is None and models_dir is not None:
         try:
