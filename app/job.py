@@ -62,7 +62,7 @@ from app.runs import (
     workers_in_flight,
 )
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
-from app.settings import RunSettings, Settings
+from app.settings import BEFORE_RECORDED, RunSettings, Settings
 from app.themes import run_theme_stage, stored_themes, themes_out_of_date
 from app.update import UpdateOutcome, run_update
 
@@ -151,8 +151,7 @@ async def with_run_backend(pool: asyncpg.Pool, settings: Settings, run_name: str
         return settings
     async with pool.acquire() as conn:
         row = await find_run(conn, run_name)
-    # Runs recorded before the setting existed ran torch.
-    recorded = (row["settings"] or {}).get("embed_backend", "torch") if row else None
+    recorded = (row["settings"] or {}).get("embed_backend", BEFORE_RECORDED["embed_backend"]) if row else None
     return replace(settings, run=settings.run.ran_by(resolve_backend("auto", recorded)))
 
 
@@ -222,7 +221,6 @@ async def run_job(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str, e
     ``retry_window_s`` (the ``DB_RETRY_WINDOW_S`` setting; its default when not given).
     """
     started = time.perf_counter()
-    settings = settings.ran_by(embedder.provenance["backend"])
     async with pool.acquire() as conn:
         await fix_embedding_dimension(conn, embedder.dimension)
         recorded, setup = worker_record(backend, embedder, namer)

@@ -17,7 +17,7 @@ from importlib import metadata
 import asyncpg
 
 from app.errors import UsageError
-from app.settings import RunSettings
+from app.settings import BEFORE_RECORDED, RunSettings
 
 # Package versions recorded with every run: what a published figure depends on.
 RECORDED_PACKAGES = (
@@ -91,12 +91,18 @@ async def open_run(
 ) -> Run:
     """Create the run ``name``, or return the existing one if its settings and its
     workers' ``setup`` (``worker_setup``) match this worker's (a resume, or another
-    worker joining the run).
+    worker joining the run). An ``auto`` embedding backend is recorded, and compared, as
+    the backend that embeds (``backend["embedding"]``, ``worker_record``).
 
     Raises ``SettingsChanged`` naming each differing setting (recorded vs now), and
     ``WorkerDiffers`` naming each difference of setup. A run recorded without a setup
     (before there was one) takes this worker's.
     """
+    # A run records the embedding backend that embeds it, never ``auto``: the one this
+    # worker's embedding provenance names (a run written without one, as a synthetic run,
+    # is torch's, as runs recorded before the setting existed are).
+    embedded_by = backend.get("embedding", {}).get("backend", BEFORE_RECORDED["embed_backend"])
+    settings = settings.ran_by(embedded_by)
     # Several workers may start the same new run at once: one insert wins, the others
     # find its row (ON CONFLICT DO NOTHING returns nothing for them).
     run_id = await conn.fetchval(

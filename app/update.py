@@ -100,7 +100,6 @@ async def run_update(pool: asyncpg.Pool, settings: RunSettings, *, run_name: str
     rows of this update that are not done. A second update with nothing new adds nothing.
     """
     stop = stop or anyio.Event()
-    settings = settings.ran_by(embedder.provenance["backend"])
     async with pool.acquire() as conn:
         await check_updatable(conn, run_name)
         recorded, setup = worker_record(backend, embedder, namer)
