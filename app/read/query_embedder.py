@@ -7,9 +7,10 @@ pooling done by ``tokenizers`` and numpy (``app.sentence_pipeline``), take a fra
 second to load, and give the same vectors. Which export:
 
 * a run embedded by an exported backend (``embed_backend`` ``onnx``, ``onnx-int8`` or
-  ``openvino``, whose file is ``onnx``'s, run here by ONNX Runtime): the very file it recorded, found by its digest (at the recorded path, or where this
-  data folder keeps that export); when neither matches, that backend's export of the
-  local weights, built now if absent (logged: its vectors may differ a little);
+  ``openvino``, whose file is ``onnx``'s, run here by ONNX Runtime): the very file it
+  recorded, found by its digest (at the recorded path, or where this data folder keeps
+  that export); when neither matches, that backend's export of the local weights, built
+  now if absent (logged: its vectors may differ a little);
 * a run embedded by ``torch``: the fp32 ``onnx`` export of the same local weights (the
   same vectors to cosine 1.0000), built on the first search (which then imports torch to
   export) and reused by every later one.
