@@ -108,11 +108,11 @@ def main(args) -> None:
                 path, firms, sentences = firms_of_similar_size(n, folder / f"firms-{n}.jsonl.gz")
                 os.environ.update(malloc)  # run() passes this process's environment on
                 try:
-                    wall, mb, event = run(path, embedded_database(), folder / f"run-{n}-{len(malloc)}.log")
+                    wall, used, event = run(path, embedded_database(), folder / f"run-{n}-{len(malloc)}.log")
                 finally:
                     for key in malloc:
                         os.environ.pop(key)
-                results[n] = mb
+                mb = results[n] = used["mb"]
                 label = f"`run --input`, {firms} firms, {sentences:,} sentences" + (
                     ", MALLOC_MMAP_THRESHOLD_=65536" if malloc else "")
                 print(f"{label}: peak RSS {mb:.0f} MB, {wall:.0f} s, {event['topics']} topics, "
