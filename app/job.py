@@ -62,7 +62,7 @@ from app.runs import (
     workers_in_flight,
 )
 from app.schema import build_vector_indexes, drop_vector_indexes, fix_embedding_dimension
-from app.settings import BEFORE_RECORDED, RunSettings, Settings
+from app.settings import RunSettings, Settings, recorded_embed_backend
 from app.themes import run_theme_stage, stored_themes, themes_out_of_date
 from app.update import UpdateOutcome, run_update
 
@@ -151,7 +151,7 @@ async def with_run_backend(pool: asyncpg.Pool, settings: Settings, run_name: str
         return settings
     async with pool.acquire() as conn:
         row = await find_run(conn, run_name)
-    recorded = (row["settings"] or {}).get("embed_backend", BEFORE_RECORDED["embed_backend"]) if row else None
+    recorded = recorded_embed_backend(row["settings"]) if row else None
     return replace(settings, run=settings.run.ran_by(resolve_backend("auto", recorded)))
 
 

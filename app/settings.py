@@ -160,6 +160,12 @@ class RunSettings:
 # What runs recorded before a setting existed did, where its default does otherwise.
 BEFORE_RECORDED = {"embed_backend": "torch", "keyword_ngrams": 1, "leave_out_firm_words": False, "small_firm_merge_similarity": None}
 
+
+def recorded_embed_backend(recorded: Mapping | None) -> str:
+    """The embedding backend a run's recorded settings (a ``runs.settings`` value) name;
+    torch for a run recorded before the setting existed."""
+    return (recorded or {}).get("embed_backend", BEFORE_RECORDED["embed_backend"])
+
 # The environment variable of each result-changing setting, how it is read (a whole
 # number, with its minimum; a number; one of a few words) and, from the field's default
 # in RunSettings, what it is when unset.

@@ -29,6 +29,7 @@ from app.embedding import Embedder, load_embedder, resolve_model_path
 from app.exported_model import EXPORTED_BACKENDS, export_location, open_exported, remembered_digest, source_digest
 from app.logs import get_logger
 from app.sentence_pipeline import Unsupported, load_steps
+from app.settings import recorded_embed_backend
 
 log = get_logger("query_embedder")
 
@@ -54,14 +55,10 @@ def load_query_embedder(run, models_dir: Path | None) -> Embedder:
         return load_embedder(run["model"], precision="fp32")
 
 
-def _run_backend(run) -> str:
-    return (run["settings"] or {}).get("embed_backend", "torch")
-
-
 def _from_export(run, models_dir: Path | None) -> Embedder:
     """The query embedder from the export that fits ``run`` (module docstring), built
     first when it is absent. Raises ``NoExportPath`` where there is none to be had."""
-    name, backend = run["model"], _run_backend(run)
+    name, backend = run["model"], recorded_embed_backend(run["settings"])
     model_dir = Path(resolve_model_path(name))
     if not model_dir.is_dir():
         raise NoExportPath(f"the model {name!r} has no weights on this machine")
@@ -109,7 +106,7 @@ def _recorded_export(run, model_dir: Path, models_dir: Path | None) -> Path | No
     recorded = (run["backend"] or {}).get("embedding") or {}
     places = [Path(recorded["file"])] if recorded.get("file") else []
     if models_dir is not None and recorded.get("source_sha256"):
-        places.append(export_location(model_dir, _run_backend(run), models_dir, source=recorded["source_sha256"]))
+        places.append(export_location(model_dir, recorded_embed_backend(run["settings"]), models_dir, source=recorded["source_sha256"]))
     memo = models_dir / DIGESTS if models_dir is not None else None
     for place in places:
         if place.is_file() and remembered_digest(place, memo) == recorded.get("sha256"):
