@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,12 @@ from app.settings import DEFAULT_EMBEDDING_MODEL, Settings
 
 log = get_logger("embedding")
 
-ENCODE_CHUNK = 16_384  # texts handed to the model at once (Embedder.encode)
+# Sentences per model call when EMBEDDING_BATCH_SIZE is not set. On a CPU, batches of
+# sentences of about the same number of tokens, 16 at a time, pad least and keep each
+# batch's activations in cache: 1.2x to 1.4x the sentences/s of batches of 64 sorted by
+# characters (docs/benchmarks.md, "Embedding backends on a CPU"). A GPU wants more work
+# per call.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64}
 
 
 class ModelUnavailable(UsageError, RuntimeError):
@@ -80,15 +86,17 @@ def resolve_backend(requested: str, recorded: str | None = None, device: str | N
     None for a new run), so a resume or an update goes on as the run began. A new run
     gets the fastest backend measured on this kind of machine at fp32's topics
     (docs/benchmarks.md, "Embedding backends on a CPU"): torch on a GPU (fp16) and on a
-    CPU with bfloat16 instructions (torch in bfloat16), ``openvino`` on any other CPU
-    (fp32). ``device``: ``choose_device()``, ``bf16``: ``cpu_has_bf16()``, when not given."""
+    CPU with bfloat16 instructions (torch in bfloat16), ``onnx`` on any other CPU (fp32:
+    the same vectors, 1.65x the sentences/s torch had there before batches were sorted by
+    tokens, 1.30x torch's now). ``device``: ``choose_device()``, ``bf16``:
+    ``cpu_has_bf16()``, when not given."""
     if requested != "auto":
         return requested
     if recorded:
         return recorded
     if (device or choose_device()) == "cuda":
         return "torch"
-    return "torch" if (cpu_has_bf16() if bf16 is None else bf16) else "openvino"
+    return "torch" if (cpu_has_bf16() if bf16 is None else bf16) else "onnx"
 
 
 def choose_precision(device: str, backend: str = "torch", requested: str = "auto") -> str:
@@ -103,6 +111,18 @@ def choose_precision(device: str, backend: str = "torch", requested: str = "auto
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def token_counter(tokenizer, max_length: int) -> Callable[[list[str]], np.ndarray]:
+    """A function from texts to how many tokens the model sees of each (special tokens
+    included, cut at ``max_length``), from a Hugging Face ``tokenizer``: what a batch is
+    padded to, so what ``Embedder.encode`` sorts by."""
+
+    def count(texts: list[str]) -> np.ndarray:
+        ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        return np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+
+    return count
+
+
 @dataclass
 class Embedder:
     """A loaded model and how to call it. Not thread-safe: use from one thread at a time."""
@@ -115,26 +135,31 @@ class Embedder:
     precision: str = "fp32"  # choose_precision's answer: fp32, fp16 (a GPU) or bf16 (a CPU)
     # What runs the model and, for an exported one, where it came from (recorded in the run).
     provenance: dict = field(default_factory=lambda: {"backend": "torch"})
+    # Texts -> their token counts (``token_counter``); None: batches are sorted by characters.
+    count_tokens: Callable[[list[str]], np.ndarray] | None = None
 
     def encode(self, texts: list[str], *, sort_by_length: bool = True) -> np.ndarray:
         """Embed ``texts``; returns a float32 array of shape (len(texts), dimension),
         rows L2-normalised (cosine distance is then 1 - dot product).
 
-        With ``sort_by_length`` the texts are batched in order of length so each batch
-        pads to similar lengths (less wasted compute); rows come back in input order.
+        With ``sort_by_length`` the texts are batched in order of their token counts, so
+        each batch pads to about the same length (characters are a poor guide: a figure
+        such as "$1.25 billion" is a few characters and many tokens); rows come back in
+        input order. One model call a batch, each written into its rows as it comes: the
+        model would otherwise keep every batch's vectors of a call and then stack them.
         """
-        order = np.argsort([len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
+        if not sort_by_length:
+            order = np.arange(len(texts))
+        else:
+            lengths = self.count_tokens(texts) if self.count_tokens and texts else [len(t) for t in texts]
+            order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        # In chunks, each written into its rows of ``out`` as it comes: the model keeps
-        # every batch's vectors and then stacks them, so one call for a firm of millions of
-        # sentences would hold its vectors two or three times over. A firm of up to
-        # ENCODE_CHUNK sentences is one call.
-        for start in range(0, len(texts), ENCODE_CHUNK):
-            rows = order[start:start + ENCODE_CHUNK]
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
             with self._in_precision():
                 out[rows] = self.model.encode(
                     [texts[i] for i in rows],
-                    batch_size=self.batch_size,
+                    batch_size=len(rows),
                     convert_to_numpy=True,
                     normalize_embeddings=True,
                     show_progress_bar=False,
@@ -153,14 +178,15 @@ class Embedder:
         return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def load_embedder(name: str, *, batch_size: int = 64, device: str | None = None, backend: str = "torch",
+def load_embedder(name: str, *, batch_size: int | None = None, device: str | None = None, backend: str = "torch",
                   cache_dir: Path | None = None, precision: str = "auto") -> Embedder:
     """Load the sentence-transformers model ``name`` once; returns an ``Embedder``.
 
     ``backend`` is the run's ``embed_backend``: ``torch``, or one of
     ``app.exported_model.EXPORTED_BACKENDS``, which run on the CPU from an export kept in
     ``cache_dir`` (built there on first use). ``precision`` is the ``EMBEDDING_PRECISION``
-    setting (``choose_precision``). Raises ``ModelUnavailable`` with one clear
+    setting (``choose_precision``). ``batch_size`` is ``EMBEDDING_BATCH_SIZE``
+    (``DEFAULT_BATCH_SIZE`` of the device when None). Raises ``ModelUnavailable`` with one clear
     line when the model cannot be loaded.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -179,6 +205,8 @@ def load_embedder(name: str, *, batch_size: int = 64, device: str | None = None,
         model.half()
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dimension = int(get_dim())
+    batch_size = batch_size or DEFAULT_BATCH_SIZE.get(device.split(":")[0], 64)
+    count_tokens = token_counter(model.tokenizer, model.max_seq_length)
     provenance = {"backend": "torch"}
     if backend != "torch":
         from app.exported_model import load_exported
@@ -193,7 +221,7 @@ def load_embedder(name: str, *, batch_size: int = 64, device: str | None = None,
     log.info("embedding_model_loaded", model=name, device=device, dimension=dimension, precision=precision,
              backend=backend)
     return Embedder(model=model, name=name, device=device, dimension=dimension, batch_size=batch_size,
-                    precision=precision, provenance=provenance)
+                    precision=precision, provenance=provenance, count_tokens=count_tokens)
 
 
 def load_run_embedder(settings: Settings) -> Embedder:

@@ -3,8 +3,8 @@
 On a CPU the transformer's forward pass is nearly all of the embedding time, and the
 embedding is most of a firm's time. The same weights run faster outside torch: exported
 to ONNX (``onnx``), and faster still with their matrix products quantized to int8
-(``onnx-int8``); docs/benchmarks.md, "Embedding backends on a CPU", has the figures (and those of OpenVINO,
-not kept: a little faster than ONNX Runtime in fp32, far from int8, 180 MB more to install).
+(``onnx-int8``), or run by OpenVINO (``openvino``, in bfloat16 on a CPU that has it);
+docs/benchmarks.md, "Embedding backends on a CPU", has the figures.
 
 The export is made once, from the weights the model already has on this machine (nothing
 is downloaded), and kept in a folder named after those weights' digest, so other weights

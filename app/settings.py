@@ -70,7 +70,7 @@ class RunSettings:
     # Another backend gives slightly other vectors (cosine to torch's about 0.99 for
     # onnx-int8), so other topics: a recorded setting. ``auto``, the default, is the
     # backend a run already recorded, else the fastest measured on this kind of machine
-    # (app.embedding.resolve_backend: torch on a GPU or a bfloat16 CPU, openvino on other
+    # (app.embedding.resolve_backend: torch on a GPU or a bfloat16 CPU, onnx on other
     # CPUs); a run records the backend that ran (``ran_by``), never ``auto``. torch is
     # what runs recorded before the setting existed used.
     embed_backend: str = "auto"
@@ -229,7 +229,8 @@ class Settings:
     llm_price_prompt_per_m: float | None = None
     llm_price_completion_per_m: float | None = None
     log_format: str = "console"
-    embedding_batch_size: int = 64
+    # Sentences per model call; None: app.embedding.DEFAULT_BATCH_SIZE of the device.
+    embedding_batch_size: int | None = None
     # ``auto``: fp16 on a GPU, bfloat16 on a CPU that has bfloat16 instructions (1.7x fp32's
     # sentences/s on 2 CPUs, vectors at cosine 1.0000 to fp32's, topics that move no more
     # than under another seed: docs/benchmarks.md, "Embedding backends on a CPU"), else

@@ -18,12 +18,14 @@ repeats (the same work repeated: the least disturbed run is the fairest figure o
 machine whose load comes and goes). Ratio = bare seconds / seconds of the way, over all firms (1.0 = as fast as
 bare encode; above 1 = faster).
 
-    python bench/embedding.py [--sentences 700] [--repeats 5] [--batch-size 64]
+    python bench/embedding.py [--sentences 700] [--repeats 5] [--batch-size N]
 
 With ``--backends``, the embedding backends (the ``FIRMTOPICS_EMBED_BACKEND`` setting) are
 compared instead, on the CPU: torch fp32, ``torch-bf16`` (torch in bfloat16, the CPU
 default where the CPU has bfloat16 instructions), the exported ones (``app.exported_model``:
-``openvino`` in bfloat16 where the CPU has it) and ``openvino-fp32`` (OpenVINO in fp32),
+``openvino`` in bfloat16 where the CPU has it), ``openvino-fp32`` (OpenVINO in fp32) and
+``torch-before`` (torch fp32 as the program ran it before sorting by tokens: batches of 64
+sorted by characters),
 each loaded as the program loads it (its export built first, into a temporary folder:
 the seconds that takes are printed too) and called as the program calls it
 (``Embedder.encode``), firm by firm on the first ``--sentences`` ECTSum sentences (5,000
@@ -118,7 +120,7 @@ def main(args) -> None:
     firms, description = ectsum_firms(args.sentences)
     n = sum(len(f) for f in firms)
     embedder = load_embedder(args.model, batch_size=args.batch_size, precision="fp32")
-    model, batch = embedder.model, args.batch_size
+    model, batch = embedder.model, embedder.batch_size
     print(f"corpus: {description} ({n} sentences); model {args.model} on {embedder.device}, batch size {batch}; "
           f"{machine()}", flush=True)
 
@@ -197,7 +199,7 @@ def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict,
             embedders[name] = load_embedder(args.model, batch_size=args.batch_size, device="cpu", backend=name,
                                             cache_dir=cache, precision="fp32" if name == "torch" else "auto")
         print(f"{name}: loaded (export built) in {time.perf_counter() - started:.1f} s", flush=True)
-        embedders[name].encode(firms[0][: args.batch_size * 2])  # first-call overhead outside the timings
+        embedders[name].encode(firms[0][:128])  # first-call overhead outside the timings
     seconds = {name: 0.0 for name in names}
     parts = {name: [] for name in names}
     for i, texts in enumerate(firms):
@@ -212,6 +214,9 @@ def time_backends(firms: list[list[str]], names: list[str], args) -> tuple[dict,
 
 
 MEASURED_WAYS = {
+    # As the program embedded before: batches of 64 sorted by characters, torch fp32.
+    "torch-before": lambda args, cache: dataclasses.replace(
+        load_embedder(args.model, batch_size=64, device="cpu", precision="fp32"), count_tokens=None),
     "torch-bf16": lambda args, cache: bf16_embedder(args),
     "openvino-fp32": lambda args, cache: load_embedder(args.model, batch_size=args.batch_size, backend="openvino",
                                                        cache_dir=cache, precision="fp32"),
@@ -253,7 +258,7 @@ def backends_main(args) -> None:
         names = ["torch"] + [n for n in names if n != "torch"]
     firms, description = ectsum_firms(args.sentences or 5000)
     n = sum(len(f) for f in firms)
-    print(f"corpus: {description} ({n} sentences); model {args.model} on the CPU, batch size {args.batch_size}; "
+    print(f"corpus: {description} ({n} sentences); model {args.model} on the CPU, batch size {args.batch_size or 'the default'}; "
           f"{machine()}", flush=True)
     seconds, vectors = time_backends(firms, names, args)
     cosines = {name: np.sum(vectors["torch"] * v, axis=1) for name, v in vectors.items()}
@@ -307,7 +312,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sentences", type=int, default=None, help="700; 5000 with --backends")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each way per firm (the least is taken)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="the program's default (EMBEDDING_BATCH_SIZE)")
     parser.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL)
     parser.add_argument("--backends", default=None, help="compare these embedding backends (comma-separated)")
     parser.add_argument("--ari-firms", type=int, default=12)

@@ -10,7 +10,9 @@ Two comparisons, each run after the other on the same firms, each on a fresh dat
     python bench/end_to_end.py --firms 40 --backends torch-fp32,torch,onnx-int8
         the whole job under each ``FIRMTOPICS_EMBED_BACKEND`` (``torch-fp32``: torch with
         ``EMBEDDING_PRECISION=fp32``; ``torch``: the default precision, bfloat16 on a CPU
-        that has it), and its wall as a ratio of the first's (above 1 = faster)
+        that has it), and its wall as a ratio of the first's (above 1 = faster). A backend
+        written ``NAME@REF`` runs the program as it was at the git commit ``REF`` (from a
+        worktree of it, removed after), so a change is timed against what came before it.
     python bench/end_to_end.py --firms 32 --llm-latency 1 [--repeats 3]
         the whole job with offline names (T_off), and naming through the fake LLM server
         with that latency a request (T_on); LLM time alone is T_llm = requests x latency /
@@ -24,6 +26,7 @@ shares are of the summed stage seconds; warm-up, themes and index are sequential
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -65,16 +68,18 @@ def peak_rss(process: subprocess.Popen, every_s: float = 0.2) -> dict:
     return peak
 
 
-def run(corpus_path: Path, database_url: str, log_path: Path, **settings: str) -> tuple[float, dict, dict]:
-    """Run the command, with these extra settings in its environment; returns (wall
-    seconds, {"mb": peak RSS MB, "cpu_s": its CPU seconds}, the run_finished event)."""
+def run(corpus_path: Path, database_url: str, log_path: Path, code: Path | None = None,
+        **settings: str) -> tuple[float, dict, dict]:
+    """Run the command, with these extra settings in its environment, from the program in
+    the folder ``code`` (this one's by default); returns (wall seconds, {"mb": peak RSS
+    MB, "cpu_s": its CPU seconds}, the run_finished event)."""
     env = {**os.environ, "DATABASE_URL": database_url, "LOG_FORMAT": "json"}
     env.pop("XAI_API_KEY", None)
     env.update(settings)
     started = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "app", "run", "--input", str(corpus_path)],
-                                   stdout=subprocess.DEVNULL, stderr=log, env=env)
+                                   stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=code)
         peak = peak_rss(process)
         process.wait()
     wall = time.perf_counter() - started
@@ -113,10 +118,12 @@ def compare_backends(args) -> None:
     print(f"corpus: {description} ({n_sentences} sentences); {machine()}", flush=True)
     rows, first = [], None
     for backend in args.backends.split(","):
-        settings = {"FIRMTOPICS_EMBED_BACKEND": backend}
-        if backend == "torch-fp32":
+        name, _, ref = backend.partition("@")
+        settings = {"FIRMTOPICS_EMBED_BACKEND": name}
+        if name == "torch-fp32":
             settings = {"FIRMTOPICS_EMBED_BACKEND": "torch", "EMBEDDING_PRECISION": "fp32"}
-        wall, used, event = run(path, embedded_database(), folder / f"log-{backend}.jsonl", **settings)
+        with program_at(ref) as code:
+            wall, used, event = run(path, embedded_database(), folder / f"log-{backend}.jsonl", code, **settings)
         rss = used["mb"]
         first = first or event["wall_s"]
         stages = event["firm_stage_seconds"]
@@ -127,6 +134,22 @@ def compare_backends(args) -> None:
     print()
     print(table(["backend", "process wall (s)", "run wall (s)", "embed (s)", "cluster (s)", "themes (s)", "index (s)",
                  "peak RSS (MB)", "run wall ratio to the first"], rows))
+
+
+@contextlib.contextmanager
+def program_at(ref: str):
+    """A worktree of this repository at the commit ``ref`` (None: this folder, as it is)."""
+    if not ref:
+        yield None
+        return
+    root = Path(__file__).resolve().parents[1]
+    tree = Path(tempfile.mkdtemp(prefix="firmtopics-at-")) / ref
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), ref], check=True,
+                   capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def events(log_path: Path) -> list[dict]:

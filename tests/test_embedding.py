@@ -33,16 +33,43 @@ def test_vectors_are_unit_length_float32_in_input_order(embedder):
 
 
 @pytest.mark.results
-def test_texts_in_several_chunks_give_the_vectors_of_one_call(embedder, monkeypatch):
-    import app.embedding
+def test_batches_are_formed_by_token_count_and_rows_come_back_in_input_order():
+    class Recorder:  # stands in for the model: a text's vector is its own number
+        calls: list[list[str]] = []
 
-    texts = [f"Sentence {i} about {'freight costs in Asia and port congestion' * (i % 3)} and dividends."
-             for i in range(10)]
-    whole = embedder.encode(texts)
-    monkeypatch.setattr(app.embedding, "ENCODE_CHUNK", 3)  # 4 model calls of up to 3 texts
-    chunked = embedder.encode(texts)
-    assert chunked.dtype == np.float32 and chunked.shape == (10, 384)
-    assert np.allclose(chunked, whole, atol=1e-5)  # same rows, in input order
+        def encode(self, texts, **kwargs):
+            self.calls.append(list(texts))
+            return np.array([[float(t.split()[0]), 0.0] for t in texts], dtype=np.float32)
+
+    texts = ["0 $1.25bn", "1 a long sentence of words", "2 $3.5m", "3 short", "4 rather long words here"]
+    tokens = {"0": 9, "1": 6, "2": 8, "3": 2, "4": 5}  # figures are few characters and many tokens
+    embedder = Embedder(model=Recorder(), name="m", device="cpu", dimension=2, batch_size=2,
+                        count_tokens=lambda batch: np.array([tokens[t.split()[0]] for t in batch]))
+    out = embedder.encode(texts)
+    assert Recorder.calls == [["3 short", "4 rather long words here"], ["1 a long sentence of words", "2 $3.5m"],
+                              ["0 $1.25bn"]]
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4]  # each row is its own text's vector
+
+
+def test_the_batch_size_defaults_to_the_device():
+    from app.embedding import DEFAULT_BATCH_SIZE
+    from app.settings import Settings
+
+    assert Settings.from_env({}).embedding_batch_size is None  # the device's default then
+    assert Settings.from_env({"EMBEDDING_BATCH_SIZE": "48"}).embedding_batch_size == 48
+    assert DEFAULT_BATCH_SIZE["cpu"] < DEFAULT_BATCH_SIZE["cuda"]
+
+
+@pytest.mark.results
+def test_the_loaded_model_counts_tokens_as_its_tokenizer_pads(embedder):
+    from app.embedding import DEFAULT_BATCH_SIZE
+
+    texts = ["Revenue was $1,234.5 million, up 12.3% year over year.", "Thank you, operator.", " ".join(["margin"] * 400)]
+    assert embedder.batch_size == DEFAULT_BATCH_SIZE[embedder.device]
+    padded = embedder.model.tokenizer(texts, padding=True, truncation=True, max_length=embedder.model.max_seq_length,
+                                      return_tensors="np")["attention_mask"].sum(axis=1)
+    assert embedder.count_tokens(texts).tolist() == padded.tolist()
+    assert padded[2] == embedder.model.max_seq_length  # cut as the model cuts it
 
 
 @pytest.mark.results

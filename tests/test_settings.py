@@ -100,7 +100,7 @@ def test_auto_keeps_a_run_s_backend_else_the_fastest_measured_on_this_kind_of_ma
 
     assert resolve_backend("auto", device="cuda", bf16=False) == "torch"  # fp16
     assert resolve_backend("auto", device="cpu", bf16=True) == "torch"  # torch in bfloat16
-    assert resolve_backend("auto", device="cpu", bf16=False) == "openvino"  # fp32
+    assert resolve_backend("auto", device="cpu", bf16=False) == "onnx"  # fp32
     assert resolve_backend("auto", recorded="torch", device="cpu", bf16=False) == "torch"  # a resume goes on as it began
     assert resolve_backend("auto", recorded="openvino", device="cuda") == "openvino"
     assert resolve_backend("onnx-int8", recorded="torch", device="cuda") == "onnx-int8"  # set: as set
