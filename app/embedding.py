@@ -111,14 +111,19 @@ def choose_precision(device: str, backend: str = "torch", requested: str = "auto
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-def token_counter(tokenizer, max_length: int) -> Callable[[list[str]], np.ndarray]:
+def token_counter(tokenizer, max_length: int, chunk: int = 4096) -> Callable[[list[str]], np.ndarray]:
     """A function from texts to how many tokens the model sees of each (special tokens
     included, cut at ``max_length``), from a Hugging Face ``tokenizer``: what a batch is
-    padded to, so what ``Embedder.encode`` sorts by."""
+    padded to, so what ``Embedder.encode`` sorts by. Counted ``chunk`` texts at a time: a
+    firm of millions of sentences would otherwise hold all their token ids at once."""
 
     def count(texts: list[str]) -> np.ndarray:
-        ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        return np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+        counts = np.empty(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), chunk):
+            ids = tokenizer(list(texts[start:start + chunk]), truncation=True, max_length=max_length,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            counts[start:start + len(ids)] = [len(i) for i in ids]
+        return counts
 
     return count
 

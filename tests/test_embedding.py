@@ -62,13 +62,15 @@ def test_the_batch_size_defaults_to_the_device():
 
 @pytest.mark.results
 def test_the_loaded_model_counts_tokens_as_its_tokenizer_pads(embedder):
-    from app.embedding import DEFAULT_BATCH_SIZE
+    from app.embedding import DEFAULT_BATCH_SIZE, token_counter
 
     texts = ["Revenue was $1,234.5 million, up 12.3% year over year.", "Thank you, operator.", " ".join(["margin"] * 400)]
     assert embedder.batch_size == DEFAULT_BATCH_SIZE[embedder.device]
     padded = embedder.model.tokenizer(texts, padding=True, truncation=True, max_length=embedder.model.max_seq_length,
                                       return_tensors="np")["attention_mask"].sum(axis=1)
     assert embedder.count_tokens(texts).tolist() == padded.tolist()
+    assert token_counter(embedder.model.tokenizer, embedder.model.max_seq_length, chunk=2)(texts).tolist() \
+        == padded.tolist()  # counted a chunk at a time, the same
     assert padded[2] == embedder.model.max_seq_length  # cut as the model cuts it
 
 
