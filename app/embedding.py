@@ -210,7 +210,7 @@ def load_embedder(name: str, *, batch_size: int | None = None, device: str | Non
         model.half()
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dimension = int(get_dim())
-    batch_size = batch_size or DEFAULT_BATCH_SIZE.get(device.split(":")[0], 64)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE["cpu" if device == "cpu" else "cuda"]
     count_tokens = token_counter(model.tokenizer, model.max_seq_length)
     provenance = {"backend": "torch"}
     if backend != "torch":
