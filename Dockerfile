@@ -86,7 +86,7 @@ COPY sql ./sql
 COPY app ./app
 RUN pip install --no-deps . && rm -rf build
 
-# --- from here on the same as the gpu image's tail ---
+# --- from here on the same as the gpu image's tail, but for the kernels compiled ---
 # HF_HOME is where sentence-transformers keeps downloaded models: a volume, so a model
 # fetched once survives new containers (compose mounts the named volume "models" here).
 # HF_HUB_OFFLINE=1: never reach for the Hugging Face hub at run time. The default model
@@ -104,6 +104,11 @@ RUN useradd --create-home --uid 10001 --shell /bin/bash firmtopics \
 VOLUME ["/models"]
 USER firmtopics
 WORKDIR /home/firmtopics
+# The cpu image only: numba's kernels of UMAP, pynndescent and hdbscan, compiled once
+# here into NUMBA_CACHE_DIR (app/compiled.py, about a minute on 2 CPUs). A container on a
+# machine with the build's processor loads them, instead of spending its first run's
+# start compiling (docs/benchmarks.md §17); on another processor numba compiles afresh.
+RUN python -m app.compiled
 # SIGTERM (what `docker stop` sends, and what a spot interruption turns into) makes the
 # program stop taking new firms, finish the ones in flight, and exit with code 3.
 STOPSIGNAL SIGTERM

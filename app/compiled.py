@@ -13,6 +13,9 @@ it) or the user's cache folder. One copy serves every data folder and every run 
 machine. numba keys each kernel by its source file and the processor, so a changed
 package or another machine compiles afresh rather than loading a stale kernel, and the
 code it loads is the code it would have compiled: results do not change.
+
+``python -m app.compiled`` compiles and keeps them ahead of any run: the CPU image's
+build step, so its containers start with them.
 """
 
 from __future__ import annotations
@@ -51,3 +54,25 @@ def keep_compiled_kernels() -> int:
     _kept = True
     log.info("compiled_kernels_cached", functions=kept)
     return kept
+
+
+def main() -> int:
+    """``python -m app.compiled``: compile and keep the kernels every run's warm-up
+    compiles (``app.clustering.warm_up``); returns 0.
+
+    For an image's build step (the CPU image runs it): a container then loads them instead
+    of spending its first run's start compiling. numba keys each kernel by the processor,
+    so a container on another processor than the build's compiles afresh, as without.
+    The extra warm-up of a firm above 4,096 sentences is left out: most of what it
+    compiles (pynndescent's neighbour descent) numba cannot keep, so every process
+    compiles it again anyway."""
+    from app.backend import CPU
+    from app.clustering import warm_up
+    from app.settings import RunSettings
+
+    warm_up(CPU, RunSettings())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

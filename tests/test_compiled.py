@@ -4,6 +4,7 @@ compiling them again."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,33 @@ def test_a_second_process_loads_the_kernels_the_first_kept():
     assert any(Path(first["path"]).glob("*smooth_knn_dist*.nbi"))
     second = probe()
     assert second["hits"] == 1 and second["misses"] == 0  # loaded, not compiled
+
+
+# A new process's warm-up, counting what numba loaded from disk and what it compiled.
+WARM_UP_PROBE = """
+import json, sys
+from numba.core.dispatcher import Dispatcher
+from app.backend import CPU
+from app.clustering import warm_up
+from app.compiled import PACKAGES
+from app.settings import RunSettings
+warm_up(CPU, RunSettings())
+dispatchers = [value for name, module in list(sys.modules.items())
+               if module is not None and name.split(".")[0] in PACKAGES
+               for value in vars(module).values() if isinstance(value, Dispatcher)]
+print(json.dumps({"hits": sum(sum(d.stats.cache_hits.values()) for d in dispatchers),
+                  "misses": sum(sum(d.stats.cache_misses.values()) for d in dispatchers)}))
+"""
+
+
+def test_the_images_build_step_keeps_what_a_runs_warm_up_compiles(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # empty: nothing compiled there yet
+    subprocess.run([sys.executable, "-m", "app.compiled"], cwd=ROOT, env=env, capture_output=True, timeout=900,
+                   check=True)
+    assert any(tmp_path.rglob("*.nbi"))
+    done = subprocess.run([sys.executable, "-c", WARM_UP_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900, check=True)
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    # Loaded, not compiled: on an empty folder every kernel is a miss. A few small helpers
+    # that numba compiles inside their callers stay misses (3 of 83 with the versions tested).
+    assert loaded["hits"] >= 50 and loaded["misses"] <= loaded["hits"] // 10

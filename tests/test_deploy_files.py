@@ -428,6 +428,17 @@ def test_image_runs_firmtopics_as_a_non_root_user(dockerfile, stage):
     assert json.loads(dockerfile.of("CMD", stage)[-1]) == ["run"]
 
 
+def test_cpu_image_keeps_umaps_kernels_compiled_as_its_user(dockerfile):
+    # Compiled after the last USER, so the user who runs the job owns (and may add to)
+    # the kept kernels, into the NUMBA_CACHE_DIR the containers read.
+    steps = [(i, a) for s, i, a in dockerfile.instructions if s == "cpu"]
+    compiled = [n for n, (i, a) in enumerate(steps) if i == "RUN" and a == "python -m app.compiled"]
+    last_user = max(n for n, (i, _) in enumerate(steps) if i == "USER")
+    assert compiled and compiled[0] > last_user
+    assert dockerfile.env_by_stage()["cpu"]["NUMBA_CACHE_DIR"]
+    assert "python -m app.compiled" not in dockerfile.of("RUN", "gpu")  # cuML clusters there
+
+
 @pytest.mark.parametrize("stage", ["gpu", "cpu"])
 def test_image_keeps_models_on_a_volume_and_stays_offline(dockerfile, stage):
     env = dockerfile.env_by_stage()[stage]
