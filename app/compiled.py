@@ -41,19 +41,25 @@ def keep_compiled_kernels() -> int:
     import hdbscan  # noqa: F401
     import pynndescent  # noqa: F401
     import umap.umap_  # noqa: F401
-    from numba.core.dispatcher import Dispatcher
 
     kept = 0
-    for name, module in list(sys.modules.items()):
-        if module is None or name.split(".")[0] not in PACKAGES:
-            continue
-        for value in list(vars(module).values()):
-            if isinstance(value, Dispatcher):
-                value.enable_caching()
-                kept += 1
+    for function in compiled_functions():
+        function.enable_caching()
+        kept += 1
     _kept = True
     log.info("compiled_kernels_cached", functions=kept)
     return kept
+
+
+def compiled_functions() -> list:
+    """numba's compiled functions (``Dispatcher``s) in the modules of ``PACKAGES`` imported
+    so far: what ``keep_compiled_kernels`` keeps, and whose cache statistics show whether a
+    process loaded or compiled them."""
+    from numba.core.dispatcher import Dispatcher
+
+    return [value for name, module in list(sys.modules.items())
+            if module is not None and name.split(".")[0] in PACKAGES
+            for value in list(vars(module).values()) if isinstance(value, Dispatcher)]
 
 
 def main() -> int:

@@ -44,18 +44,15 @@ def test_a_second_process_loads_the_kernels_the_first_kept():
 
 # A new process's warm-up, counting what numba loaded from disk and what it compiled.
 WARM_UP_PROBE = """
-import json, sys
-from numba.core.dispatcher import Dispatcher
+import json
 from app.backend import CPU
 from app.clustering import warm_up
-from app.compiled import PACKAGES
+from app.compiled import compiled_functions
 from app.settings import RunSettings
 warm_up(CPU, RunSettings())
-dispatchers = [value for name, module in list(sys.modules.items())
-               if module is not None and name.split(".")[0] in PACKAGES
-               for value in vars(module).values() if isinstance(value, Dispatcher)]
-print(json.dumps({"hits": sum(sum(d.stats.cache_hits.values()) for d in dispatchers),
-                  "misses": sum(sum(d.stats.cache_misses.values()) for d in dispatchers)}))
+functions = compiled_functions()
+print(json.dumps({"hits": sum(sum(f.stats.cache_hits.values()) for f in functions),
+                  "misses": sum(sum(f.stats.cache_misses.values()) for f in functions)}))
 """
 
 
