@@ -65,5 +65,7 @@ def test_the_images_build_step_keeps_what_a_runs_warm_up_compiles(tmp_path):
                           timeout=900, check=True)
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     # Loaded, not compiled: on an empty folder every kernel is a miss. A few small helpers
-    # that numba compiles inside their callers stay misses (3 of 83 with the versions tested).
-    assert loaded["hits"] >= 50 and loaded["misses"] <= loaded["hits"] // 10
+    # that numba compiles inside their callers stay misses (3 of 11 with the versions
+    # tested; pynndescent's typed kernels, which a firm this size never calls, are not
+    # compiled at all: app.typed_kernels).
+    assert loaded["hits"] >= 5 and loaded["misses"] <= loaded["hits"] // 2
