@@ -1,7 +1,5 @@
 """``python -m app``: the same as the ``firmtopics`` command."""
 
-import sys
+from app.cli import console
 
-from app.cli import main
-
-sys.exit(main())
+console()

@@ -12,10 +12,12 @@ Command output (summaries, tables) goes to stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
@@ -172,6 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(error_message(exc), code, settings)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def console() -> NoReturn:
+    """The ``firmtopics`` command and ``python -m app``: ``main`` on the process's
+    arguments, then the process exits with its code.
+
+    Before the exit, what is left is frozen out of Python's garbage collector
+    (``gc.freeze``): at its exit Python collects again the millions of objects torch,
+    numba and UMAP leave, about 3 s of every command on 2 CPUs, to free memory the
+    operating system takes back anyway (docs/benchmarks.md §17). The exit's handlers
+    still run (the embedded database is stopped), and so do the finalizers of objects
+    outside reference cycles."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def _fail(message: str, code: int, settings: Settings | None = None) -> int:

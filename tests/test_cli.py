@@ -128,3 +128,20 @@ def test_resuming_with_other_settings_exits_2(env, sample_corpus, monkeypatch, c
     monkeypatch.setenv("FIRMTOPICS_SEED", "1")
     line = one_line_error(capsys, ["run"])
     assert "seed: run has 42, now 1" in line
+
+
+# The command as installed (app.cli.console): its exit code is main's, and what is left
+# at the end is frozen out of the garbage collector, so the exit skips collecting it.
+CONSOLE_EXIT = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
+sys.argv = ["firmtopics", "frobnicate"]
+from app.cli import console
+console()
+"""
+
+
+def test_the_console_command_exits_with_mains_code_its_leftovers_frozen():
+    done = subprocess.run([sys.executable, "-c", CONSOLE_EXIT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2  # a usage error, as main returns it
+    assert "frozen at exit: True" in done.stdout
