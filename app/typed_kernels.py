@@ -14,6 +14,8 @@ the signatures it declares and then refuses to compile others, as it would have 
 import: a call with other types is converted to a declared signature, not compiled for
 its own. So the machine code is the same, and so are the results; it is compiled later,
 or never. A process that imported pynndescent before ``app`` keeps numba's eager way.
+(A deferred function pickled before its first call would be rebuilt elsewhere as a
+plain lazy one; the program pickles none.)
 """
 
 from __future__ import annotations
