@@ -47,6 +47,17 @@ def test_a_caller_compiled_first_types_its_call_by_the_declared_signature():
     assert [str(s) for s in deferred.signatures] == ["(float32,)"]
 
 
+@deferred_njit("int64(int64)")
+def factorial(n):
+    return 1 if n <= 1 else n * factorial(n - 1)
+
+
+def test_a_recursive_deferred_function_compiles_once_and_calls_itself():
+    # pynndescent's tree builders are typed and recursive (make_angular_tree, ...).
+    assert factorial(10) == 3628800
+    assert [str(s) for s in factorial.signatures] == ["(int64,)"]
+
+
 def test_threads_calling_a_deferred_function_first_at_once_all_get_its_result():
     deferred = deferred_njit("float32(float32)")(third)
     results: list[float] = []
