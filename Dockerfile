@@ -105,7 +105,7 @@ VOLUME ["/models"]
 USER firmtopics
 WORKDIR /home/firmtopics
 # The cpu image only: numba's kernels of UMAP, pynndescent and hdbscan, compiled once
-# here into NUMBA_CACHE_DIR (app/compiled.py, about a minute on 2 CPUs). A container on a
+# here into NUMBA_CACHE_DIR (app/compiled.py, about 30 s on 2 CPUs). A container on a
 # machine with the build's processor loads them, instead of spending its first run's
 # start compiling (docs/benchmarks.md §17); on another processor numba compiles afresh.
 RUN python -m app.compiled

@@ -11,8 +11,8 @@ Printed for each run: the wall seconds of the process and the run's warm-up seco
 "before" is the same program with ``keep_compiled_kernels`` switched off in the process
 and pynndescent's typed kernels compiled at its import (imported before ``app``);
 "kept" keeps the kernels but compiles pynndescent's at import (``app.typed_kernels``
-off), and exits without ``app.cli.console``'s freeze; "now" is the command as installed. The ways run one after the other, in that order; the
-machine's load moves absolute times.
+off), and exits without ``app.cli.console``'s freeze; "now" is the command as installed.
+The ways run one after the other, in that order; the machine's load moves absolute times.
 """
 
 from __future__ import annotations
